@@ -1,0 +1,29 @@
+# The two set-up-free commands: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	# torch is pinned (torch==2.13.0 in pyproject.toml) so that nothing resolves a newer build.
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check tagtune tests bench
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/python -m tagtune.launch.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check tagtune tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,159 @@
+"""Run configuration: frozen dataclasses, validated once on construction.
+
+Defaults are the paper's OpenMIC settings (Gururani & Lerch 2021); ``PRESETS``
+holds the per-dataset ones. A config round-trips through a plain dict (YAML,
+Ray Tune's config, MLflow params) with :func:`to_dict` / :func:`from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt")
+
+
+class ConfigError(ValueError):
+    """A config value out of range or unknown; the message is one line naming the field."""
+
+    def __init__(self, field: str, problem: str, where: str = "config"):
+        self.field = field
+        super().__init__(f"{where}: {field}: {problem}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The attention multiple-instance model (Kong et al. 2018; Gururani et al. 2019)."""
+
+    layers: int = 3
+    """L: number of embedding layers (Linear + BatchNorm + ReLU + dropout)."""
+    hidden: int = 128
+    """H: width of the embedding layers."""
+    dropout: float = 0.6
+    """Dropout rate after every embedding layer."""
+
+    def __post_init__(self) -> None:
+        _check(self.layers >= 0, "layers", f"must be >= 0, got {self.layers}")
+        _check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of one method."""
+
+    method: str = "b1"
+    """b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean teacher)."""
+    lr: float = 1e-3
+    """Initial Adam learning rate (also the LE student's: it starts fresh)."""
+    weight_decay: float = 1e-5
+    """Adam weight decay (L2), as in the paper."""
+    batch_size: int = 64
+    """Clips per optimizer step."""
+    epochs: int = 100
+    """Epochs per training stage (LE: per stage, teacher and student)."""
+    lr_decay_epochs: tuple[int, ...] = (30, 60, 90)
+    """Epochs at which the learning rate is multiplied by lr_decay (the paper: 30, 60, 90)."""
+    lr_decay: float = 0.5
+    """Step-decay factor."""
+    patience: int | None = None
+    """Stop a stage after this many epochs without a better validation loss (None = never)."""
+    gamma: float = 10.0
+    """LE: percentile (0-100) of the teacher's scores on missing labels above which they are masked."""
+    alpha: float = 0.999
+    """MT: EMA decay of the teacher, theta' = alpha*theta' + (1 - alpha)*theta."""
+    beta: float = 3.0
+    """MT: weight of the consistency loss."""
+    rampup_epochs: int = 0
+    """MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
+    missing: float = 0.0
+    """Proportion of observed training labels removed before training (the paper's Fig. 5)."""
+    seed: int = 0
+    """Seeds the model, the dropout noise, the batch order and the label removal."""
+    threads: int = 1
+    """torch intra-op threads (the CPU budget of the run)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
+        object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
+        _check(self.method in METHODS, "method", f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        _check(0 <= self.gamma <= 100, "gamma", f"must be in [0, 100], got {self.gamma}")
+        _check(0 <= self.alpha < 1, "alpha", f"must be in [0, 1), got {self.alpha}")
+        _check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        _check(self.rampup_epochs >= 0, "rampup_epochs", f"must be >= 0, got {self.rampup_epochs}")
+        _check(0 <= self.missing < 1, "missing", f"must be in [0, 1), got {self.missing}")
+        _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings per dataset (Sec. 4).
+    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0, "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
+    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0, "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
+}
+
+
+def _check(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(name, problem)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain nested dict (lists for tuples), ready for YAML / JSON."""
+    d = asdict(cfg)
+    d["lr_decay_epochs"] = list(cfg.lr_decay_epochs)
+    return d
+
+
+def from_dict(cls, d: dict[str, Any], prefix: str = ""):
+    """Build ``cls`` from a dict; an unknown key or a wrong type is a ConfigError."""
+    if not isinstance(d, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(prefix + unknown[0], "unknown key")
+    kwargs = {}
+    for k, v in d.items():
+        f = known[k]
+        default = f.default if f.default is not MISSING else None
+        if k == "model":
+            v = from_dict(ModelConfig, v or {}, "model.")
+        elif isinstance(default, bool) or isinstance(v, bool):
+            pass
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if not isinstance(v, int):
+                raise ConfigError(prefix + k, f"expected an integer, got {v!r}")
+        elif isinstance(default, float):
+            if not isinstance(v, int | float):
+                raise ConfigError(prefix + k, f"expected a number, got {v!r}")
+            v = float(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(prefix + e.field, str(e).split(": ", 2)[-1]) from None
+    except TypeError as e:
+        raise ConfigError(prefix.rstrip(".") or "config", str(e)) from None
+
+
+def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``cfg`` with ``overrides`` applied (``model`` may be a partial dict), re-validated."""
+    d = to_dict(cfg)
+    model = overrides.pop("model", None)
+    if model:
+        d["model"] = {**d["model"], **(model if isinstance(model, dict) else asdict(model))}
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrainConfig, d)
+
+
+__all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig", "from_dict", "merge", "replace", "to_dict"]

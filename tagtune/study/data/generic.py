@@ -1,0 +1,207 @@
+"""The generic file: tagtune's own format, what users bring their data in and converters write.
+
+HDF5 (``.h5``/``.hdf5``)::
+
+    /            attrs: format = "tagtune-1", name, source, observation, meta (JSON)
+    /classes     (C,) UTF-8 strings
+    /train       group with X (N, T, F) float, Y (N, C) 0/1, M (N, C) bool,
+    /valid         keys (N,) UTF-8 strings, optional Y_full (N, C) 0/1
+    /test
+
+NPZ (``.npz``): the same arrays flat as ``train_X``, ``train_Y`` ..., ``classes``,
+and optional ``name``, ``observation``, ``meta`` (JSON) scalars. Read with
+``allow_pickle=False``: object arrays are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tagtune.study.data.core import SPLITS, Dataset, DataError, Split
+
+FORMAT = "tagtune-1"
+ARRAYS = ("X", "Y", "M", "keys", "Y_full")
+REQUIRED = ("X", "Y", "M", "keys")
+
+
+def save(ds: Dataset, path: str | Path) -> Path:
+    """Write ``ds`` to ``path`` (.h5/.hdf5 or .npz), atomically (a temp file then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".h5", ".hdf5"):
+        _save_h5(ds, tmp)
+    elif path.suffix == ".npz":
+        with open(tmp, "wb") as f:
+            np.savez(f, **_flat(ds))
+    else:
+        raise DataError(path, "path", "unknown extension (use .h5, .hdf5 or .npz)")
+    tmp.replace(path)
+    return path
+
+
+def _save_h5(ds: Dataset, path: Path) -> None:
+    strings = h5py.string_dtype("utf-8")
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format=FORMAT, name=ds.name, source=ds.source, observation=ds.observation)
+        f.attrs["meta"] = json.dumps(ds.meta)
+        f.create_dataset("classes", data=np.array(ds.classes, dtype=object), dtype=strings)
+        for name, s in ds.splits.items():
+            g = f.create_group(name)
+            g.create_dataset("X", data=s.X)
+            g.create_dataset("Y", data=s.Y.astype(np.uint8))
+            g.create_dataset("M", data=s.M)
+            g.create_dataset("keys", data=s.keys.astype(object), dtype=strings)
+            if s.Y_full is not None:
+                g.create_dataset("Y_full", data=s.Y_full.astype(np.uint8))
+
+
+def _flat(ds: Dataset) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {
+        "classes": np.array(ds.classes),
+        "name": np.array(ds.name),
+        "observation": np.array(ds.observation),
+        "meta": np.array(json.dumps(ds.meta)),
+    }
+    for name, s in ds.splits.items():
+        out |= {f"{name}_X": s.X, f"{name}_Y": s.Y.astype(np.uint8), f"{name}_M": s.M}
+        out[f"{name}_keys"] = s.keys
+        if s.Y_full is not None:
+            out[f"{name}_Y_full"] = s.Y_full.astype(np.uint8)
+    return out
+
+
+def load(path: str | Path) -> Dataset:
+    """Read a generic file; any malformed content raises :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "path", "no such file")
+    if path.suffix in (".h5", ".hdf5"):
+        return _load_h5(path)
+    if path.suffix == ".npz":
+        return _load_npz(path)
+    raise DataError(path, "path", "unknown extension (use .h5, .hdf5 or .npz)")
+
+
+def _load_h5(path: Path) -> Dataset:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(path, "file", f"not a readable HDF5 file ({_short(e)})") from e
+    try:
+        with f:
+            attrs = dict(f.attrs)
+            classes = _read_strings(f, "classes", path)
+            arrays = {}
+            for name in SPLITS:
+                g = f.get(name)
+                if not isinstance(g, h5py.Group):
+                    raise DataError(path, f"/{name}", "missing split group")
+                arrays[name] = {k: _read_h5_array(g, k, path) for k in ARRAYS}
+    except DataError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise DataError(path, "file", f"corrupt or unreadable HDF5 ({_short(e)})") from e
+    return _assemble(path, arrays, classes, attrs)
+
+
+def _read_h5_array(g: h5py.Group, key: str, path: Path) -> np.ndarray | None:
+    where = f"{g.name}/{key}"
+    if key not in g:
+        if key in REQUIRED:
+            raise DataError(path, where, "missing dataset")
+        return None
+    d = g[key]
+    if not isinstance(d, h5py.Dataset):
+        raise DataError(path, where, "expected a dataset, found a group")
+    if key == "keys":
+        return _read_strings(g, key, path)
+    if d.dtype.kind not in "biuf":
+        raise DataError(path, where, f"expected a numeric dataset, got dtype {d.dtype}")
+    return d[()]
+
+
+def _read_strings(g: h5py.Group, key: str, path: Path) -> np.ndarray:
+    where = f"{g.name.rstrip('/')}/{key}"
+    if key not in g or not isinstance(g[key], h5py.Dataset):
+        raise DataError(path, where, "missing dataset")
+    d = g[key]
+    if d.dtype.kind == "O" and h5py.check_string_dtype(d.dtype) is None:
+        raise DataError(path, where, "expected strings")
+    if d.dtype.kind not in "OSU":
+        raise DataError(path, where, f"expected strings, got dtype {d.dtype}")
+    try:
+        values = d.asstr()[()] if d.dtype.kind != "U" else d[()]
+    except (UnicodeDecodeError, TypeError, ValueError) as e:
+        raise DataError(path, where, "strings are not valid UTF-8") from e
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise DataError(path, where, f"expected a 1-D list of strings, got shape {values.shape}")
+    return values.astype(str)
+
+
+def _load_npz(path: Path) -> Dataset:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(path, "file", "a single .npy array, not an .npz archive")
+    try:
+        with z:
+            files = set(z.files)
+            classes = _npz_get(z, path, "classes", files, required=True)
+            if classes.dtype.kind not in "US" or classes.ndim != 1:
+                raise DataError(path, "classes", "expected a 1-D array of strings")
+            attrs = {k: str(_npz_get(z, path, k, files)) for k in ("name", "observation", "meta")
+                     if k in files}
+            arrays = {
+                name: {k: _npz_get(z, path, f"{name}_{k}", files, required=k in REQUIRED)
+                       for k in ARRAYS}
+                for name in SPLITS
+            }
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
+    return _assemble(path, arrays, classes.astype(str), attrs)
+
+
+def _npz_get(z, path: Path, key: str, files: set[str], required: bool = False):
+    if key not in files:
+        if required:
+            raise DataError(path, key, "missing array")
+        return None
+    try:
+        return z[key]
+    except ValueError as e:  # object arrays refuse to load without pickle
+        raise DataError(path, key, f"cannot load without pickle ({_short(e)})") from e
+
+
+def _assemble(path: Path, arrays: dict, classes: np.ndarray, attrs: dict) -> Dataset:
+    try:
+        meta = json.loads(attrs.get("meta", "{}"))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DataError(path, "meta", "not valid JSON") from e
+    if not isinstance(meta, dict):
+        raise DataError(path, "meta", "expected a JSON object")
+    splits = {}
+    for name, a in arrays.items():
+        splits[name] = Split(a["X"], a["Y"], a["M"], a["keys"], a["Y_full"], where=f"{path}:/{name}")
+    return Dataset(
+        **splits,
+        classes=tuple(classes.tolist()),
+        name=str(attrs.get("name", path.stem)),
+        source=str(path),
+        observation=str(attrs.get("observation", "partial")),
+        meta=meta,
+    )
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__

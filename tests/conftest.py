@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny datasets and shrunk configs, one Ray for the whole session."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Keep every test on one thread: the suite runs on 2 cores next to Ray workers.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from tagtune.study.data import Dataset, Split  # noqa: E402
+
+
+def make_split(rng: np.random.Generator, n: int, T: int = 4, F: int = 6, C: int = 3,
+               observed: float = 0.5, prefix: str = "k", full: bool = True) -> Split:
+    X = rng.normal(size=(n, T, F)).astype(np.float32)
+    Y_full = (rng.random((n, C)) < 0.3).astype(np.float32)
+    M = rng.random((n, C)) < observed
+    return Split(X, Y_full * M, M, np.array([f"{prefix}{i}" for i in range(n)]),
+                 Y_full if full else None, where=f"memory:{prefix}")
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    """A random 3-class dataset, 40/12/12 clips of 4 x 6, half the labels observed."""
+    rng = np.random.default_rng(0)
+    return Dataset(
+        train=make_split(rng, 40, prefix="tr"),
+        valid=make_split(rng, 12, prefix="va"),
+        test=make_split(rng, 12, prefix="te"),
+        classes=("a", "b", "c"),
+        name="tiny",
+    )

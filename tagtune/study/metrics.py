@@ -1,0 +1,124 @@
+"""Evaluation metrics over the OBSERVED labels of a partially labeled split.
+
+OpenMIC reports "F1 macro" (Gururani & Lerch 2021, following the OpenMIC-2018 baseline):
+per class, over that class's observed clips, sklearn's F1 averaged over the two labels
+(absent, present), then the mean over classes. SONYC-UST reports micro and macro AUPRC.
+
+Choices, each checked against the public code:
+- Threshold: a score counts as present when ``score >= threshold``. The paper's
+  ``metric_fn_openmic`` binarises with ``predictions >= threshold``; the OpenMIC baseline
+  notebook uses RandomForest ``predict`` (a 0.5 tie goes to "absent", i.e. ``> 0.5``).
+  We follow the paper; the two differ only for a score of exactly 0.5.
+- ``labels=[0, 1]`` and ``zero_division=0``: a class whose observed clips are all negative
+  and all predicted negative scores (1 + 0) / 2 = 0.5. The paper's ``classification_report``
+  infers the labels from the data and would average over "absent" alone (1.0); fixing the
+  label set keeps every class on the same two-label scale.
+- AUPRC is ``sklearn.metrics.average_precision_score`` (step-wise, no interpolation). The
+  DCASE 2019 UST evaluation and the paper's code instead integrate the PR curve with the
+  trapezoidal rule (``auc`` over recall, with (1, 0) and (0, 1) appended), which is
+  optimistic for sparse curves; values are close, not identical, to the papers' tables.
+- Classes with no observed entries (F1) or no observed positive (AUPRC, mAP) are skipped;
+  if none is left the metric is nan rather than an error, so an epoch still reports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score
+
+from tagtune.study.data.core import DataError, Split
+
+_WHERE = "metrics"
+
+
+def _check(y_true, scores, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (y_true, scores, mask) of one (N, C) shape; nothing here writes to them."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if y_true.ndim != 2:
+        raise DataError(_WHERE, "y_true", f"expected shape (N, C), got {y_true.shape}")
+    if scores.shape != y_true.shape:
+        raise DataError(_WHERE, "scores", f"expected shape {y_true.shape}, got {scores.shape}")
+    if mask is None:
+        mask = np.ones(y_true.shape, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.shape != y_true.shape:
+        raise DataError(_WHERE, "mask", f"expected shape {y_true.shape}, got {mask.shape}")
+    if mask.dtype != bool:
+        if mask.size and not np.isin(mask, (0, 1)).all():
+            raise DataError(_WHERE, "mask", "mask is not boolean (values other than 0 and 1)")
+        mask = mask.astype(bool)
+    if not np.isfinite(scores[mask]).all():
+        raise DataError(_WHERE, "scores", "scores contain NaN or inf")
+    if not np.isin(y_true[mask], (0, 1)).all():
+        raise DataError(_WHERE, "y_true", "observed labels must be 0 or 1")
+    return y_true, scores, mask
+
+
+def f1_macro(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None,
+             threshold: float = 0.5) -> float:
+    """OpenMIC F1 macro: per class, two-label macro F1 over its observed clips; class mean."""
+    y_true, scores, mask = _check(y_true, scores, mask)
+    per_class = []
+    for c in range(y_true.shape[1]):
+        m = mask[:, c]
+        if not m.any():
+            continue  # nothing observed for this class: it has no score, not a score of 0
+        y = y_true[m, c].astype(int)
+        pred = (scores[m, c] >= threshold).astype(int)
+        per_class.append(f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0))
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def _ap(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision; nan without a positive (sklearn would warn and return 0)."""
+    if not (y == 1).any():
+        return float("nan")
+    return float(average_precision_score(y.astype(int), s))
+
+
+def auprc(y_true: np.ndarray, scores: np.ndarray,
+          mask: np.ndarray | None = None) -> tuple[float, float]:
+    """(micro, macro) AUPRC over observed entries, as SONYC-UST reports.
+
+    micro: every observed (clip, class) entry pooled into one ranking; macro: the mean of
+    the per-class AP over classes with at least one observed positive.
+    """
+    y_true, scores, mask = _check(y_true, scores, mask)
+    micro = _ap(y_true[mask], scores[mask])
+    per_class = [_ap(y_true[mask[:, c], c], scores[mask[:, c], c])
+                 for c in range(y_true.shape[1])]
+    per_class = [v for v in per_class if not np.isnan(v)]
+    macro = float(np.mean(per_class)) if per_class else float("nan")
+    return micro, macro
+
+
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """mAP against complete truth: mean per-class AP over classes with at least one positive."""
+    return auprc(y_true, scores)[1]
+
+
+def evaluate(split: Split, scores: np.ndarray, prefix: str) -> dict[str, float]:
+    """Every metric of one split, keyed ``prefix/name``; ``prefix_full/name`` against Y_full.
+
+    The observed-label metrics are what the paper reports; the ``_full`` ones exist only for
+    synthetic data, to measure how far the observed-label figures are from the truth.
+    """
+    scores = np.asarray(scores)
+    if scores.shape != split.Y.shape:
+        problem = f"expected shape {split.Y.shape}, got {scores.shape}"
+        raise DataError(split.where, "scores", problem)
+    micro, macro = auprc(split.Y, scores, split.M)
+    out = {
+        f"{prefix}/f1_macro": f1_macro(split.Y, scores, split.M),
+        f"{prefix}/auprc_micro": micro,
+        f"{prefix}/auprc_macro": macro,
+    }
+    if split.Y_full is not None:
+        micro, macro = auprc(split.Y_full, scores)
+        out |= {
+            f"{prefix}_full/f1_macro": f1_macro(split.Y_full, scores),
+            f"{prefix}_full/auprc_micro": micro,
+            f"{prefix}_full/auprc_macro": macro,
+            f"{prefix}_full/map": mean_average_precision(split.Y_full, scores),
+        }
+    return out

@@ -1,0 +1,85 @@
+"""Early stopping per cell: one ASHA per (method, proportion) inside one Tune experiment.
+
+A single ASHA over the whole study would compare trials of different cells at the
+same rung: B0's validation loss is biased by its implicit negatives, so a global
+ASHA would cut every B0 trial short and starve that cell while still spending its
+budget. Each cell gets its own ASHA (the same max_t, grace period and reduction
+factor), so a trial only competes with trials of its own cell, as in the paper
+where every method was tuned on its own.
+
+The time axis is the trainable's ``budget`` (epochs spent on the model being
+selected; 0 while LE trains its teacher), see ``tagtune.study.trainable``.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+TIME_ATTR = "budget"
+
+
+class CellASHA(FIFOScheduler):
+    """ASHA, one independent instance per ``trial.config["cell"]``.
+
+    metric and mode are not arguments: they are set once, on ``tune.TuneConfig``,
+    and arrive here through ``set_search_properties``.
+    """
+
+    def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: float = 3):
+        super().__init__()
+        self.max_t, self.grace_period, self.reduction_factor = max_t, grace_period, reduction_factor
+        self._metric: str | None = None
+        self._mode: str | None = None
+        self._cells: dict[str, AsyncHyperBandScheduler] = {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        if (self._metric and metric) or (self._mode and mode):
+            return False
+        self._metric, self._mode = metric or self._metric, mode or self._mode
+        return all(s.set_search_properties(metric, mode, **spec) for s in self._cells.values())
+
+    def _asha(self, trial) -> AsyncHyperBandScheduler:
+        cell = trial.config["cell"]
+        if cell not in self._cells:
+            self._cells[cell] = AsyncHyperBandScheduler(
+                time_attr=TIME_ATTR, metric=self._metric, mode=self._mode, max_t=self.max_t,
+                grace_period=self.grace_period, reduction_factor=self.reduction_factor,
+            )
+        return self._cells[cell]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._asha(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        asha = self._asha(trial)
+        if trial.trial_id not in asha._trial_info:  # a trial restored after a driver restart
+            asha.on_trial_add(tune_controller, trial)
+        return asha.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        asha = self._asha(trial)
+        if trial.trial_id in asha._trial_info:
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+
+    def debug_string(self) -> str:
+        stopped = sum(s._num_stopped for s in self._cells.values())
+        return f"Per-cell ASHA over {len(self._cells)} cells: {stopped} trials stopped early"
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+__all__ = ["TIME_ATTR", "CellASHA", "TrialScheduler"]

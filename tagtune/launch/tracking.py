@@ -1,0 +1,169 @@
+"""MLflow tracking of a study: one run per trial and per replicate, nothing lost, nothing twice.
+
+Why not Ray's ``MLflowLoggerCallback``: it keeps the trial -> run map in memory, so a
+restarted driver opens a second run for every resumed trial, and an MLflow outage
+fails the logging for good. Here every event first goes to a journal in the study
+directory (``mlflow-journal.jsonl``, the source of truth), then to MLflow. Writing to
+MLflow is idempotent: a trial's run is found again by its ``tagtune.trial_id`` tag, and
+a step that the run already has is skipped. So replaying the journal (at the end of a
+study, or ``tagtune mlflow sync STUDY_DIR``) repairs whatever an outage or a crash left
+out, and replaying twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+log = logging.getLogger(__name__)
+JOURNAL = "mlflow-journal.jsonl"
+TRIAL_TAG = "tagtune.trial_id"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The result's finite numbers (bools as 0/1), minus Ray's own bookkeeping."""
+    skip = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore",
+            "iterations_since_restore", "training_iteration", "done"}
+    out = {}
+    for k, v in result.items():
+        if k in skip or isinstance(v, str) or k == "config":
+            continue
+        if isinstance(v, bool | int | float) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class Tracker:
+    """Writes journal events to MLflow idempotently."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = experiment_id
+        self._runs: dict[str, str] = {}
+        self._steps: dict[str, set[int]] = {}
+
+    def run_id(self, trial_id: str, event: dict | None = None) -> str:
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+            steps = {m.step for m in self.client.get_metric_history(run_id, "epoch")}
+        else:
+            if event is None or event["op"] != "start":
+                raise LookupError(f"no run for trial {trial_id} and no start event")
+            tags = {TRIAL_TAG: trial_id, **{k: str(v) for k, v in event["tags"].items()}}
+            run = self.client.create_run(self.experiment_id, run_name=event["name"], tags=tags)
+            run_id = run.info.run_id
+            steps = set()
+        self._runs[trial_id], self._steps[run_id] = run_id, steps
+        return run_id
+
+    def apply(self, event: dict) -> None:
+        from mlflow.entities import Metric, Param
+
+        run_id = self.run_id(event["trial_id"], event)
+        op = event["op"]
+        if op == "start":
+            have = self.client.get_run(run_id).data.params
+            params = [Param(k, str(v)[:6000]) for k, v in event["params"].items() if k not in have]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[i:i + 100])
+        elif op == "result":
+            step = int(event["step"])
+            if step in self._steps[run_id]:
+                return
+            ms = [Metric(k, v, event["ts"], step) for k, v in event["metrics"].items()]
+            # "epoch" last: its presence marks the step as fully logged.
+            ms.sort(key=lambda m: m.key == "epoch")
+            for i in range(0, len(ms), 200):
+                self.client.log_batch(run_id, metrics=ms[i:i + 200])
+            self._steps[run_id].add(step)
+        elif op == "end":
+            self.client.set_terminated(run_id, status=event["status"])
+
+
+class MlflowJournalCallback(Callback):
+    """Ray Tune callback: journal every trial event, then write it to MLflow if it answers."""
+
+    def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_id: str, phase: str,
+                 name_prefix: str = ""):
+        self.journal = Path(study_dir) / JOURNAL
+        self.tracking_uri, self.experiment_id, self.phase = tracking_uri, experiment_id, phase
+        self.name_prefix = name_prefix
+        self._tracker: Tracker | None = None
+        self.failures = 0
+
+    def _emit(self, event: dict) -> None:
+        event["ts"] = int(time.time() * 1000)
+        with open(self.journal, "a") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            if self._tracker is None:
+                self._tracker = Tracker(self.tracking_uri, self.experiment_id)
+            self._tracker.apply(event)
+        except Exception as e:  # MLflow down: the journal keeps it; sync replays it later
+            self.failures += 1
+            self._tracker = None
+            if self.failures == 1 or self.failures % 50 == 0:
+                log.warning("MLflow unreachable (%s); events are kept in %s", e, self.journal)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        cfg = dict(trial.config)
+        tags = {"method": cfg.get("method"), "proportion": cfg.get("missing"), "cell": cfg.get("cell"),
+                "seed": cfg.get("seed"), "phase": self.phase, "trial_id": trial.trial_id}
+        name = f"{cfg.get('method')}__{cfg.get('cell')}__{self.phase}__{trial.trial_id}"
+        self._emit({"op": "start", "trial_id": trial.trial_id, "name": self.name_prefix + name,
+                    "tags": tags, "params": flatten(cfg)})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],
+                    "metrics": numeric_metrics(result)})
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FINISHED"})
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FAILED"})
+
+
+def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str) -> int:
+    """Replay the study's journal into MLflow; returns the number of events replayed."""
+    path = Path(study_dir) / JOURNAL
+    if not path.exists():
+        return 0
+    tracker = Tracker(tracking_uri, experiment_id)
+    n = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash mid-write
+            continue
+        tracker.apply(event)
+        n += 1
+    return n

@@ -1,0 +1,92 @@
+"""The Ray Tune trainable: one function for every method; the config names the method.
+
+``train_trial(config, dataset)`` wraps :func:`tagtune.study.train.fit`. The dataset
+arrives through ``tune.with_parameters`` (one copy in Ray's object store per study,
+not one read per trial).
+
+What every report carries, identical keys for every method:
+- the fit loop's epoch logs (``epoch``, ``stage``, ``train/loss``, ``val/loss``, ``val/...``);
+- ``budget``: epochs spent on the model that will be selected. It is the scheduler's
+  time axis. For LE it is 0 during stage 1 (the teacher) and counts the student's
+  epochs in stage 2, so ASHA compares LE's student after k epochs with B1 after k
+  epochs: like with like. ``epoch`` stays one counter across both stages.
+- ``val/best_loss``: the best validation loss of the current stage so far, i.e. the
+  model-selection criterion: what the scheduler and the searcher optimise (inf while
+  LE trains its teacher, which is never the selected model);
+- ``complete``: True on a report after which the run has nothing left to train.
+
+A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every``
+epochs and on the last epoch; a restarted trial resumes from ``tune.get_checkpoint()``.
+In the replicate phase, a last report adds the test metrics of the selected model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tagtune.study.config import TrainConfig, from_dict
+from tagtune.study.data import Dataset
+
+# Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
+TRIAL_STATE = "trial_state.json"
+STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate")
+
+
+def train_config(config: dict[str, Any]) -> TrainConfig:
+    """The validated TrainConfig inside a trial config (study keys removed)."""
+    return from_dict(TrainConfig, {k: v for k, v in config.items() if k not in STUDY_KEYS})
+
+
+def train_trial(config: dict[str, Any], dataset: Dataset) -> None:
+    from tagtune.study.train import evaluate_fit, fit
+
+    cfg = train_config(config)
+    every = int(config.get("checkpoint_every", 5))
+    total = cfg.epochs * (2 if cfg.method == "le" else 1)
+    # The trainable's own state (the stage's best loss, the last report) rides in the
+    # checkpoint next to the fit loop's, so a resumed trial reports exactly as before.
+    state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
+
+    def on_epoch(logs: dict, save) -> None:
+        if logs["stage"] != state["stage"]:
+            state.update(stage=logs["stage"], best=math.inf)
+        if logs["stage"] != "teacher":  # LE's teacher is not a candidate model: no score yet
+            state["best"] = min(state["best"], float(logs["val/loss"]))
+        epoch = int(logs["epoch"])
+        budget = {"teacher": 0, "student": epoch - cfg.epochs}.get(logs["stage"], epoch)
+        metrics = {
+            **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
+            "budget": budget,
+            "val/best_loss": state["best"],
+            "complete": epoch >= total,
+        }
+        state["last"] = metrics
+        if epoch % every == 0 or epoch >= total:
+            with tempfile.TemporaryDirectory() as tmp:
+                save(Path(tmp))
+                (Path(tmp) / TRIAL_STATE).write_text(json.dumps(state))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        result = fit(dataset, cfg, on_epoch=on_epoch)
+    else:
+        with checkpoint.as_directory() as state_dir:
+            state.update(json.loads((Path(state_dir) / TRIAL_STATE).read_text()))
+            result = fit(dataset, cfg, on_epoch=on_epoch, resume=Path(state_dir))
+
+    last = state["last"] or {}
+    if config.get("phase") == "replicate":
+        tune.report({**last, **evaluate_fit(result, dataset), "complete": True})
+    elif not last.get("complete", False):
+        # The fit loop stopped on its own (patience): say so, or the searcher
+        # would take the trial for one the scheduler cut short.
+        tune.report({**last, "complete": True})

@@ -1,0 +1,196 @@
+"""OpenMIC-2018 (Humphrey, Durand & McFee 2018): the release directory -> :class:`Dataset`.
+
+The release layout this reads::
+
+    <root>/openmic-2018.npz        X (N, 10, 128) uint8 VGGish, Y_true (N, 20) float,
+                                   Y_mask (N, 20) bool, sample_key (N,) strings
+    <root>/class-map.json          {"accordion": 0, ..., "voice": 19}
+    <root>/partitions/split01_train.csv   one sample key per line, no header
+    <root>/partitions/split01_test.csv    (``train01.txt`` / ``test01.txt`` also accepted)
+
+Labels: ``Y_true`` is 0.5 where unobserved and a crowd confidence where observed
+(``Y_mask`` True). Observed confidences are binarised as the release's own
+modelling baseline does, ``Y_true >= 0.5`` -> present: an observed value of
+exactly 0.5 (a tied vote) counts as present. The release should not contain such
+ties; their count is recorded in ``meta["observed_ties"]`` so a surprise shows.
+
+Validation: the paper draws 15% of the train partition; here that draw is
+``numpy.random.default_rng(seed).permutation``, so it is reproducible from the
+seed and the same for every method of a study.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tagtune.study.data.core import DataError, Dataset, Split
+
+NPZ = "openmic-2018.npz"
+CLASS_MAP = "class-map.json"
+PARTITIONS = "partitions"
+
+
+def read_openmic(root: str | Path, split: int = 1, valid_fraction: float = 0.15,
+                 seed: int = 0) -> Dataset:
+    """Read an OpenMIC-2018 release directory; any malformed input raises :class:`DataError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "root", "no such directory")
+    if not 0.0 < valid_fraction < 1.0:
+        raise DataError(root, "valid_fraction", f"must be in (0, 1), got {valid_fraction}")
+    X, Y_true, Y_mask, keys = _read_npz(root / NPZ)
+    classes = _read_class_map(root / CLASS_MAP, Y_true.shape[1])
+
+    # Binarise observed confidences (>= 0.5, the release baseline's rule); Split zeroes the rest.
+    Y = (Y_true >= 0.5).astype(np.float32)
+    ties = int(np.count_nonzero(Y_mask & (Y_true == 0.5)))
+
+    train_path, test_path = _partition_paths(root, split)
+    row = {k: i for i, k in enumerate(keys.tolist())}
+    train_idx = _read_partition(train_path, row, NPZ)
+    test_idx = _read_partition(test_path, row, NPZ)
+    both = np.intersect1d(train_idx, test_idx)
+    if both.size:
+        raise DataError(test_path, "sample_key",
+                        f"{both.size} keys also in the train partition, e.g. {keys[both[0]]!r}")
+
+    n_valid = int(round(valid_fraction * train_idx.size))
+    n_valid = min(max(n_valid, 1), train_idx.size - 1)
+    if n_valid < 1:
+        raise DataError(train_path, "sample_key", "too few train keys to draw a validation set")
+    chosen = np.zeros(train_idx.size, dtype=bool)
+    chosen[np.random.default_rng(seed).permutation(train_idx.size)[:n_valid]] = True
+    # Both parts keep the partition file's order: the permutation only picks members.
+    parts = {"train": train_idx[~chosen], "valid": train_idx[chosen], "test": test_idx}
+
+    splits = {
+        name: Split(X[idx].astype(np.float32) / 255.0, Y[idx], Y_mask[idx], keys[idx],
+                    where=f"{root}:{name}")
+        for name, idx in parts.items()
+    }
+    unused = keys.size - train_idx.size - test_idx.size
+    return Dataset(
+        **splits,
+        classes=classes,
+        name="openmic",
+        source=str(root),
+        observation="partial",
+        meta={"split": split, "valid_fraction": valid_fraction, "seed": seed,
+              "observed_ties": ties, "unpartitioned_keys": int(unused)},
+    )
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(path, "file", "no such file")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(path, "file", "a single .npy array, not an .npz archive")
+        with z:
+            arrays = {k: _get(z, path, k) for k in ("X", "Y_true", "Y_mask", "sample_key")}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
+    X, Y_true, Y_mask, keys = (arrays[k] for k in ("X", "Y_true", "Y_mask", "sample_key"))
+
+    if X.dtype != np.uint8:
+        raise DataError(path, "X", f"expected uint8 (quantised VGGish), got {X.dtype}")
+    if X.ndim != 3 or 0 in X.shape:
+        raise DataError(path, "X", f"expected shape (N, T, F), got {X.shape}")
+    N = X.shape[0]
+    if Y_true.dtype.kind not in "iuf":
+        raise DataError(path, "Y_true", f"expected numeric confidences, got dtype {Y_true.dtype}")
+    if Y_true.ndim != 2 or Y_true.shape[0] != N:
+        raise DataError(path, "Y_true", f"expected shape ({N}, C), got {Y_true.shape}")
+    if not np.isfinite(Y_true).all():
+        raise DataError(path, "Y_true", "contains NaN or inf")
+    if Y_true.size and (Y_true.min() < 0 or Y_true.max() > 1):
+        raise DataError(path, "Y_true", "confidences outside [0, 1]")
+    if Y_mask.shape != Y_true.shape:
+        raise DataError(path, "Y_mask", f"expected shape {Y_true.shape}, got {Y_mask.shape}")
+    if Y_mask.dtype != bool:
+        if Y_mask.dtype.kind not in "iuf" or not np.isin(Y_mask, (0, 1)).all():
+            raise DataError(path, "Y_mask", f"expected a boolean mask, got dtype {Y_mask.dtype}")
+        Y_mask = Y_mask.astype(bool)
+    if keys.dtype.kind not in "US" or keys.shape != (N,):
+        raise DataError(path, "sample_key",
+                        f"expected ({N},) strings, got {keys.dtype} {keys.shape}")
+    keys = keys.astype(str)
+    uniq, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(path, "sample_key", f"duplicate key {uniq[counts > 1][0]!r}")
+    return X, Y_true, Y_mask, keys
+
+
+def _get(z, path: Path, key: str) -> np.ndarray:
+    if key not in z.files:
+        raise DataError(path, key, "missing array")
+    try:
+        return z[key]
+    except ValueError as e:  # object arrays refuse to load without pickle
+        raise DataError(path, key, f"cannot load without pickle ({_short(e)})") from e
+
+
+def _read_class_map(path: Path, C: int) -> tuple[str, ...]:
+    """Class names ordered by their column index in ``Y_true``."""
+    if not path.is_file():
+        raise DataError(path, "file", "no such file")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, "file", f"not readable JSON ({_short(e)})") from e
+    if not isinstance(mapping, dict):
+        raise DataError(path, "class-map", "expected an object {instrument: column index}")
+    if len(mapping) != C:
+        raise DataError(path, "class-map", f"{len(mapping)} instruments but Y_true has {C} columns")
+    index = {}
+    for name, i in mapping.items():
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < C:
+            raise DataError(path, name, f"column index must be an integer in [0, {C}), got {i!r}")
+        if i in index:
+            raise DataError(path, name, f"column {i} already taken by {index[i]!r}")
+        index[i] = name
+    return tuple(index[i] for i in range(C))
+
+
+def _partition_paths(root: Path, split: int) -> tuple[Path, Path]:
+    d = root / PARTITIONS
+    for train, test in ((f"split{split:02d}_train.csv", f"split{split:02d}_test.csv"),
+                        (f"train{split:02d}.txt", f"test{split:02d}.txt")):
+        if (d / train).is_file() or (d / test).is_file():
+            for p in (d / train, d / test):
+                if not p.is_file():
+                    raise DataError(p, "file", "no such file")
+            return d / train, d / test
+    raise DataError(d / f"split{split:02d}_train.csv", "file",
+                    f"no such file (nor train{split:02d}.txt)")
+
+
+def _read_partition(path: Path, row: dict[str, int], npz_name: str) -> np.ndarray:
+    """Rows of the npz named by one partition file, in the file's order."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, "file", f"not readable text ({_short(e)})") from e
+    keys = [s.strip() for s in lines if s.strip()]
+    if not keys:
+        raise DataError(path, "sample_key", "empty partition")
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise DataError(path, "sample_key", f"duplicate key {dup!r}")
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise DataError(path, "sample_key",
+                        f"{len(missing)} keys not in {npz_name}, e.g. {missing[0]!r}")
+    return np.array([row[k] for k in keys], dtype=np.int64)
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__

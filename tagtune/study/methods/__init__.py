@@ -1,0 +1,76 @@
+"""The four methods of Gururani & Lerch (2021), one module each, one step signature.
+
+Every method module defines ``step(batch, state) -> (loss, logs)``: the loss of one
+mini-batch (the fit loop does backward and the optimizer step) and a dict of detached
+scalars to average over the epoch. A method that must act after the optimizer step
+(MT's EMA teacher) also defines ``after_step(state)``.
+
+- :mod:`~tagtune.study.methods.b0`: missing labels are negatives.
+- :mod:`~tagtune.study.methods.b1`: loss masked to the observed labels.
+- :mod:`~tagtune.study.methods.le`: label enhancing (Fonseca et al. 2020).
+- :mod:`~tagtune.study.methods.mt`: mean teacher (Tarvainen & Valpola 2017).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tagtune.study.config import TrainConfig
+
+
+@dataclass
+class Batch:
+    """One mini-batch, as tensors."""
+
+    X: Tensor
+    """(B, T, F) float32 frame embeddings."""
+    Y: Tensor
+    """(B, C) float32 labels, 0 where missing."""
+    M: Tensor
+    """(B, C) float32 observation mask (1 = observed); LE's student gets the enhanced mask."""
+
+
+@dataclass
+class MethodState:
+    """What a step may read and change besides the batch."""
+
+    model: nn.Module
+    """The network being optimised (MT: the student)."""
+    cfg: TrainConfig
+    generator: torch.Generator
+    """The dropout noise stream."""
+    stage: str = "main"
+    """``main``; LE: ``teacher`` (stage 1) or ``student`` (stage 2)."""
+    teacher: nn.Module | None = None
+    """MT: the EMA teacher."""
+    progress: float = 0.0
+    """Epochs completed in this stage, fractional within an epoch (MT's ramp-up)."""
+
+
+def bce(p: Tensor, Y: Tensor) -> Tensor:
+    """Binary cross-entropy on probabilities, mean over every entry."""
+    return F.binary_cross_entropy(p, Y)
+
+
+def masked_bce(p: Tensor, Y: Tensor, M: Tensor) -> Tensor:
+    """Binary cross-entropy, mean over the entries where ``M`` is 1; 0 when none is.
+
+    A masked entry contributes exactly 0 to the loss and to the gradient whatever its
+    ``Y``: BCE's backward is finite (PyTorch clamps its denominator), times 0.
+    """
+    per_entry = F.binary_cross_entropy(p, Y, reduction="none")
+    return (per_entry * M).sum() / M.sum().clamp_min(1.0)
+
+
+def get(method: str) -> ModuleType:
+    """The module of ``method`` (``b0``, ``b1``, ``le``, ``mt``)."""
+    return importlib.import_module(f"tagtune.study.methods.{method}")
+
+
+__all__ = ["Batch", "MethodState", "bce", "get", "masked_bce"]

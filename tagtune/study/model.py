@@ -1,0 +1,91 @@
+"""Decision-level single-attention multiple-instance pooling (Kong et al. 2018; Gururani et al. 2019).
+
+A clip is a bag of T frame embeddings. Every frame goes through the same small
+network; per class c, a frame t gets a probability ``cla[t, c] = sigmoid(.)`` and an
+attention weight ``att[t, c]``, normalised over time; the clip probability is the
+attention-weighted mean ``sum_t att[t, c] * cla[t, c]``.
+
+Attention normalisation: softmax over time, i.e. ``exp(a_t) / sum_t exp(a_t)`` -- the
+form of Kong et al.'s attention block in PANNs (Kong et al. 2020), and Kong et al.
+(2018)'s ``att_t / sum_t att_t`` with ``exp`` as the non-negative function (their
+sigmoid needs a clip at epsilon to avoid 0/0). With T = 1 the clip probability is
+the frame probability.
+
+Layers (Kong et al. 2018's embedding mapping): input BatchNorm over the F features,
+then L x (Linear -> BatchNorm1d -> ReLU -> dropout), with a residual connection to
+the layer's input where widths match (every layer after the first; the first too if
+F == H).
+
+Every dropout goes through :func:`dropout` with an explicit ``torch.Generator``, so
+the noise is reproducible and the function can be swapped for a faster one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tagtune.study.config import ModelConfig
+
+
+def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep.mul_(1.0 / (1.0 - p))
+
+
+class AttentionMIL(nn.Module):
+    """(N, T, F) frame embeddings -> (N, C) clip probabilities."""
+
+    def __init__(self, n_features: int, n_classes: int, cfg: ModelConfig):
+        super().__init__()
+        self.p = cfg.dropout
+        self.norm = nn.BatchNorm1d(n_features)
+        widths = [n_features] + [cfg.hidden] * cfg.layers
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.bns = nn.ModuleList(nn.BatchNorm1d(b) for b in widths[1:])
+        self.att = nn.Linear(widths[-1], n_classes)
+        self.cla = nn.Linear(widths[-1], n_classes)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        N, T, F = x.shape
+        h = self.norm(x.reshape(N * T, F))  # frames are the BatchNorm's samples
+        for linear, bn in zip(self.linears, self.bns, strict=True):
+            z = dropout(torch.relu(bn(linear(h))), self.p, self.training, generator)
+            h = z + h if z.shape == h.shape else z
+        att = torch.softmax(self.att(h).view(N, T, -1), dim=1)
+        cla = torch.sigmoid(self.cla(h).view(N, T, -1))
+        # Rounding can push the weighted mean a hair above 1; BCE refuses that.
+        return (att * cla).sum(dim=1).clamp(0.0, 1.0)
+
+
+def build_model(n_features: int, n_classes: int, cfg: ModelConfig, seed: int) -> AttentionMIL:
+    """A freshly initialised model; the initial weights depend only on ``seed``.
+
+    The global torch RNG is forked, so building a model neither reads nor advances it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AttentionMIL(n_features, n_classes, cfg)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: np.ndarray | Tensor, batch_size: int = 4096) -> np.ndarray:
+    """Clip probabilities (N, C) float32 in eval mode, batched; the model's mode is restored."""
+    if not isinstance(X, Tensor):
+        X = torch.tensor(np.asarray(X, dtype=np.float32))  # a copy: Split arrays are read-only
+    if X.ndim == 2:
+        X = X[:, None, :]
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+__all__ = ["AttentionMIL", "build_model", "dropout", "predict"]

@@ -1,0 +1,140 @@
+"""The fit loop's complete state, and writing/reading it to/from a directory.
+
+``save_state`` writes everything :func:`tagtune.study.train.fit` needs to continue a
+run exactly where it stopped: networks, optimizer, the best model so far, the stage,
+early-stopping counters, LE's teacher and enhanced mask, the random streams and the
+history. Resuming and training on gives bitwise the weights and history of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tagtune.study.config import ConfigError, TrainConfig, to_dict
+from tagtune.study.model import AttentionMIL
+
+STATE_FILE = "state.pt"
+VERSION = 1
+
+
+@dataclass
+class FitState:
+    """Everything that changes while fitting."""
+
+    stages: tuple[str, ...]
+    """All stages of the method (LE: teacher, student; others: main)."""
+    stage: int
+    """Index of the current stage in ``stages``."""
+    model: AttentionMIL
+    """The network being optimised (MT: the student)."""
+    optimizer: torch.optim.Optimizer
+    batches: torch.Generator
+    """Stream of the batch order."""
+    noise: torch.Generator
+    """Stream of the dropout noise."""
+    train_M: Tensor
+    """(N, C) float training mask in use: the observed labels; LE's student: the enhanced mask."""
+    teacher: AttentionMIL | None = None
+    """MT: the EMA teacher."""
+    stage_epoch: int = 0
+    """Epochs completed in the current stage."""
+    stopped: bool = False
+    """The current stage ended early (patience)."""
+    best_loss: float = math.inf
+    best_logs: dict[str, Any] | None = None
+    best_model: dict[str, Tensor] | None = None
+    """State of the selected network of the current stage (MT: the teacher)."""
+    best_student: dict[str, Tensor] | None = None
+    """MT: the student at the selected epoch."""
+    bad_epochs: int = 0
+    """Epochs since the validation loss last improved."""
+    le_teacher: dict[str, Tensor] | None = None
+    """LE: the selected stage-1 teacher."""
+    masked_fraction: float | None = None
+    """LE: fraction of the missing training labels the enhancement masked out."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stage_name(self) -> str:
+        return self.stages[self.stage]
+
+
+def clone_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A detached copy of a module's state (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
+    """Write the complete state into ``directory`` (created; other files there are kept)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "version": VERSION,
+        "cfg": to_dict(cfg),
+        "stages": list(fs.stages),
+        "stage": fs.stage,
+        "stage_epoch": fs.stage_epoch,
+        "stopped": fs.stopped,
+        "best_loss": fs.best_loss,
+        "best_logs": fs.best_logs,
+        "best_model": fs.best_model,
+        "best_student": fs.best_student,
+        "bad_epochs": fs.bad_epochs,
+        "model": fs.model.state_dict(),
+        "optimizer": fs.optimizer.state_dict(),
+        "teacher": None if fs.teacher is None else fs.teacher.state_dict(),
+        "le_teacher": fs.le_teacher,
+        "train_M": fs.train_M,
+        "masked_fraction": fs.masked_fraction,
+        "rng": {
+            "batches": fs.batches.get_state(),
+            "noise": fs.noise.get_state(),
+            "torch": torch.get_rng_state(),
+        },
+        "history": fs.history,
+    }
+    tmp = directory / (STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(directory / STATE_FILE)  # atomic: a reader never sees half a state
+    return directory / STATE_FILE
+
+
+def load_payload(directory: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Read a saved state; refuse one written with a different config (threads aside)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError("resume", f"no {STATE_FILE} in {directory}")
+    payload = torch.load(path, weights_only=True)
+    if payload.get("version") != VERSION:
+        raise ConfigError("resume", f"{path}: unsupported state version {payload.get('version')}")
+    saved, now = dict(payload["cfg"]), to_dict(cfg)
+    saved.pop("threads", None)
+    now.pop("threads", None)
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ConfigError("resume", f"{path} was written with a different config ({', '.join(diff)})")
+    return payload
+
+
+def restore(fs: FitState, payload: dict[str, Any]) -> None:
+    """Load ``payload`` into ``fs``, whose networks and optimizer were built for its stage."""
+    fs.model.load_state_dict(payload["model"])
+    fs.optimizer.load_state_dict(payload["optimizer"])
+    if fs.teacher is not None:
+        fs.teacher.load_state_dict(payload["teacher"])
+    for name in ("stage_epoch", "stopped", "best_loss", "best_logs", "best_model", "best_student",
+                 "bad_epochs", "le_teacher", "train_M", "masked_fraction", "history"):
+        setattr(fs, name, payload[name])
+    fs.batches.set_state(payload["rng"]["batches"])
+    fs.noise.set_state(payload["rng"]["noise"])
+    torch.set_rng_state(payload["rng"]["torch"])
+
+
+__all__ = ["STATE_FILE", "FitState", "clone_state", "load_payload", "restore", "save_state"]

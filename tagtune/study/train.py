@@ -1,0 +1,284 @@
+"""The fit loop shared by every method: one trial, from a Dataset and a TrainConfig.
+
+Adam with weight decay, step decay of the learning rate, model selection by the
+validation loss (BCE over the observed validation labels), optional patience.
+Data live in memory as tensors; a batch is a slice of a permutation of the clips.
+
+Stages and the epoch counter: B0, B1 and MT have one stage, ``main``. LE has two:
+``teacher`` (trained as B0) then ``student`` (a fresh network on the enhanced
+labels). ``epoch`` is one global counter, ``stage_index * cfg.epochs +
+epoch_in_stage``: the teacher's epochs are 1..E, the student's E+1..2E, also when
+the teacher stopped early or was given (``le_teacher``).
+
+Randomness: the initial weights, the batch order and the dropout noise are each
+drawn from a stream seeded by ``(cfg.seed, stream, stage)``; nothing reads the
+global torch RNG (it is seeded anyway, and checkpointed, as a guard). Hence LE's
+stage 1 is bitwise a B0 fit with the same config, and a student trained from a
+given teacher equals one trained after that teacher in the same fit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tagtune.study import methods
+from tagtune.study.checkpoint import FitState, clone_state, load_payload, restore, save_state
+from tagtune.study.config import ConfigError, TrainConfig
+from tagtune.study.data import Dataset, Split, remove_labels
+from tagtune.study.methods import Batch, MethodState, le, masked_bce, mt
+from tagtune.study.metrics import evaluate
+from tagtune.study.model import AttentionMIL, build_model, predict
+
+OnEpoch = Callable[[dict[str, Any], Callable[[Path], None]], None]
+_STREAMS = {"init": 1, "batches": 2, "noise": 3}
+
+
+@dataclass
+class FitResult:
+    """What a fit produced."""
+
+    history: list[dict[str, Any]]
+    """The logs of every epoch, in order."""
+    best: dict[str, Any]
+    """The logs of the selected epoch (LE: of the student stage)."""
+    model: AttentionMIL
+    """The selected network (MT: the teacher), in eval mode."""
+    cfg: TrainConfig
+    student: AttentionMIL | None = None
+    """MT: the student at the selected epoch."""
+    le_teacher: AttentionMIL | None = None
+    """LE: the stage-1 teacher (reusable through ``fit(..., le_teacher=...)``)."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Clip probabilities (N, C) of the selected model, eval mode, no gradient."""
+        return predict(self.model, X)
+
+
+@dataclass
+class _Data:
+    X: Tensor
+    Y: Tensor
+    M: Tensor
+
+    @classmethod
+    def of(cls, s: Split) -> _Data:
+        # Copies: Split's arrays are read-only and torch wants writable memory.
+        return cls(torch.tensor(s.X), torch.tensor(s.Y), torch.tensor(s.M, dtype=torch.float32))
+
+
+def stream_seed(seed: int, stream: str, stage: int) -> int:
+    """A 63-bit seed of its own for each (run seed, stream, stage)."""
+    state = np.random.SeedSequence([seed, _STREAMS[stream], stage]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def lr_at(cfg: TrainConfig, stage_epoch: int) -> float:
+    """Learning rate of the 1-based ``stage_epoch``: decayed once per milestone passed."""
+    return cfg.lr * cfg.lr_decay ** sum(stage_epoch > m for m in cfg.lr_decay_epochs)
+
+
+def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
+        resume: str | Path | None = None, le_teacher: Any = None) -> FitResult:
+    """Train ``cfg.method`` on ``ds`` and return the selected model and the history.
+
+    ``on_epoch(logs, save)`` is called after every epoch; ``save(dir)`` writes the
+    complete state there, and ``fit(..., resume=dir)`` continues from it exactly.
+    ``le_teacher`` (LE only; a module or a state dict) skips stage 1.
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ds = remove_labels(ds, cfg.missing, seed=cfg.seed)
+    if ds.observation == "positives-only" and cfg.method in ("b1", "mt"):
+        raise ConfigError("method", f"{cfg.method} needs observed negatives; "
+                          "positives-only data supports b0 and le")
+    if le_teacher is not None and cfg.method != "le":
+        raise ConfigError("le_teacher", f"only for method le, not {cfg.method}")
+    method = methods.get(cfg.method)
+    train, valid = _Data.of(ds.train), _Data.of(ds.valid)
+    stages = getattr(method, "STAGES", ("main",))
+    first = len(stages) - 1 if le_teacher is not None else 0
+    if resume is not None:
+        payload = load_payload(resume, cfg)
+        fs = _new_stage_state(stages, payload["stage"], train, ds, cfg)
+        restore(fs, payload)
+    else:
+        fs = _new_stage_state(stages, first, train, ds, cfg)
+        if le_teacher is not None:
+            fs.le_teacher = _as_state(le_teacher, ds, cfg)
+            _enhance(fs, train, cfg)
+
+    while True:
+        while fs.stage_epoch < cfg.epochs and not fs.stopped:
+            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch)
+        if fs.stage == len(stages) - 1:
+            break
+        teacher_state = fs.best_model if fs.best_model is not None else clone_state(fs.model)
+        fs = _next_stage(fs, train, ds, cfg)
+        fs.le_teacher = teacher_state
+        _enhance(fs, train, cfg)
+    return _result(fs, ds, cfg)
+
+
+def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Dataset,
+                     cfg: TrainConfig) -> FitState:
+    """Fresh networks, optimizer and random streams for ``stages[stage]``."""
+    model = _network(ds, cfg, stage)
+    batches, noise = torch.Generator(), torch.Generator()
+    batches.manual_seed(stream_seed(cfg.seed, "batches", stage))
+    noise.manual_seed(stream_seed(cfg.seed, "noise", stage))
+    teacher = None
+    if cfg.method == "mt":
+        teacher = mt.make_teacher(model)
+    return FitState(
+        stages=stages, stage=stage, model=model, teacher=teacher,
+        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        batches=batches, noise=noise, train_M=train.M,
+    )
+
+
+def _next_stage(fs: FitState, train: _Data, ds: Dataset, cfg: TrainConfig) -> FitState:
+    """The following stage: a fresh network and optimizer at the initial learning rate."""
+    nxt = _new_stage_state(fs.stages, fs.stage + 1, train, ds, cfg)
+    nxt.history = fs.history
+    return nxt
+
+
+def _network(ds: Dataset, cfg: TrainConfig, stage: int) -> AttentionMIL:
+    return build_model(ds.train.F, ds.train.C, cfg.model, stream_seed(cfg.seed, "init", stage))
+
+
+def _as_state(teacher: Any, ds: Dataset, cfg: TrainConfig) -> dict[str, Tensor]:
+    """A given LE teacher as a state dict that fits the configured architecture."""
+    state = teacher.state_dict() if isinstance(teacher, torch.nn.Module) else teacher
+    try:
+        _network(ds, cfg, 0).load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        problem = str(e).splitlines()[0]
+        raise ConfigError("le_teacher", f"does not fit the model config: {problem}") from None
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _enhance(fs: FitState, train: _Data, cfg: TrainConfig) -> None:
+    """LE: the student's training mask, from the stage-1 teacher's scores."""
+    teacher = _network_from(fs.le_teacher, fs.model)
+    M, fs.masked_fraction = le.enhanced_mask(teacher, train.X, train.Y, train.M, cfg.gamma)
+    fs.train_M = M
+
+
+def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
+    net = copy.deepcopy(like)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
+           cfg: TrainConfig, on_epoch: OnEpoch | None) -> None:
+    """Train one epoch, validate, update the selection, log, call back."""
+    lr = lr_at(cfg, fs.stage_epoch + 1)
+    for group in fs.optimizer.param_groups:
+        group["lr"] = lr
+    train_logs = _train_epoch(fs, method, train, cfg)
+    fs.stage_epoch += 1
+
+    selected = fs.teacher if fs.teacher is not None else fs.model
+    val_loss, val_metrics = _validate(selected, valid, valid_split)
+    logs: dict[str, Any] = {
+        "epoch": fs.stage * cfg.epochs + fs.stage_epoch,
+        "stage": fs.stage_name,
+        "lr": lr,
+        **train_logs,
+        "val/loss": val_loss,
+        **val_metrics,
+    }
+    if fs.teacher is not None:  # MT: the student, for comparison with its teacher
+        loss_s, metrics_s = _validate(fs.model, valid, valid_split)
+        logs |= {"val/loss_student": loss_s, "val/f1_macro_student": metrics_s["val/f1_macro"]}
+    if fs.masked_fraction is not None:
+        logs["le/masked_fraction"] = fs.masked_fraction
+
+    if val_loss < fs.best_loss:
+        fs.best_loss, fs.best_logs, fs.bad_epochs = val_loss, logs, 0
+        fs.best_model = clone_state(selected)
+        fs.best_student = clone_state(fs.model) if fs.teacher is not None else None
+    else:
+        fs.bad_epochs += 1
+        fs.stopped = cfg.patience is not None and fs.bad_epochs >= cfg.patience
+    fs.history.append(logs)
+    if on_epoch is not None:
+
+        def save(directory: Path) -> None:
+            save_state(fs, cfg, directory)
+
+        on_epoch(logs, save)
+
+
+def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[str, float]:
+    """One pass over the training clips in a random order; the mean of the step logs."""
+    fs.model.train()
+    if fs.teacher is not None:
+        fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
+    state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher)
+    after_step = getattr(method, "after_step", None)
+    N, B = train.X.shape[0], cfg.batch_size
+    perm = torch.randperm(N, generator=fs.batches)
+    starts = list(range(0, N, B))
+    if len(starts) > 1 and N - starts[-1] == 1:
+        starts.pop()  # a lone clip cannot be batch-normalised when T = 1; it is seen next epoch
+    sums: dict[str, Tensor] = {}
+    for i, start in enumerate(starts):
+        idx = perm[start : start + B]
+        state.progress = fs.stage_epoch + i / len(starts)
+        loss, logs = method.step(Batch(train.X[idx], train.Y[idx], fs.train_M[idx]), state)
+        fs.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fs.optimizer.step()
+        if after_step is not None:
+            after_step(state)
+        for k, v in {"train/loss": loss, **logs}.items():
+            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach()
+    return {k: float(v) / len(starts) for k, v in sums.items()}
+
+
+def _validate(model: AttentionMIL, data: _Data, split: Split) -> tuple[float, dict[str, float]]:
+    """Validation loss (BCE over observed labels) and metrics, in eval mode."""
+    scores = predict(model, data.X)
+    loss = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
+    return loss, evaluate(split, scores, "val")
+
+
+def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
+    def net(state: dict[str, Tensor] | None) -> AttentionMIL | None:
+        return None if state is None else _network_from(state, fs.model)
+
+    last = fs.teacher if fs.teacher is not None else fs.model
+    best = fs.best_model if fs.best_model is not None else clone_state(last)
+    return FitResult(
+        history=fs.history,
+        best=fs.best_logs if fs.best_logs is not None else fs.history[-1],
+        model=net(best),
+        cfg=cfg,
+        student=net(fs.best_student),
+        le_teacher=net(fs.le_teacher),
+    )
+
+
+def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
+    """Validation and test loss and metrics of the selected model."""
+    out: dict[str, float] = {}
+    for prefix, split in (("val", ds.valid), ("test", ds.test)):
+        data = _Data.of(split)
+        scores = predict(result.model, data.X)
+        out[f"{prefix}/loss"] = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
+        out |= evaluate(split, scores, prefix)
+    return out
+
+
+__all__ = ["FitResult", "evaluate_fit", "fit", "lr_at", "stream_seed"]

@@ -34,3 +34,20 @@ def tiny_dataset() -> Dataset:
         classes=("a", "b", "c"),
         name="tiny",
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs, no dashboard), shut down at the end.
+
+    address="local" starts a fresh instance rather than joining a cluster that another
+    process on this machine may have started.
+    """
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield ray
+    finally:  # runs after the last test that used it, failed or not
+        ray.shutdown()

@@ -23,9 +23,9 @@ def make_split(rng: np.random.Generator, n: int, T: int = 4, F: int = 6, C: int 
                  Y_full if full else None, where=f"memory:{prefix}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_dataset() -> Dataset:
-    """A random 3-class dataset, 40/12/12 clips of 4 x 6, half the labels observed."""
+    """A random 3-class dataset, 40/12/12 clips of 4 x 6, half the labels observed (read-only)."""
     rng = np.random.default_rng(0)
     return Dataset(
         train=make_split(rng, 40, prefix="tr"),

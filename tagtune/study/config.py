@@ -78,7 +78,8 @@ class TrainConfig:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
         object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
-        _check(self.method in METHODS, "method", f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        _check(self.method in METHODS, "method",
+               f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -95,8 +96,10 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's settings per dataset (Sec. 4).
-    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0, "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
-    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0, "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
+    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
+                "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
+    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
+              "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
 }
 
 
@@ -156,4 +159,5 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig", "from_dict", "merge", "replace", "to_dict"]
+__all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig",
+           "from_dict", "merge", "replace", "to_dict"]

@@ -1,0 +1,108 @@
+"""``tagtune study`` (run / resume a study) and ``tagtune mlflow sync``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tagtune.launch.cli import app, fail, user_errors
+from tagtune.study.config import ConfigError
+
+study_app = typer.Typer(help="Run a study: every (method, proportion) cell searched, then replicated.")
+app.add_typer(study_app, name="study")
+mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow store of a study.")
+app.add_typer(mlflow_app, name="mlflow")
+
+
+def _csv(text: str | None, cast=str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise ConfigError("list", f"cannot read {text!r} ({e})", where="command line") from None
+
+
+@study_app.callback(invoke_without_command=True)
+@user_errors
+def study(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Generic data file (.h5/.npz).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma list of b0,b1,le,mt.")] = None,
+    missing: Annotated[str | None, typer.Option(help="Comma list of proportions removed.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials per cell.")] = None,
+    replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial; the scheduler's max.")] = None,
+    name: Annotated[str | None, typer.Option(help="Study name (directory, MLflow experiment).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Where studies live (shared on a cluster).")] = None,
+    cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs per trial.")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Paper settings: openmic or sonyc.")] = None,
+    config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress table.")] = False,
+) -> None:
+    """Run a study (or `tagtune study resume DIR`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tagtune.launch.settings import StudySettings, load_settings
+    from tagtune.launch.study import run_study
+
+    overrides = {
+        "data": str(data.absolute()) if data else None, "methods": _csv(methods),
+        "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
+        "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
+        "cpus_per_trial": cpus_per_trial, "mlflow_uri": mlflow_uri, "grace_period": grace_period,
+        "seed": seed, "preset": preset,
+    }
+    if config is not None:
+        settings = load_settings(config, **overrides)
+    else:
+        if data is None:
+            raise fail("study: --data is required (or --config)")
+        settings = StudySettings(**{k: v for k, v in overrides.items() if v is not None})
+    result = run_study(settings, verbose=0 if quiet else 1)
+    _print_result(result)
+
+
+@study_app.command("resume")
+@user_errors
+def resume(
+    study_dir: Annotated[Path, typer.Argument(help="The study directory.")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress table.")] = False,
+) -> None:
+    """Continue an interrupted study; finished trials are neither rerun nor logged twice."""
+    from tagtune.launch.study import resume_study
+
+    result = resume_study(study_dir, verbose=0 if quiet else 1,
+                          address=address or os.environ.get("RAY_ADDRESS"))
+    _print_result(result)
+
+
+@mlflow_app.command("sync")
+@user_errors
+def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
+    """Replay the study's tracking journal into its MLflow store (after an outage)."""
+    from tagtune.launch.settings import load_settings
+    from tagtune.launch.study import _mlflow_experiment
+    from tagtune.launch.tracking import sync
+
+    settings = load_settings(Path(study_dir) / "study.yaml")
+    n = sync(settings.study_dir, settings.tracking_uri, _mlflow_experiment(settings))
+    print(f"replayed {n} events into {settings.tracking_uri}")
+
+
+def _print_result(result) -> None:
+    out = sys.stdout
+    print(f"study:     {result.study_dir}", file=out)
+    print(f"best:      {result.study_dir / 'best.json'}", file=out)
+    print(f"mlflow:    {result.tracking_uri} (experiment {result.experiment_id})", file=out)
+    if result.tracking_uri.startswith("sqlite"):
+        print(f"open UI:   mlflow ui --backend-store-uri {result.tracking_uri}", file=out)

@@ -1,0 +1,135 @@
+"""A study's settings: one frozen dataclass, validated once, saved as ``study.yaml``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tagtune.study.config import METHODS, ConfigError
+from tagtune.study.trainable import train_config
+
+DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What to compare, with what budget, where."""
+
+    data: str
+    """Generic data file (.h5/.npz), absolute path."""
+    name: str = "study"
+    """Study name: the directory under ``storage`` and the MLflow experiment name."""
+    methods: tuple[str, ...] = METHODS
+    """Methods to compare (cells are methods x proportions)."""
+    missing: tuple[float, ...] = DEFAULT_MISSING
+    """Proportions of observed training labels removed (the paper's Fig. 5)."""
+    trials: int = 20
+    """Optuna trials per cell: the same budget for every cell."""
+    replicates: int = 5
+    """Seeds each cell's best config is retrained with and tested (the paper: 5)."""
+    epochs: int = 100
+    """Epochs per trial (per LE stage); the scheduler's max_t."""
+    grace_period: int = 5
+    """ASHA: epochs every trial gets before it can be stopped."""
+    reduction_factor: float = 3.0
+    """ASHA: keep the best 1/reduction_factor at each rung."""
+    cpus_per_trial: int = 1
+    """CPUs (and torch threads) per trial."""
+    checkpoint_every: int = 5
+    """Checkpoint a trial every this many epochs (and at its end)."""
+    max_failures: int = 3
+    """Retries of a trial whose worker died, each from its last checkpoint."""
+    seed: int = 0
+    """Seeds the searchers; replicate r uses seed + r."""
+    preset: str = "openmic"
+    """Paper settings to start from: openmic or sonyc (model size, gamma, alpha, beta)."""
+    storage: str = "studies"
+    """Directory holding the study (shared storage on a multi-node cluster)."""
+    address: str | None = None
+    """Ray cluster address (auto, ray://host:port); None = start a local Ray."""
+    num_cpus: int | None = None
+    """CPUs of the local Ray (None = all of this machine's)."""
+    mlflow_uri: str | None = None
+    """Tracking URI; None = sqlite file inside the study directory."""
+    search_space: str | None = None
+    """YAML file overriding search ranges (its ``search:`` mapping)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(str(m).lower() for m in self.methods))
+        object.__setattr__(self, "missing", tuple(float(p) for p in self.missing))
+        bad = [m for m in self.methods if m not in METHODS]
+        _check(not bad, "methods", f"unknown method {bad[0] if bad else ''!r}; use {', '.join(METHODS)}")
+        _check(len(self.methods) > 0, "methods", "at least one method")
+        _check(len(set(self.methods)) == len(self.methods), "methods", "listed twice")
+        _check(all(0 <= p < 1 for p in self.missing), "missing", "proportions must be in [0, 1)")
+        _check(len(self.missing) > 0, "missing", "at least one proportion")
+        for name in ("trials", "replicates", "epochs", "grace_period", "cpus_per_trial",
+                     "checkpoint_every"):
+            _check(getattr(self, name) >= 1 or (name == "replicates" and self.replicates == 0),
+                   name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.grace_period <= self.epochs, "grace_period", "must be <= epochs")
+        _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
+        _check(self.preset in ("openmic", "sonyc"), "preset", "use openmic or sonyc")
+        _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage).expanduser().absolute() / self.name
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.study_dir / 'mlflow.db'}"
+
+    def base_config(self, **extra: Any) -> dict[str, Any]:
+        """Trial config shared by every trial: paper preset, then user overrides."""
+        from tagtune.study.config import PRESETS
+
+        preset = PRESETS[self.preset]
+        model = {**preset["model"], **self.train.get("model", {})}
+        return {**{k: v for k, v in preset.items() if k != "model"}, **self.train,
+                "model": model, "epochs": self.epochs, "threads": self.cpus_per_trial,
+                "checkpoint_every": self.checkpoint_every, **extra}
+
+    def to_yaml(self) -> str:
+        d = asdict(self)
+        d["methods"], d["missing"] = list(self.methods), list(self.missing)
+        return yaml.safe_dump(d, sort_keys=False)
+
+
+def _check(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(name, problem, where="study")
+
+
+def load_settings(path: str | Path, **overrides: Any) -> StudySettings:
+    """Settings from a YAML file (its top-level keys are the fields), then ``overrides``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("file", f"cannot read YAML ({str(e).splitlines()[0]})", where=str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("file", "expected a mapping", where=str(path))
+    raw.pop("search", None)  # the search ranges, read by tagtune.search_spaces
+    known = {f.name for f in fields(StudySettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(unknown[0], "unknown key", where=str(path))
+    merged = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    if "search_space" not in merged:
+        merged["search_space"] = str(path)
+    try:
+        return StudySettings(**merged)
+    except TypeError as e:
+        raise ConfigError("file", str(e), where=str(path)) from None
+
+
+def default_num_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

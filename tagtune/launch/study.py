@@ -1,0 +1,263 @@
+"""Running a study: search every cell, then retrain each cell's best config with K seeds.
+
+``run_study(settings)`` is the plain function under ``tagtune study``; ``resume_study(dir)``
+under ``tagtune study resume``. A study directory holds::
+
+    study.yaml            the settings (what resume reads)
+    search/               Ray Tune experiment of the search phase (all cells together)
+    replicate/            Ray Tune experiment of the replicate phase
+    best.json             best config and validation score per cell
+    summary.json          budgets per cell, replicate test metrics, MLflow location
+    mlflow.db             the MLflow store (unless --mlflow-uri), mlartifacts/
+    mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.search import Searcher
+
+from tagtune.launch.scheduler import CellASHA
+from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings
+from tagtune.launch.tracking import MlflowJournalCallback, sync
+from tagtune.study.config import ConfigError
+from tagtune.study.data import Dataset, load
+from tagtune.study.trainable import train_trial
+
+log = logging.getLogger(__name__)
+METRIC, MODE = "val/best_loss", "min"  # set once, on TuneConfig (scheduler and searcher get them from there)
+PHASES = ("search", "replicate")
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    best: dict[str, dict[str, Any]]
+    replicates: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
+    """Run (or continue) the study described by ``settings``; returns what it found."""
+    study_dir = settings.study_dir
+    _prepare_dir(study_dir, settings)
+    ds = load(settings.data)
+    experiment_id = _mlflow_experiment(settings)
+    _init_ray(settings)
+    searcher_summary = _search(settings, ds, experiment_id, verbose)
+    best = _best_per_cell(study_dir / "search", settings)
+    (study_dir / "best.json").write_text(json.dumps(best, indent=2))
+    replicates = _replicate(settings, ds, best, experiment_id, verbose) if settings.replicates else []
+    sync(study_dir, settings.tracking_uri, experiment_id)  # anything an outage held back
+    summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
+               "cells": searcher_summary, "replicates": replicates,
+               "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id}
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary)
+
+
+def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -> StudyResult:
+    """Continue an interrupted study: finished trials are neither rerun nor logged twice."""
+    path = Path(study_dir).absolute() / "study.yaml"
+    if not path.is_file():
+        raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
+    settings = load_settings(path, **overrides)
+    return run_study(settings, verbose=verbose)
+
+
+def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("storage", f"study directory not writable ({e.strerror})",
+                          where=str(study_dir)) from None
+    saved = study_dir / "study.yaml"
+    text = settings.to_yaml()
+    if saved.exists() and saved.read_text() != text:
+        old = load_settings(saved)
+        if (old.data, old.methods, old.missing, old.trials, old.epochs) != (
+            settings.data, settings.methods, settings.missing, settings.trials, settings.epochs):
+            raise ConfigError("name", "a different study already lives here; choose another --name",
+                              where=str(study_dir))
+    saved.write_text(text)
+
+
+def _mlflow_experiment(settings: StudySettings) -> str:
+    """Create (or find) the study's experiment on the driver, artifacts at an absolute path."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(settings.name)
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = (settings.study_dir / "mlartifacts").as_uri()
+        return client.create_experiment(settings.name, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError("mlflow_uri", f"MLflow store not usable ({str(e).splitlines()[0][:150]})",
+                          where=settings.tracking_uri) from None
+
+
+def _init_ray(settings: StudySettings) -> None:
+    if ray.is_initialized():
+        return
+    if settings.address:
+        try:
+            ray.init(address=settings.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError("address", f"cannot reach the Ray cluster ({str(e).splitlines()[0][:150]})",
+                              where=settings.address) from None
+    else:
+        # Explicit num_cpus: a fresh local instance, never a stale cluster left behind.
+        ray.init(num_cpus=settings.num_cpus or default_num_cpus(), include_dashboard=False,
+                 log_to_driver=False)
+
+
+def _trainable(settings: StudySettings, ds: Dataset):
+    # with_parameters puts the dataset in the object store once; every trial reads it there.
+    return tune.with_resources(tune.with_parameters(train_trial, dataset=ds),
+                               {"cpu": settings.cpus_per_trial})
+
+
+def _run_config(settings: StudySettings, phase: str, experiment_id: str, verbose: int) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=phase,
+        storage_path=str(settings.study_dir),
+        callbacks=[MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase)],
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=verbose,
+    )
+
+
+def _fit_or_resume(settings, ds, phase, make_tuner) -> tune.ResultGrid:
+    path = settings.study_dir / phase
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(settings, ds),
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = make_tuner()
+    return tuner.fit()
+
+
+def _search(settings: StudySettings, ds: Dataset, experiment_id: str, verbose: int) -> dict:
+    from tagtune.launch.searcher import Cell, CellSearcher
+    from tagtune.search_spaces import Ranges, load_ranges
+
+    ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
+    cells = [Cell(m, p) for m in settings.methods for p in settings.missing]
+    searcher = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
+                            preset=settings.preset, seed=settings.seed,
+                            base_config=settings.base_config(phase="search"))
+
+    def make_tuner() -> tune.Tuner:
+        return tune.Tuner(
+            _trainable(settings, ds),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=len(cells) * settings.trials,
+                reuse_actors=True,  # a worker process per trial would spend seconds importing torch
+                scheduler=CellASHA(max_t=settings.epochs, grace_period=settings.grace_period,
+                                   reduction_factor=settings.reduction_factor),
+            ),
+            run_config=_run_config(settings, "search", experiment_id, verbose),
+        )
+
+    results = _fit_or_resume(settings, ds, "search", make_tuner)
+    return _cell_counts(results)
+
+
+def _cell_counts(results: tune.ResultGrid) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for r in results:
+        c = counts.setdefault(r.config["cell"],
+                              {"trials": 0, "completed": 0, "stopped_early": 0, "failed": 0})
+        c["trials"] += 1
+        if r.error is not None:
+            c["failed"] += 1
+        elif (r.metrics or {}).get("complete"):
+            c["completed"] += 1
+        else:
+            c["stopped_early"] += 1
+    return counts
+
+
+def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[str, Any]]:
+    """Per cell, the trial with the lowest selection loss among those that ran to the end."""
+    analysis = tune.ExperimentAnalysis(str(search_dir), default_metric=METRIC, default_mode=MODE)
+    best: dict[str, dict[str, Any]] = {}
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        if not last.get("complete") or METRIC not in last:
+            continue  # cut short by ASHA: its score is from a smaller budget
+        cell = trial.config["cell"]
+        if cell not in best or last[METRIC] < best[cell]["value"]:
+            best[cell] = {"value": last[METRIC], "trial_id": trial.trial_id, "config": dict(trial.config)}
+    missing = {f"{m}@{p:.2f}" for m in settings.methods for p in settings.missing} - set(best)
+    if missing:
+        log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
+    return dict(sorted(best.items()))
+
+
+class ListSearcher(Searcher):
+    """Hands out a fixed list of configs, in order, once each (the replicate phase)."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.configs, self.next = configs, 0
+
+    def suggest(self, trial_id: str):
+        if self.next >= len(self.configs):
+            return Searcher.FINISHED
+        self.next += 1
+        return self.configs[self.next - 1]
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"configs": self.configs, "next": self.next}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.configs, self.next = state["configs"], state["next"]
+
+
+def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any]]:
+    configs = []
+    for cell, b in best.items():
+        for r in range(settings.replicates):
+            configs.append({**b["config"], "phase": "replicate", "replicate": r,
+                            "seed": settings.seed + r, "cell": cell})
+
+    def make_tuner() -> tune.Tuner:
+        return tune.Tuner(
+            _trainable(settings, ds),
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
+                                        num_samples=len(configs), reuse_actors=True),
+            run_config=_run_config(settings, "replicate", experiment_id, verbose),
+        )
+
+    results = _fit_or_resume(settings, ds, "replicate", make_tuner)
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({"cell": r.config["cell"], "method": r.config["method"], "missing": r.config["missing"],
+                     "seed": r.config["seed"], "error": None if r.error is None else str(r.error)[:200],
+                     **{k: v for k, v in m.items() if k.startswith(("test", "val/"))}})
+    return sorted(rows, key=lambda row: (row["cell"], row["seed"]))
+
+
+__all__ = ["PHASES", "StudyResult", "StudySettings", "resume_study", "run_study"]

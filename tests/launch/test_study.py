@@ -1,0 +1,69 @@
+"""A tiny end-to-end study on local Ray: budgets, MLflow runs, best configs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tagtune.launch.settings import StudySettings
+from tagtune.launch.study import run_study
+from tagtune.study import data
+
+METHODS = ("b0", "b1", "le", "mt")
+MISSING = (0.0, 0.4)
+TRIALS = 2
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ray_session, tiny_dataset):
+    root = tmp_path_factory.mktemp("study")
+    path = data.save(tiny_dataset, root / "tiny.h5")
+    settings = StudySettings(
+        data=str(path), name="tiny", storage=str(root), methods=METHODS, missing=MISSING,
+        trials=TRIALS, replicates=2, epochs=3, grace_period=1, checkpoint_every=2,
+        train={"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []},
+    )
+    return settings, run_study(settings, verbose=0)
+
+
+def test_every_cell_gets_exactly_its_budget(study):
+    settings, result = study
+    cells = result.summary["cells"]
+    assert sorted(cells) == sorted(f"{m}@{p:.2f}" for m in METHODS for p in MISSING)
+    assert all(c["trials"] == TRIALS and c["failed"] == 0 for c in cells.values())
+    assert set(result.best) == set(cells)
+    best = json.loads((result.study_dir / "best.json").read_text())
+    for cell, b in best.items():
+        assert b["config"]["cell"] == cell and b["config"]["method"] == cell.split("@")[0]
+
+
+def test_mlflow_has_one_run_per_trial_and_replicate(study):
+    settings, result = study
+    client = MlflowClient(result.tracking_uri)
+    runs = client.search_runs([result.experiment_id], max_results=1000)
+    phases = Counter(r.data.tags["phase"] for r in runs)
+    n_cells = len(METHODS) * len(MISSING)
+    assert phases == {"search": n_cells * TRIALS, "replicate": n_cells * 2}
+    assert len({r.data.tags["tagtune.trial_id"] for r in runs}) == len(runs)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        for p in ("lr", "method", "missing", "gamma", "alpha", "beta", "model.layers", "seed"):
+            assert p in r.data.params
+        assert "val/loss" in r.data.metrics and "epoch" in r.data.metrics
+        if r.data.tags["phase"] == "replicate":
+            assert "test/f1_macro" in r.data.metrics
+    history = client.get_metric_history(runs[0].info.run_id, "val/loss")
+    assert len(history) >= 1 and len({m.step for m in history}) == len(history)
+
+
+def test_replicates_use_the_best_config_with_their_seeds(study):
+    settings, result = study
+    assert len(result.replicates) == len(result.best) * 2
+    for row in result.replicates:
+        assert row["error"] is None
+        assert 0.0 <= row["test/f1_macro"] <= 1.0
+    seeds = Counter((row["cell"], row["seed"]) for row in result.replicates)
+    assert set(seeds.values()) == {1}

@@ -91,7 +91,9 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
 
     ``on_epoch(logs, save)`` is called after every epoch; ``save(dir)`` writes the
     complete state there, and ``fit(..., resume=dir)`` continues from it exactly.
-    ``le_teacher`` (LE only; a module or a state dict) skips stage 1.
+    ``le_teacher`` (LE only; a module or a state dict of the configured architecture,
+    trained on the same labels, e.g. a B0 fit's model) skips stage 1; on ``resume``
+    the saved teacher is used instead.
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -120,6 +122,7 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
             _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch)
         if fs.stage == len(stages) - 1:
             break
+        # LE's stage boundary: the selected teacher enhances the labels of a fresh student.
         teacher_state = fs.best_model if fs.best_model is not None else clone_state(fs.model)
         fs = _next_stage(fs, train, ds, cfg)
         fs.le_teacher = teacher_state

@@ -22,6 +22,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tagtune.study.config import to_dict
+from tagtune.study.trainable import STUDY_KEYS, train_config
+
 log = logging.getLogger(__name__)
 JOURNAL = "mlflow-journal.jsonl"
 TRIAL_TAG = "tagtune.trial_id"
@@ -40,7 +43,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The result's finite numbers (bools as 0/1), minus Ray's own bookkeeping."""
     skip = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore",
-            "iterations_since_restore", "training_iteration", "done"}
+            "iterations_since_restore", "training_iteration", "done", "should_checkpoint"}
     out = {}
     for k, v in result.items():
         if k in skip or isinstance(v, str) or k == "config":
@@ -132,12 +135,15 @@ class MlflowJournalCallback(Callback):
                 log.warning("MLflow unreachable (%s); events are kept in %s", e, self.journal)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        cfg = dict(trial.config)
-        tags = {"method": cfg.get("method"), "proportion": cfg.get("missing"), "cell": cfg.get("cell"),
-                "seed": cfg.get("seed"), "phase": self.phase, "trial_id": trial.trial_id}
-        name = f"{cfg.get('method')}__{cfg.get('cell')}__{self.phase}__{trial.trial_id}"
+        # The full resolved config, so that every run has the same params whatever the method.
+        resolved = to_dict(train_config(trial.config))
+        study_keys = {k: trial.config[k] for k in STUDY_KEYS if k in trial.config}
+        tags = {"method": resolved["method"], "proportion": resolved["missing"],
+                "cell": study_keys.get("cell"), "seed": resolved["seed"], "phase": self.phase,
+                "trial_id": trial.trial_id}
+        name = f"{resolved['method']}__{study_keys.get('cell')}__{self.phase}__{trial.trial_id}"
         self._emit({"op": "start", "trial_id": trial.trial_id, "name": self.name_prefix + name,
-                    "tags": tags, "params": flatten(cfg)})
+                    "tags": tags, "params": flatten({**resolved, **study_keys})})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pandas.api.types import is_numeric_dtype
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tagtune.launch.cli import data_app, user_errors
 from tagtune.study import data
@@ -71,19 +73,23 @@ def describe(path: Annotated[Path, typer.Argument(help="A generic file (.h5 or .
     """Per split N/T/F/C; per class the observed fraction and the positive count."""
     ds = data.load(path)
     console = Console()
-    console.print(f"[bold]{ds.name}[/] from {ds.source} - {ds.observation} labels, "
-                  f"{len(ds.classes)} classes, fingerprint {ds.fingerprint}")
+    console.print(Text.assemble((ds.name, "bold"), f" from {ds.source} - {ds.observation} labels, "
+                                f"{len(ds.classes)} classes, fingerprint {ds.fingerprint}"),
+                  soft_wrap=True)
     console.print(_rich(split_table(ds), "splits"))
-    wide = class_table(ds).pivot(index="class", columns="split")
-    wide = wide.reindex(index=list(ds.classes), columns=list(data.SPLITS), level=1)
-    wide.columns = [f"{split} {col}" for col, split in wide.columns]
-    console.print(_rich(wide.reset_index(), "classes"))
+    # One narrow table per split: a class x split pivot does not fit 80 columns.
+    classes = class_table(ds)
+    for name in data.SPLITS:
+        rows = classes[classes["split"] == name].drop(columns="split").dropna(axis=1, how="all")
+        console.print(_rich(rows, f"{name}: classes"))
 
 
 def _rich(df, title: str) -> Table:
     table = Table(title=title)
     for col in df.columns:
-        table.add_column(str(col), justify="left" if df[col].dtype == object else "right")
+        table.add_column(str(col), justify="right" if is_numeric_dtype(df[col]) else "left",
+                         no_wrap=True)
     for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        # Text, not markup: a class name such as "[/]" must print as itself.
+        table.add_row(*(Text(f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))
     return table

@@ -25,7 +25,8 @@ class DataError(ValueError):
 
     def __init__(self, where: str, field: str, problem: str):
         self.where, self.field, self.problem = str(where), field, problem
-        super().__init__(f"{where}: {field}: {problem}")
+        # One line whatever the parts hold (a file name or a library message with newlines).
+        super().__init__(" ".join(f"{where}: {field}: {problem}".splitlines()))
 
 
 def _as_bool_mask(M: np.ndarray, where: str, field: str) -> np.ndarray:
@@ -80,7 +81,8 @@ class Split:
             raise DataError(w, "X", "empty split (N = 0)")
         if 0 in X.shape[1:]:
             raise DataError(w, "X", f"zero-sized frame or feature axis, shape {X.shape}")
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range -> inf, reported next
+            X = np.ascontiguousarray(X, dtype=np.float32)
         if not np.isfinite(X).all():
             raise DataError(w, "X", "features contain NaN or inf")
 
@@ -176,6 +178,8 @@ class Dataset:
 
     def __post_init__(self) -> None:
         w = self.source
+        if isinstance(self.classes, str | bytes):
+            raise DataError(w, "classes", "expected a sequence of class names, got one string")
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if self.observation not in OBSERVATIONS:
             raise DataError(w, "observation", f"must be one of {OBSERVATIONS}")
@@ -192,12 +196,13 @@ class Dataset:
             if s.C != C:
                 raise DataError(s.where, "Y", f"{s.C} classes but {C} class names")
             if (s.T, s.F) != (ref.T, ref.F):
-                raise DataError(
-                    s.where, "X", f"frames x features {s.T}x{s.F} differ from train's {ref.T}x{ref.F}"
-                )
+                raise DataError(s.where, "X", f"frames x features {s.T}x{s.F} differ from "
+                                              f"train's {ref.T}x{ref.F}")
+        if not isinstance(self.meta, dict):
+            raise DataError(w, "meta", f"expected a dict, got {type(self.meta).__name__}")
         try:
             json.dumps(self.meta)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # ValueError: a circular reference
             raise DataError(w, "meta", f"not JSON-serialisable: {e}") from e
 
     def split(self, name: str) -> Split:

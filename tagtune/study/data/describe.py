@@ -8,7 +8,8 @@ from tagtune.study.data.core import Dataset
 
 
 def class_table(ds: Dataset) -> pd.DataFrame:
-    """One row per (split, class): observed fraction, observed positives, true positives if known."""
+    """One row per (split, class): observed fraction, positives and negatives among observed,
+    and true positives where ``Y_full`` is known."""
     rows = []
     for name, s in ds.splits.items():
         observed = s.M.mean(axis=0)
@@ -25,7 +26,10 @@ def class_table(ds: Dataset) -> pd.DataFrame:
             if s.Y_full is not None:
                 row["true_positives"] = int(s.Y_full[:, c].sum())
             rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "true_positives" in df:  # a count, absent (<NA>) for splits without Y_full, not a float
+        df["true_positives"] = df["true_positives"].astype("Int64")
+    return df
 
 
 def split_table(ds: Dataset) -> pd.DataFrame:

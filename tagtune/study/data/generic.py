@@ -16,32 +16,42 @@ and optional ``name``, ``observation``, ``meta`` (JSON) scalars. Read with
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from tagtune.study.data.core import SPLITS, Dataset, DataError, Split
+from tagtune.study.data.core import SPLITS, DataError, Dataset, Split
 
 FORMAT = "tagtune-1"
 ARRAYS = ("X", "Y", "M", "keys", "Y_full")
 REQUIRED = ("X", "Y", "M", "keys")
+H5_SUFFIXES = (".h5", ".hdf5")
+# What a damaged archive can raise from zipfile, zlib and numpy's .npy parser.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError,
+              OverflowError, MemoryError, zipfile.BadZipFile, zlib.error, struct.error)
 
 
 def save(ds: Dataset, path: str | Path) -> Path:
     """Write ``ds`` to ``path`` (.h5/.hdf5 or .npz), atomically (a temp file then rename)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (*H5_SUFFIXES, ".npz"):
+        raise DataError(path, "path", "unknown extension (use .h5, .hdf5 or .npz)")
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".h5", ".hdf5"):
-        _save_h5(ds, tmp)
-    elif path.suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, **_flat(ds))
-    else:
-        raise DataError(path, "path", "unknown extension (use .h5, .hdf5 or .npz)")
-    tmp.replace(path)
+    try:
+        if suffix in H5_SUFFIXES:
+            _save_h5(ds, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, **_flat(ds))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no half file behind
     return path
 
 
@@ -80,10 +90,11 @@ def load(path: str | Path) -> Dataset:
     """Read a generic file; any malformed content raises :class:`DataError`."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "path", "no such file")
-    if path.suffix in (".h5", ".hdf5"):
+        raise DataError(path, "path", "not a regular file" if path.exists() else "no such file")
+    suffix = path.suffix.lower()
+    if suffix in H5_SUFFIXES:
         return _load_h5(path)
-    if path.suffix == ".npz":
+    if suffix == ".npz":
         return _load_npz(path)
     raise DataError(path, "path", "unknown extension (use .h5, .hdf5 or .npz)")
 
@@ -95,19 +106,35 @@ def _load_h5(path: Path) -> Dataset:
         raise DataError(path, "file", f"not a readable HDF5 file ({_short(e)})") from e
     try:
         with f:
-            attrs = dict(f.attrs)
+            attrs = {k: _attr_str(path, k, v) for k, v in f.attrs.items()}
+            if attrs.get("format", FORMAT) != FORMAT:
+                raise DataError(path, "format", f"{attrs['format']!r} is not {FORMAT!r}")
             classes = _read_strings(f, "classes", path)
             arrays = {}
             for name in SPLITS:
                 g = f.get(name)
-                if not isinstance(g, h5py.Group):
+                if g is None:
                     raise DataError(path, f"/{name}", "missing split group")
+                if not isinstance(g, h5py.Group):
+                    raise DataError(path, f"/{name}", "expected a split group, found a dataset")
                 arrays[name] = {k: _read_h5_array(g, k, path) for k in ARRAYS}
     except DataError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError) as e:
         raise DataError(path, "file", f"corrupt or unreadable HDF5 ({_short(e)})") from e
     return _assemble(path, arrays, classes, attrs)
+
+
+def _attr_str(path: Path, key: str, value) -> str:
+    """Root attributes are text; h5py returns str, but other writers may leave bytes."""
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(path, f"attribute {key}", "not valid UTF-8") from e
+    if isinstance(value, str):
+        return value
+    raise DataError(path, f"attribute {key}", f"expected a string, got {type(value).__name__}")
 
 
 def _read_h5_array(g: h5py.Group, key: str, path: Path) -> np.ndarray | None:
@@ -128,9 +155,11 @@ def _read_h5_array(g: h5py.Group, key: str, path: Path) -> np.ndarray | None:
 
 def _read_strings(g: h5py.Group, key: str, path: Path) -> np.ndarray:
     where = f"{g.name.rstrip('/')}/{key}"
-    if key not in g or not isinstance(g[key], h5py.Dataset):
+    if key not in g:
         raise DataError(path, where, "missing dataset")
     d = g[key]
+    if not isinstance(d, h5py.Dataset):
+        raise DataError(path, where, "expected a dataset, found a group")
     if d.dtype.kind == "O" and h5py.check_string_dtype(d.dtype) is None:
         raise DataError(path, where, "expected strings")
     if d.dtype.kind not in "OSU":
@@ -147,29 +176,54 @@ def _read_strings(g: h5py.Group, key: str, path: Path) -> np.ndarray:
 
 def _load_npz(path: Path) -> Dataset:
     try:
+        # Checked first so that np.load never tries its .npy or pickle branches on random bytes.
+        if not zipfile.is_zipfile(path):
+            raise DataError(path, "file", "not a zip archive (an .npz is one)")
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except DataError:
+        raise
+    except NPZ_ERRORS as e:
         raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(path, "file", "a single .npy array, not an .npz archive")
     try:
         with z:
             files = set(z.files)
-            classes = _npz_get(z, path, "classes", files, required=True)
-            if classes.dtype.kind not in "US" or classes.ndim != 1:
-                raise DataError(path, "classes", "expected a 1-D array of strings")
-            attrs = {k: str(_npz_get(z, path, k, files)) for k in ("name", "observation", "meta")
-                     if k in files}
+            classes = _npz_strings(path, "classes", _npz_get(z, path, "classes", files, True))
+            attrs = {k: _npz_text(path, k, _npz_get(z, path, k, files))
+                     for k in ("name", "observation", "meta") if k in files}
             arrays = {
                 name: {k: _npz_get(z, path, f"{name}_{k}", files, required=k in REQUIRED)
                        for k in ARRAYS}
                 for name in SPLITS
             }
+            for name in SPLITS:
+                field = f"{name}_keys"
+                arrays[name]["keys"] = _npz_strings(path, field, arrays[name]["keys"])
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except NPZ_ERRORS as e:
         raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
-    return _assemble(path, arrays, classes.astype(str), attrs)
+    return _assemble(path, arrays, classes, attrs)
+
+
+def _npz_strings(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+    """A 1-D array of str (bytes are decoded as UTF-8): class names and clip keys."""
+    if a.dtype.kind not in "US" or a.ndim != 1:
+        raise DataError(path, key, f"expected a 1-D array of strings, got {a.dtype} {a.shape}")
+    if a.dtype.kind == "S":
+        try:
+            return np.char.decode(a, "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(path, key, "strings are not valid UTF-8") from e
+    return a
+
+
+def _npz_text(path: Path, key: str, a: np.ndarray) -> str:
+    """A scalar string (name, observation, meta JSON)."""
+    if a.dtype.kind not in "US" or a.ndim != 0:
+        raise DataError(path, key, f"expected a scalar string, got {a.dtype} {a.shape}")
+    return _npz_strings(path, key, a.reshape(1))[0].item()
 
 
 def _npz_get(z, path: Path, key: str, files: set[str], required: bool = False):
@@ -178,21 +232,25 @@ def _npz_get(z, path: Path, key: str, files: set[str], required: bool = False):
             raise DataError(path, key, "missing array")
         return None
     try:
-        return z[key]
+        a = z[key]
     except ValueError as e:  # object arrays refuse to load without pickle
-        raise DataError(path, key, f"cannot load without pickle ({_short(e)})") from e
+        raise DataError(path, key, f"cannot load ({_short(e)})") from e
+    if not isinstance(a, np.ndarray):  # a member without the .npy header comes back as bytes
+        raise DataError(path, key, "not a .npy array")
+    return a
 
 
 def _assemble(path: Path, arrays: dict, classes: np.ndarray, attrs: dict) -> Dataset:
     try:
         meta = json.loads(attrs.get("meta", "{}"))
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise DataError(path, "meta", "not valid JSON") from e
     if not isinstance(meta, dict):
         raise DataError(path, "meta", "expected a JSON object")
-    splits = {}
-    for name, a in arrays.items():
-        splits[name] = Split(a["X"], a["Y"], a["M"], a["keys"], a["Y_full"], where=f"{path}:/{name}")
+    splits = {
+        name: Split(a["X"], a["Y"], a["M"], a["keys"], a["Y_full"], where=f"{path}:/{name}")
+        for name, a in arrays.items()
+    }
     return Dataset(
         **splits,
         classes=tuple(classes.tolist()),

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from tagtune.study.data.core import Dataset, DataError, Split
+from tagtune.study.data.core import DataError, Dataset, Split
 
 
 def remove_labels(ds: Dataset, p: float, seed: int = 0) -> Dataset:
     """Drop each observed training label with probability ``p`` (seeded); other splits unchanged."""
     if not 0.0 <= p < 1.0:
         raise DataError(ds.source, "missing", f"proportion must be in [0, 1), got {p}")
+    if seed < 0:
+        raise DataError(ds.source, "seed", f"must be a non-negative integer, got {seed}")
     if p == 0.0:
         return ds
     tr = ds.train
@@ -38,4 +40,5 @@ def positives_only(ds: Dataset) -> Dataset:
     tr = ds.train
     M = tr.M & (tr.Y == 1)
     train = Split(tr.X, tr.Y, M, tr.keys, tr.Y_full, tr.where)
-    return ds.with_train(train, observation="positives-only", meta={**ds.meta, "view": "positives-only"})
+    meta = {**ds.meta, "view": "positives-only"}
+    return ds.with_train(train, observation="positives-only", meta=meta)

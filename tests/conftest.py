@@ -51,3 +51,24 @@ def ray_session():
         yield ray
     finally:  # runs after the last test that used it, failed or not
         ray.shutdown()
+
+
+TINY_STUDY = dict(methods=("b0", "b1", "le", "mt"), missing=(0.0, 0.4), trials=2, replicates=2,
+                  epochs=3, grace_period=1, checkpoint_every=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, ray_session, tiny_dataset):
+    """One tiny end-to-end study (4 methods x 2 proportions x 2 trials, 2 replicates), run once
+    per test session and shared by the study and analysis tests: (settings, StudyResult)."""
+    from tagtune.launch.settings import StudySettings
+    from tagtune.launch.study import run_study
+    from tagtune.study import data
+
+    root = tmp_path_factory.mktemp("study")
+    path = data.save(tiny_dataset, root / "tiny.h5")
+    settings = StudySettings(
+        data=str(path), name="tiny", storage=str(root), **TINY_STUDY,
+        train={"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []},
+    )
+    return settings, run_study(settings, verbose=0)

@@ -7,6 +7,7 @@ under ``tagtune study resume``. A study directory holds::
     search/               Ray Tune experiment of the search phase (all cells together)
     replicate/            Ray Tune experiment of the replicate phase
     best.json             best config and validation score per cell
+    optuna.db             each cell's Optuna study (name = cell id, e.g. ``mt@0.40``)
     summary.json          budgets per cell, replicate test metrics, MLflow location
     mlflow.db             the MLflow store (unless --mlflow-uri), mlartifacts/
     mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
@@ -34,6 +35,7 @@ from tagtune.study.trainable import train_trial
 log = logging.getLogger(__name__)
 METRIC, MODE = "val/best_loss", "min"  # set once, on TuneConfig (scheduler and searcher get them from there)
 PHASES = ("search", "replicate")
+OPTUNA_DB = "optuna.db"  # one Optuna study per cell, named by the cell id
 
 
 @dataclass
@@ -169,6 +171,7 @@ def _search(settings: StudySettings, ds: Dataset, experiment_id: str, verbose: i
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=searcher, num_samples=len(cells) * settings.trials,
                 reuse_actors=True,  # a worker process per trial would spend seconds importing torch
+                trial_dirname_creator=_trial_dirname,
                 scheduler=CellASHA(max_t=settings.epochs, grace_period=settings.grace_period,
                                    reduction_factor=settings.reduction_factor),
             ),
@@ -176,7 +179,18 @@ def _search(settings: StudySettings, ds: Dataset, experiment_id: str, verbose: i
         )
 
     results = _fit_or_resume(settings, ds, "search", make_tuner)
-    return _cell_counts(results)
+    # The searcher Tune ran may be one it restored from disk: read its final state back from
+    # the experiment directory, then keep each cell's Optuna study for the analysis.
+    final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
+                         preset=settings.preset, seed=settings.seed)
+    final.restore_from_dir(str(settings.study_dir / "search"))
+    final.export(f"sqlite:///{settings.study_dir / OPTUNA_DB}")
+    counts = _cell_counts(results)
+    return {cell: {**counts.get(cell, {}), "optuna": info} for cell, info in final.summary().items()}
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.config['cell'].replace('@', '_')}_{trial.trial_id}"
 
 
 def _cell_counts(results: tune.ResultGrid) -> dict[str, dict[str, int]]:
@@ -246,7 +260,8 @@ def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any
         return tune.Tuner(
             _trainable(settings, ds),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
-                                        num_samples=len(configs), reuse_actors=True),
+                                        num_samples=len(configs), reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname),
             run_config=_run_config(settings, "replicate", experiment_id, verbose),
         )
 

@@ -5,32 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 from mlflow.tracking import MlflowClient
 
-from tagtune.launch.settings import StudySettings
-from tagtune.launch.study import run_study
-from tagtune.study import data
+from tests.conftest import TINY_STUDY
 
-METHODS = ("b0", "b1", "le", "mt")
-MISSING = (0.0, 0.4)
-TRIALS = 2
+METHODS, MISSING, TRIALS = TINY_STUDY["methods"], TINY_STUDY["missing"], TINY_STUDY["trials"]
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, ray_session, tiny_dataset):
-    root = tmp_path_factory.mktemp("study")
-    path = data.save(tiny_dataset, root / "tiny.h5")
-    settings = StudySettings(
-        data=str(path), name="tiny", storage=str(root), methods=METHODS, missing=MISSING,
-        trials=TRIALS, replicates=2, epochs=3, grace_period=1, checkpoint_every=2,
-        train={"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []},
-    )
-    return settings, run_study(settings, verbose=0)
-
-
-def test_every_cell_gets_exactly_its_budget(study):
-    settings, result = study
+def test_every_cell_gets_exactly_its_budget(tiny_study):
+    settings, result = tiny_study
     cells = result.summary["cells"]
     assert sorted(cells) == sorted(f"{m}@{p:.2f}" for m in METHODS for p in MISSING)
     assert all(c["trials"] == TRIALS and c["failed"] == 0 for c in cells.values())
@@ -40,8 +23,8 @@ def test_every_cell_gets_exactly_its_budget(study):
         assert b["config"]["cell"] == cell and b["config"]["method"] == cell.split("@")[0]
 
 
-def test_mlflow_has_one_run_per_trial_and_replicate(study):
-    settings, result = study
+def test_mlflow_has_one_run_per_trial_and_replicate(tiny_study):
+    settings, result = tiny_study
     client = MlflowClient(result.tracking_uri)
     runs = client.search_runs([result.experiment_id], max_results=1000)
     phases = Counter(r.data.tags["phase"] for r in runs)
@@ -59,8 +42,8 @@ def test_mlflow_has_one_run_per_trial_and_replicate(study):
     assert len(history) >= 1 and len({m.step for m in history}) == len(history)
 
 
-def test_replicates_use_the_best_config_with_their_seeds(study):
-    settings, result = study
+def test_replicates_use_the_best_config_with_their_seeds(tiny_study):
+    settings, result = tiny_study
     assert len(result.replicates) == len(result.best) * 2
     for row in result.replicates:
         assert row["error"] is None

@@ -54,6 +54,3 @@ for _optional in ("cli_train", "cli_study", "cli_analysis"):
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -91,11 +91,12 @@ def resume(
 def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
     from tagtune.launch.settings import load_settings
-    from tagtune.launch.study import _mlflow_experiment
+    from tagtune.launch.study import mlflow_experiment, study_trial_ids
     from tagtune.launch.tracking import sync
 
     settings = load_settings(Path(study_dir) / "study.yaml")
-    n = sync(settings.study_dir, settings.tracking_uri, _mlflow_experiment(settings))
+    n = sync(settings.study_dir, settings.tracking_uri, mlflow_experiment(settings),
+             study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
 
 

@@ -53,13 +53,14 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     study_dir = settings.study_dir
     _prepare_dir(study_dir, settings)
     ds = load(settings.data)
-    experiment_id = _mlflow_experiment(settings)
+    experiment_id = mlflow_experiment(settings)
     _init_ray(settings)
     searcher_summary = _search(settings, ds, experiment_id, verbose)
     best = _best_per_cell(study_dir / "search", settings)
     (study_dir / "best.json").write_text(json.dumps(best, indent=2))
     replicates = _replicate(settings, ds, best, experiment_id, verbose) if settings.replicates else []
-    sync(study_dir, settings.tracking_uri, experiment_id)  # anything an outage held back
+    # Anything an outage held back, and no run of a trial the study does not know.
+    sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id}
@@ -74,6 +75,15 @@ def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -
         raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
     settings = load_settings(path, **overrides)
     return run_study(settings, verbose=verbose)
+
+
+def study_trial_ids(study_dir: Path) -> set[str]:
+    """Ids of every trial the study's Tune experiments recorded (read from disk, no Ray)."""
+    ids: set[str] = set()
+    for phase in PHASES:
+        if (study_dir / phase).is_dir() and tune.Tuner.can_restore(study_dir / phase):
+            ids |= {t.trial_id for t in tune.ExperimentAnalysis(str(study_dir / phase)).trials}
+    return ids
 
 
 def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
@@ -96,7 +106,7 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
     saved.write_text(text)
 
 
-def _mlflow_experiment(settings: StudySettings) -> str:
+def mlflow_experiment(settings: StudySettings) -> str:
     """Create (or find) the study's experiment on the driver, artifacts at an absolute path."""
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -156,20 +156,30 @@ class MlflowJournalCallback(Callback):
         self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FAILED"})
 
 
-def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str) -> int:
-    """Replay the study's journal into MLflow; returns the number of events replayed."""
+def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> int:
+    """Make the MLflow experiment hold exactly the study's trials; returns events replayed.
+
+    ``trial_ids`` are the trials the study's Tune experiments know. A driver killed between
+    two experiment checkpoints can leave runs of trials that Tune never recorded (the resumed
+    study hands their budget out again, under new ids): those runs are deleted, so that no
+    trial counts twice. Then the journal is replayed for the known trials.
+    """
+    client = Tracker(tracking_uri, experiment_id).client
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''",
+                                  max_results=50000):
+        if run.data.tags.get(TRIAL_TAG) not in trial_ids:
+            client.delete_run(run.info.run_id)
     path = Path(study_dir) / JOURNAL
     if not path.exists():
         return 0
     tracker = Tracker(tracking_uri, experiment_id)
     n = 0
     for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
         try:
             event = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash mid-write
             continue
-        tracker.apply(event)
-        n += 1
+        if event.get("trial_id") in trial_ids:
+            tracker.apply(event)
+            n += 1
     return n

@@ -1,0 +1,5 @@
+"""``python -m tagtune`` == the ``tagtune`` command."""
+
+from tagtune.launch.cli import main
+
+main()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_split
 
 from tagtune.study.data import DataError, Dataset, Split, load, save
+from tests.conftest import make_split
 
 
 def parts(n: int = 5, T: int = 2, F: int = 3, C: int = 2) -> dict:
@@ -232,3 +232,11 @@ def test_take(tiny_dataset):
 def test_take_without_full_labels():
     s = make_split(np.random.default_rng(0), 6, full=False)
     assert s.take(np.array([2, 3])).Y_full is None
+
+
+def test_a_clip_in_two_splits_is_refused():
+    rng = np.random.default_rng(1)
+    train = make_split(rng, 5, prefix="k")
+    test = make_split(rng, 3, prefix="k")  # k0..k2 are train clips too
+    with pytest.raises(DataError, match="keys: clip 'k0' is also in train"):
+        Dataset(train=train, valid=make_split(rng, 3, prefix="v"), test=test, classes=("a", "b", "c"))

@@ -16,12 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tagtune.study.data import SPLITS, DataError, Dataset, load, save
+from tests.conftest import make_split
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,12 +11,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_split
 from typer.testing import CliRunner
 
 from tagtune.launch.cli import app
 from tagtune.study.data import DataError, Dataset, load, save
 from tagtune.study.data.describe import class_table, split_table
+from tests.conftest import make_split
 
 
 def dataset(full: bool = True) -> Dataset:

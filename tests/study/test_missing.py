@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_split
 
 from tagtune.study.data import DataError, Dataset, Split, positives_only, remove_labels
+from tests.conftest import make_split
 
 
 def real_like(n_train: int = 1000, C: int = 8, seed: int = 0, full: bool = False) -> Dataset:

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_split
 
 from tagtune.study.config import ConfigError, ModelConfig, TrainConfig, replace
 from tagtune.study.data import Dataset, positives_only
 from tagtune.study.train import FitResult, evaluate_fit, fit, lr_at
+from tests.conftest import make_split
 
 TINY = TrainConfig(epochs=2, batch_size=16, lr=3e-3, lr_decay_epochs=(),
                    model=ModelConfig(layers=2, hidden=8, dropout=0.3))

@@ -198,6 +198,12 @@ class Dataset:
             if (s.T, s.F) != (ref.T, ref.F):
                 raise DataError(s.where, "X", f"frames x features {s.T}x{s.F} differ from "
                                               f"train's {ref.T}x{ref.F}")
+        for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+            # A clip in two splits leaks test labels into training or model selection.
+            shared = np.intersect1d(getattr(self, a).keys, getattr(self, b).keys)
+            if shared.size:
+                raise DataError(getattr(self, b).where, "keys",
+                                f"clip {str(shared[0])!r} is also in {a} (splits must be disjoint)")
         if not isinstance(self.meta, dict):
             raise DataError(w, "meta", f"expected a dict, got {type(self.meta).__name__}")
         try:

@@ -174,7 +174,8 @@ def _read_strings(g: h5py.Group, key: str, path: Path) -> np.ndarray:
     return values.astype(str)
 
 
-def _load_npz(path: Path) -> Dataset:
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """Open an .npz without pickle; anything but a readable archive is a DataError."""
     try:
         # Checked first so that np.load never tries its .npy or pickle branches on random bytes.
         if not zipfile.is_zipfile(path):
@@ -186,10 +187,15 @@ def _load_npz(path: Path) -> Dataset:
         raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(path, "file", "a single .npy array, not an .npz archive")
+    return z
+
+
+def _load_npz(path: Path) -> Dataset:
+    z = open_npz(path)
     try:
         with z:
             files = set(z.files)
-            classes = _npz_strings(path, "classes", _npz_get(z, path, "classes", files, True))
+            classes = npz_strings(path, "classes", _npz_get(z, path, "classes", files, True))
             attrs = {k: _npz_text(path, k, _npz_get(z, path, k, files))
                      for k in ("name", "observation", "meta") if k in files}
             arrays = {
@@ -199,7 +205,7 @@ def _load_npz(path: Path) -> Dataset:
             }
             for name in SPLITS:
                 field = f"{name}_keys"
-                arrays[name]["keys"] = _npz_strings(path, field, arrays[name]["keys"])
+                arrays[name]["keys"] = npz_strings(path, field, arrays[name]["keys"])
     except DataError:
         raise
     except NPZ_ERRORS as e:
@@ -207,7 +213,7 @@ def _load_npz(path: Path) -> Dataset:
     return _assemble(path, arrays, classes, attrs)
 
 
-def _npz_strings(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+def npz_strings(path: Path, key: str, a: np.ndarray) -> np.ndarray:
     """A 1-D array of str (bytes are decoded as UTF-8): class names and clip keys."""
     if a.dtype.kind not in "US" or a.ndim != 1:
         raise DataError(path, key, f"expected a 1-D array of strings, got {a.dtype} {a.shape}")
@@ -223,7 +229,7 @@ def _npz_text(path: Path, key: str, a: np.ndarray) -> str:
     """A scalar string (name, observation, meta JSON)."""
     if a.dtype.kind not in "US" or a.ndim != 0:
         raise DataError(path, key, f"expected a scalar string, got {a.dtype} {a.shape}")
-    return _npz_strings(path, key, a.reshape(1))[0].item()
+    return npz_strings(path, key, a.reshape(1))[0].item()
 
 
 def _npz_get(z, path: Path, key: str, files: set[str], required: bool = False):

@@ -22,12 +22,12 @@ seed and the same for every method of a study.
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from tagtune.study.data.core import DataError, Dataset, Split
+from tagtune.study.data.generic import NPZ_ERRORS, npz_strings, open_npz
 
 NPZ = "openmic-2018.npz"
 CLASS_MAP = "class-map.json"
@@ -87,16 +87,14 @@ def read_openmic(root: str | Path, split: int = 1, valid_fraction: float = 0.15,
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(path, "file", "no such file")
+    z = open_npz(path)
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise DataError(path, "file", "a single .npy array, not an .npz archive")
         with z:
             arrays = {k: _get(z, path, k) for k in ("X", "Y_true", "Y_mask", "sample_key")}
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
+    except NPZ_ERRORS as e:
+        raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
     X, Y_true, Y_mask, keys = (arrays[k] for k in ("X", "Y_true", "Y_mask", "sample_key"))
 
     if X.dtype != np.uint8:
@@ -118,10 +116,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         if Y_mask.dtype.kind not in "iuf" or not np.isin(Y_mask, (0, 1)).all():
             raise DataError(path, "Y_mask", f"expected a boolean mask, got dtype {Y_mask.dtype}")
         Y_mask = Y_mask.astype(bool)
-    if keys.dtype.kind not in "US" or keys.shape != (N,):
-        raise DataError(path, "sample_key",
-                        f"expected ({N},) strings, got {keys.dtype} {keys.shape}")
-    keys = keys.astype(str)
+    keys = npz_strings(path, "sample_key", keys)
+    if keys.shape != (N,):
+        raise DataError(path, "sample_key", f"expected ({N},) strings, got {keys.shape}")
     uniq, counts = np.unique(keys, return_counts=True)
     if (counts > 1).any():
         raise DataError(path, "sample_key", f"duplicate key {uniq[counts > 1][0]!r}")

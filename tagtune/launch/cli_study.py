@@ -45,6 +45,11 @@ def study(
     grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
     preset: Annotated[str | None, typer.Option(help="Paper settings: openmic or sonyc.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N epochs.")] = None,
+    max_failures: Annotated[int | None, typer.Option(help="Retries of a trial whose worker died.")] = None,
+    search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,
+    share_le_teacher: Annotated[bool | None, typer.Option(
+        help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress table.")] = False,
 ) -> None:
@@ -59,7 +64,9 @@ def study(
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
         "cpus_per_trial": cpus_per_trial, "mlflow_uri": mlflow_uri, "grace_period": grace_period,
-        "seed": seed, "preset": preset,
+        "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
+        "max_failures": max_failures, "share_le_teacher": share_le_teacher,
+        "search_space": str(search_space.absolute()) if search_space else None,
     }
     if config is not None:
         settings = load_settings(config, **overrides)
@@ -90,13 +97,16 @@ def resume(
 @user_errors
 def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
+    from tagtune.launch.preflight import check_mlflow, quick_mlflow_http
     from tagtune.launch.settings import load_settings
     from tagtune.launch.study import mlflow_experiment, study_trial_ids
     from tagtune.launch.tracking import sync
 
     settings = load_settings(Path(study_dir) / "study.yaml")
-    n = sync(settings.study_dir, settings.tracking_uri, mlflow_experiment(settings),
-             study_trial_ids(settings.study_dir))
+    check_mlflow(settings.tracking_uri)
+    with quick_mlflow_http():
+        n = sync(settings.study_dir, settings.tracking_uri, mlflow_experiment(settings),
+                 study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
 
 
@@ -105,5 +115,8 @@ def _print_result(result) -> None:
     print(f"study:     {result.study_dir}", file=out)
     print(f"best:      {result.study_dir / 'best.json'}", file=out)
     print(f"mlflow:    {result.tracking_uri} (experiment {result.experiment_id})", file=out)
+    if not result.mlflow_synced:
+        print(f"warning: MLflow did not answer at the end; once it is back run: "
+              f"tagtune mlflow sync {result.study_dir}", file=sys.stderr)
     if result.tracking_uri.startswith("sqlite"):
         print(f"open UI:   mlflow ui --backend-store-uri {result.tracking_uri}", file=out)

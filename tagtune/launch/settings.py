@@ -57,6 +57,9 @@ class StudySettings:
     """Tracking URI; None = sqlite file inside the study directory."""
     search_space: str | None = None
     """YAML file overriding search ranges (its ``search:`` mapping)."""
+    share_le_teacher: bool = True
+    """LE: train stage 1 once per (data, proportion, seed) with the paper's lr and share it
+    among trials (tagtune.study.teachers); False = every LE trial trains its own, with its lr."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 
@@ -77,11 +80,17 @@ class StudySettings:
         _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
         _check(self.preset in ("openmic", "sonyc"), "preset", "use openmic or sonyc")
         _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(isinstance(self.share_le_teacher, bool), "share_le_teacher", "must be true or false")
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
 
     @property
     def study_dir(self) -> Path:
         return Path(self.storage).expanduser().absolute() / self.name
+
+    @property
+    def teacher_cache(self) -> Path | None:
+        """Where LE's shared teachers live (None: not shared)."""
+        return self.study_dir / "le-teachers" if self.share_le_teacher else None
 
     @property
     def tracking_uri(self) -> str:

@@ -25,11 +25,21 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from tagtune.launch.preflight import (
+    check_address,
+    check_mlflow,
+    check_shared_storage,
+    enable_token_auth,
+    quick_mlflow_http,
+)
 from tagtune.launch.scheduler import CellASHA
+from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings
 from tagtune.launch.tracking import MlflowJournalCallback, sync
+from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
+from tagtune.study.teachers import TEACHER_LR
 from tagtune.study.trainable import train_trial
 
 log = logging.getLogger(__name__)
@@ -46,26 +56,56 @@ class StudyResult:
     best: dict[str, dict[str, Any]]
     replicates: list[dict[str, Any]]
     summary: dict[str, Any]
+    mlflow_synced: bool = True
+    """False: MLflow did not answer at the end; ``tagtune mlflow sync`` completes it later."""
 
 
 def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
-    """Run (or continue) the study described by ``settings``; returns what it found."""
+    """Run (or continue) the study described by ``settings``; returns what it found.
+
+    Bad launch input (search ranges, an unreachable cluster or tracking server, an
+    unwritable or, on a multi-node cluster, unshared study directory, a bad data file) is a
+    one-line ConfigError/DataError before any trial starts.
+    """
     study_dir = settings.study_dir
+    ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
+    check_address(settings.address)
+    check_mlflow(settings.tracking_uri)
     _prepare_dir(study_dir, settings)
     ds = load(settings.data)
     experiment_id = mlflow_experiment(settings)
     _init_ray(settings)
-    searcher_summary = _search(settings, ds, experiment_id, verbose)
+    check_shared_storage(study_dir)
+    searcher_summary = _search(settings, ds, ranges, experiment_id, verbose)
     best = _best_per_cell(study_dir / "search", settings)
     (study_dir / "best.json").write_text(json.dumps(best, indent=2))
     replicates = _replicate(settings, ds, best, experiment_id, verbose) if settings.replicates else []
-    # Anything an outage held back, and no run of a trial the study does not know.
-    sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
+    synced = _final_sync(settings, experiment_id)
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
-               "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id}
+               "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
+               "mlflow_synced": synced}
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary)
+    return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary,
+                       synced)
+
+
+def _final_sync(settings: StudySettings, experiment_id: str) -> bool:
+    """Anything an outage held back, and no run of a trial the study does not know.
+
+    MLflow still down at the end does not fail a finished study: the journal keeps every
+    event, and ``tagtune mlflow sync STUDY_DIR`` replays it once the server is back.
+    """
+    try:
+        with quick_mlflow_http():
+            sync(settings.study_dir, settings.tracking_uri, experiment_id,
+                 study_trial_ids(settings.study_dir))
+        return True
+    except Exception as e:  # noqa: BLE001 -- any MLflow/network failure means "later"
+        log.warning("MLflow unreachable at the end of the study (%s); run `tagtune mlflow sync %s` "
+                    "when it is back", str(e).splitlines()[0][:150] if str(e) else type(e).__name__,
+                    settings.study_dir)
+        return False
 
 
 def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -> StudyResult:
@@ -113,11 +153,12 @@ def mlflow_experiment(settings: StudySettings) -> str:
 
     client = MlflowClient(settings.tracking_uri)
     try:
-        exp = client.get_experiment_by_name(settings.name)
-        if exp is not None:
-            return exp.experiment_id
-        artifacts = (settings.study_dir / "mlartifacts").as_uri()
-        return client.create_experiment(settings.name, artifact_location=artifacts)
+        with quick_mlflow_http():
+            exp = client.get_experiment_by_name(settings.name)
+            if exp is not None:
+                return exp.experiment_id
+            artifacts = (settings.study_dir / "mlartifacts").as_uri()
+            return client.create_experiment(settings.name, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException as e:
         raise ConfigError("mlflow_uri", f"MLflow store not usable ({str(e).splitlines()[0][:150]})",
                           where=settings.tracking_uri) from None
@@ -127,10 +168,16 @@ def _init_ray(settings: StudySettings) -> None:
     if ray.is_initialized():
         return
     if settings.address:
+        enable_token_auth()
         try:
             ray.init(address=settings.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError("address", f"cannot reach the Ray cluster ({str(e).splitlines()[0][:150]})",
+            cause = e.__cause__ if isinstance(e.__cause__, ray.exceptions.AuthenticationError) else e
+            problem = str(cause).splitlines()[0][:150]
+            if cause is not e:
+                problem = ("token authentication refused: give the cluster's token in "
+                           "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+            raise ConfigError("address", f"cannot reach the Ray cluster ({problem})",
                               where=settings.address) from None
     else:
         # Explicit num_cpus: a fresh local instance, never a stale cluster left behind.
@@ -140,7 +187,8 @@ def _init_ray(settings: StudySettings) -> None:
 
 def _trainable(settings: StudySettings, ds: Dataset):
     # with_parameters puts the dataset in the object store once; every trial reads it there.
-    return tune.with_resources(tune.with_parameters(train_trial, dataset=ds),
+    cache = str(settings.teacher_cache) if settings.teacher_cache else None
+    return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache),
                                {"cpu": settings.cpus_per_trial})
 
 
@@ -148,7 +196,9 @@ def _run_config(settings: StudySettings, phase: str, experiment_id: str, verbose
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
-        callbacks=[MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase)],
+        callbacks=[MlflowJournalCallback(
+            settings.study_dir, settings.tracking_uri, experiment_id, phase,
+            le_teacher_lr=TEACHER_LR if settings.share_le_teacher else None)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=verbose,
@@ -165,11 +215,8 @@ def _fit_or_resume(settings, ds, phase, make_tuner) -> tune.ResultGrid:
     return tuner.fit()
 
 
-def _search(settings: StudySettings, ds: Dataset, experiment_id: str, verbose: int) -> dict:
-    from tagtune.launch.searcher import Cell, CellSearcher
-    from tagtune.search_spaces import Ranges, load_ranges
-
-    ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
+def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
+            verbose: int) -> dict:
     cells = [Cell(m, p) for m in settings.methods for p in settings.missing]
     searcher = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                             preset=settings.preset, seed=settings.seed,

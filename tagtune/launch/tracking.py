@@ -22,6 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tagtune.launch.preflight import quick_mlflow_http
 from tagtune.study.config import to_dict
 from tagtune.study.trainable import STUDY_KEYS, train_config
 
@@ -108,52 +109,75 @@ class Tracker:
 
 
 class MlflowJournalCallback(Callback):
-    """Ray Tune callback: journal every trial event, then write it to MLflow if it answers."""
+    """Ray Tune callback: journal every trial event, then write it to MLflow if it answers.
+
+    MLflow down never slows the study: its HTTP calls fail fast (``quick_mlflow_http``),
+    and after a failure MLflow is left alone for ``retry_after_s`` (events only go to the
+    journal). The first call that succeeds again replays the journal for this experiment's
+    trials, so runs started during the outage are complete before the study ends.
+    """
 
     def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_id: str, phase: str,
-                 name_prefix: str = ""):
+                 name_prefix: str = "", le_teacher_lr: float | None = None,
+                 retry_after_s: float = 10.0):
         self.journal = Path(study_dir) / JOURNAL
         self.tracking_uri, self.experiment_id, self.phase = tracking_uri, experiment_id, phase
-        self.name_prefix = name_prefix
+        self.name_prefix, self.le_teacher_lr = name_prefix, le_teacher_lr
+        self.retry_after_s = retry_after_s
         self._tracker: Tracker | None = None
+        self._behind = False  # an event did not reach MLflow: replay the journal when it answers
+        self._retry_at = 0.0
         self.failures = 0
 
-    def _emit(self, event: dict) -> None:
+    def _emit(self, event: dict, trials) -> None:
         event["ts"] = int(time.time() * 1000)
         with open(self.journal, "a") as f:
             f.write(json.dumps(event) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if time.monotonic() < self._retry_at:
+            return
         try:
-            if self._tracker is None:
-                self._tracker = Tracker(self.tracking_uri, self.experiment_id)
-            self._tracker.apply(event)
-        except Exception as e:  # MLflow down: the journal keeps it; sync replays it later
+            with quick_mlflow_http():
+                if self._tracker is None:
+                    self._tracker = Tracker(self.tracking_uri, self.experiment_id)
+                if self._behind:
+                    n = replay(self.journal, self._tracker, {t.trial_id for t in trials})
+                    log.warning("MLflow answers again; replayed %d journal events", n)
+                    self._behind = False
+                else:
+                    self._tracker.apply(event)
+        except Exception as e:  # MLflow down: the journal keeps it; a replay writes it later
             self.failures += 1
-            self._tracker = None
+            self._tracker, self._behind = None, True
+            self._retry_at = time.monotonic() + self.retry_after_s
             if self.failures == 1 or self.failures % 50 == 0:
-                log.warning("MLflow unreachable (%s); events are kept in %s", e, self.journal)
+                first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                log.warning("MLflow unreachable (%s); events are kept in %s", first, self.journal)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         # The full resolved config, so that every run has the same params whatever the method.
         resolved = to_dict(train_config(trial.config))
         study_keys = {k: trial.config[k] for k in STUDY_KEYS if k in trial.config}
+        if resolved["method"] == "le":  # whose lr trained stage 1: shared (fixed) or the trial's
+            study_keys["le_teacher"] = "shared" if self.le_teacher_lr else "own"
+            study_keys["le_teacher_lr"] = self.le_teacher_lr or resolved["lr"]
         tags = {"method": resolved["method"], "proportion": resolved["missing"],
                 "cell": study_keys.get("cell"), "seed": resolved["seed"], "phase": self.phase,
                 "trial_id": trial.trial_id}
         name = f"{resolved['method']}__{study_keys.get('cell')}__{self.phase}__{trial.trial_id}"
         self._emit({"op": "start", "trial_id": trial.trial_id, "name": self.name_prefix + name,
-                    "tags": tags, "params": flatten({**resolved, **study_keys})})
+                    "tags": tags, "params": flatten({**resolved, **study_keys})}, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],
-                    "metrics": numeric_metrics(result)})
+                    "metrics": numeric_metrics(result)}, trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FINISHED"})
+        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FINISHED"}, trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FAILED"})
+        self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FAILED"}, trials)
 
 
 def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> int:
@@ -162,19 +186,28 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
     ``trial_ids`` are the trials the study's Tune experiments know. A driver killed between
     two experiment checkpoints can leave runs of trials that Tune never recorded (the resumed
     study hands their budget out again, under new ids): those runs are deleted, so that no
-    trial counts twice. Then the journal is replayed for the known trials.
+    trial counts twice, and so is any second run of one trial (the oldest is kept). Then the
+    journal is replayed for the known trials.
     """
     client = Tracker(tracking_uri, experiment_id).client
-    for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''",
-                                  max_results=50000):
-        if run.data.tags.get(TRIAL_TAG) not in trial_ids:
+    kept: set[str] = set()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''",
+                              max_results=50000, order_by=["attributes.start_time ASC"])
+    for run in runs:
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        # A second run of one trial: a create_run that reached MLflow but whose answer was lost.
+        if trial_id not in trial_ids or trial_id in kept:
             client.delete_run(run.info.run_id)
-    path = Path(study_dir) / JOURNAL
-    if not path.exists():
+        kept.add(trial_id)
+    return replay(Path(study_dir) / JOURNAL, Tracker(tracking_uri, experiment_id), trial_ids)
+
+
+def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
+    """Apply the journal's events of ``trial_ids`` in order (idempotent); returns their number."""
+    if not journal.exists():
         return 0
-    tracker = Tracker(tracking_uri, experiment_id)
     n = 0
-    for line in path.read_text().splitlines():
+    for line in journal.read_text().splitlines():
         try:
             event = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash mid-write

@@ -1,15 +1,25 @@
 """The Ray Tune trainable: one function for every method; the config names the method.
 
-``train_trial(config, dataset)`` wraps :func:`tagtune.study.train.fit`. The dataset
-arrives through ``tune.with_parameters`` (one copy in Ray's object store per study,
-not one read per trial).
+``train_trial(config, dataset, teacher_cache)`` wraps :func:`tagtune.study.train.fit`.
+The dataset arrives through ``tune.with_parameters``: one copy in Ray's object store per
+node, its arrays mapped read-only into every worker of the node (zero-copy), not one read
+per trial.
+
+LE's teacher: with ``teacher_cache`` (a directory in the study's storage) stage 1 is not
+trained by every LE trial: :class:`tagtune.study.teachers.TeacherCache` trains it once per
+(data, proportion, seed, teacher settings) with the paper's lr and hands it to
+``fit(..., le_teacher=...)``. Such a trial reports only its student's epochs: ``epoch``
+runs E+1..2E (the counter still counts the teacher's stage) and ``training_iteration``
+1..E. Without it (``share_le_teacher: false``) the trial trains its own teacher with its
+own lr and reports both stages, epochs 1..2E.
 
 What every report carries, identical keys for every method:
 - the fit loop's epoch logs (``epoch``, ``stage``, ``train/loss``, ``val/loss``, ``val/...``);
 - ``budget``: epochs spent on the model that will be selected. It is the scheduler's
-  time axis. For LE it is 0 during stage 1 (the teacher) and counts the student's
-  epochs in stage 2, so ASHA compares LE's student after k epochs with B1 after k
-  epochs: like with like. ``epoch`` stays one counter across both stages.
+  time axis. For LE it is 0 during stage 1 (the teacher, when the trial trains it) and
+  counts the student's epochs in stage 2, so ASHA compares LE's student after k epochs
+  with B1 after k epochs: like with like, shared teacher or not. ``epoch`` stays one
+  counter across both stages.
 - ``val/best_loss``: the best validation loss of the current stage so far, i.e. the
   model-selection criterion: what the scheduler and the searcher optimise (inf while
   LE trains its teacher, which is never the selected model);
@@ -43,7 +53,8 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, {k: v for k, v in config.items() if k not in STUDY_KEYS})
 
 
-def train_trial(config: dict[str, Any], dataset: Dataset) -> None:
+def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None) -> None:
+    from tagtune.study.teachers import TeacherCache
     from tagtune.study.train import evaluate_fit, fit
 
     cfg = train_config(config)
@@ -77,7 +88,11 @@ def train_trial(config: dict[str, Any], dataset: Dataset) -> None:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        result = fit(dataset, cfg, on_epoch=on_epoch)
+        teacher = None
+        if cfg.method == "le" and teacher_cache:
+            owner = tune.get_context().get_trial_id() or ""
+            teacher = TeacherCache(teacher_cache).get(dataset, cfg, owner=owner)
+        result = fit(dataset, cfg, on_epoch=on_epoch, le_teacher=teacher)
     else:
         with checkpoint.as_directory() as state_dir:
             state.update(json.loads((Path(state_dir) / TRIAL_STATE).read_text()))

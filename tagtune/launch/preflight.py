@@ -1,0 +1,142 @@
+"""Checks of a study's launch input, each a one-line ConfigError before any trial starts.
+
+Why up front: left to Ray and MLflow, a wrong address or a dead tracking server costs
+minutes of retries and ends in a long traceback, and a storage path that the other nodes
+cannot see fails every trial on those nodes one by one (Ray Tune no longer syncs results
+to the head node: multi-node storage must be shared). Here:
+
+- ``check_address``: a TCP connection to the Ray cluster's GCS with a short timeout;
+- ``check_mlflow``: an HTTP tracking server must answer ``/health`` within a few seconds;
+- ``check_shared_storage``: on a cluster of more than one node, a marker file written in
+  the study directory must be visible from every alive node (one tiny task per node,
+  pinned to it). Nodes that join later are not checked.
+- ``quick_mlflow_http``: MLflow's HTTP client retries for minutes by default; the tracking
+  callback must not stall the study, so its calls fail fast (the journal keeps the event).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tagtune.study.config import ConfigError
+
+TIMEOUT_S = 5.0
+# MLflow's client reads these per request (mlflow.environment_variables).
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:150]
+
+
+def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
+    """Something must accept connections at ``host:port`` (``auto`` is left to Ray)."""
+    if not address or address in ("auto", "local"):
+        return
+    url = urlparse(address if "://" in address else f"gcs://{address}")
+    if url.hostname is None or url.port is None:
+        raise ConfigError("address", "expected host:port, ray://host:port or auto", where=address)
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError("address", f"no Ray cluster answers there ({e.strerror or _first_line(e)})",
+                          where=address) from None
+
+
+def enable_token_auth() -> None:
+    """Use Ray's token authentication when a token is at hand and the user chose no mode.
+
+    ``ray start`` (Ray >= 2.59) enables token authentication whenever a token exists
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), but a driver
+    connecting with ``ray.init(address=...)`` stays in mode "disabled" and is refused. Doing
+    what ``ray start`` does makes ``tagtune study --address`` work with the cluster's token.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    sources = (os.environ.get("RAY_AUTH_TOKEN"), os.environ.get("RAY_AUTH_TOKEN_PATH"),
+               Path.home() / ".ray" / "auth_token")
+    if sources[0] or any(p and Path(p).is_file() for p in sources[1:]):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:
+    """An HTTP tracking server must answer now (file and database stores are checked later)."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            r.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise ConfigError("mlflow_uri", f"the tracking server answers HTTP {e.code}",
+                              where=uri) from None
+        # 401/403/404: something answers (an auth proxy, an older server): MLflow will say more.
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError("mlflow_uri", f"no MLflow server answers ({_first_line(reason)})",
+                          where=uri) from None
+
+
+@contextlib.contextmanager
+def quick_mlflow_http() -> Iterator[None]:
+    """MLflow HTTP calls inside fail within seconds instead of retrying for minutes."""
+    saved = {k: os.environ.get(k) for k in QUICK_HTTP}
+    os.environ.update(QUICK_HTTP)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_shared_storage(study_dir: Path, timeout: float = 120.0) -> None:
+    """On a multi-node Ray cluster, every alive node must see the study directory."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    marker = study_dir / f".shared-{uuid.uuid4().hex[:12]}"
+    marker.write_text(marker.name)
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def sees(path: str, expected: str) -> bool:
+        try:
+            return Path(path).read_text() == expected
+        except OSError:
+            return False
+
+    try:
+        refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+        ).remote(str(marker), marker.name) for n in nodes}
+        try:
+            seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout), strict=True))
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
+            raise ConfigError("storage", f"cannot check that every node sees it ({_first_line(e)})",
+                              where=str(study_dir)) from None
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = sorted(node for node, ok in seen.items() if not ok)
+    if blind:
+        raise ConfigError("storage", f"not shared: node {blind[0]} cannot see it ({len(blind)} of "
+                          f"{len(seen)} nodes); use a shared filesystem path on a multi-node cluster",
+                          where=str(study_dir))
+
+
+__all__ = ["check_address", "check_mlflow", "check_shared_storage", "enable_token_auth",
+           "quick_mlflow_http"]

@@ -1,0 +1,189 @@
+"""The study's figures, as PNG files (matplotlib, Agg: no display needed).
+
+Each function draws one figure from the tidy table (or a table derived from it), writes
+it to ``path`` and returns the path; :func:`make_figures` draws every figure the data
+allows and says, for the others, why not.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
+
+COLORS = {"b0": "#7f7f7f", "b1": "#1f77b4", "le": "#ff7f0e", "mt": "#2ca02c"}
+MISSING_AXIS = "training labels removed (%)"
+SELECTION_AXIS = "best validation loss so far (BCE)"
+DPI = 110
+PARAM_NAMES = {"one_minus_alpha": "1 − alpha", "lr": "learning rate"}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _legend_below(fig, handles, labels) -> None:
+    """One legend for every panel, under them: in a panel it would hide data points."""
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=len(labels), frameon=False, fontsize=9)
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    order = list(COLORS)
+    return sorted(df["method"].unique(), key=lambda m: order.index(m) if m in order else 99)
+
+
+def replicate_boxes(reps: pd.DataFrame, metric: str, path: Path) -> Path:
+    """The paper's Fig. 4: per proportion, one box per method over its replicates (dots: the
+    seeds)."""
+    props = sorted(reps["proportion"].unique())
+    methods = _methods(reps)
+    fig, axes = plt.subplots(1, len(props), figsize=(1.2 + 2.6 * len(props), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, p in zip(axes[0], props, strict=True):
+        data = [reps[(reps["proportion"] == p) & (reps["method"] == m)][metric].dropna().to_numpy()
+                for m in methods]
+        keep = [i for i, d in enumerate(data) if len(d)]
+        box = ax.boxplot([data[i] for i in keep], positions=keep, widths=0.6, patch_artist=True,
+                         medianprops={"color": "black"}, showfliers=False)
+        for patch, i in zip(box["boxes"], keep, strict=True):
+            patch.set(facecolor=COLORS.get(methods[i], "white"), alpha=0.45)
+        rng = np.random.default_rng(0)  # jitter only: the dots' x offsets
+        for i in keep:
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(data[i])), data[i], s=14, zorder=3,
+                       color=COLORS.get(methods[i], "black"), edgecolor="black", linewidth=0.4)
+        ax.set_xticks(range(len(methods)), [method_name(m) for m in methods])
+        ax.set_title(f"{percent(p)} of labels removed", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(metric_label(metric))
+    n = reps.groupby("cell")[metric].count()
+    seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
+    fig.suptitle(f"Replicates of each cell's best config ({seeds} seeds per box)", fontsize=11)
+    return _save(fig, path)
+
+
+def sensitivity(summary: pd.DataFrame, metric: str, path: Path) -> Path:
+    """The paper's Fig. 5: mean test metric vs proportion removed, one line per method,
+    the band is ± 1 sd over the replicates."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for m in _methods(summary):
+        s = summary[summary["method"] == m].sort_values("proportion")
+        x, y, sd = 100 * s["proportion"], s["mean"], s["sd"].fillna(0)
+        ax.plot(x, y, marker="o", color=COLORS.get(m), label=method_name(m))
+        ax.fill_between(x, y - sd, y + sd, color=COLORS.get(m), alpha=0.15, linewidth=0)
+    ax.set_xlabel(MISSING_AXIS)
+    ax.set_ylabel(metric_label(metric))
+    ax.set_xticks(sorted(100 * summary["proportion"].unique()))
+    ax.grid(alpha=0.3)
+    ax.legend(title="method (mean ± 1 sd)", fontsize=9, title_fontsize=9, frameon=False,
+              loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Sensitivity to the missing-label proportion", fontsize=11)
+    return _save(fig, path)
+
+
+# (method, table column, axis label, log scale): what each panel of best_hparams shows.
+HPARAM_PANELS = [
+    ("le", "gamma", "LE gamma (percentile, 0–100)", False),
+    ("mt", "one_minus_alpha", "MT 1 − alpha (EMA decay; log scale)", True),
+    ("mt", "beta", "MT beta (consistency weight)", False),
+]
+
+
+def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path | None:
+    """Best gamma (LE) and alpha, beta (MT) found per proportion (line), over every trial
+    that ran to the end (grey dots). None if the study has neither LE nor MT."""
+    panels = [p for p in HPARAM_PANELS if p[0] in set(best["method"])]
+    if not panels:
+        return None
+    search = search.assign(one_minus_alpha=1 - search["alpha"])
+    best = best.assign(one_minus_alpha=1 - best["alpha"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.6 + 3.4 * len(panels), 3.4), squeeze=False)
+    for ax, (method, col, label, log) in zip(axes[0], panels, strict=True):
+        trials = search[(search["method"] == method) & (search["status"] == "complete")]
+        ax.scatter(100 * trials["proportion"], trials[col], color="0.6", s=16)
+        b = best[best["method"] == method].sort_values("proportion")
+        ax.plot(100 * b["proportion"], b[col], marker="D", color=COLORS[method])
+        ax.set_xlabel(MISSING_AXIS)
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted(100 * search["proportion"].unique()))
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Best hyperparameters found vs. missing-label proportion", fontsize=11)
+    fig.tight_layout()
+    _legend_below(fig, [plt.Line2D([], [], color="0.6", marker="o", linestyle=""),
+                        plt.Line2D([], [], color="black", marker="D")],
+                  ["a trial run to the end", "the cell's best (selected by validation loss)"])
+    return _save(fig, path)
+
+
+def importance(imp: pd.DataFrame, path: Path) -> Path:
+    """PED-ANOVA importance per parameter, one panel per method, one bar per proportion."""
+    methods = _methods(imp)
+    props = sorted(imp["proportion"].unique())
+    shades = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(props)))
+    fig, axes = plt.subplots(1, len(methods), figsize=(0.8 + 3.6 * len(methods), 3.2),
+                             squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        t = imp[imp["method"] == m].pivot(index="param", columns="proportion", values="importance")
+        t = t.reindex(columns=props)  # the same bar slot and colour per proportion in every panel
+        y = np.arange(len(t.index))
+        h = 0.8 / len(t.columns)
+        for j, p in enumerate(t.columns):
+            ax.barh(y + (j - (len(t.columns) - 1) / 2) * h, t[p].fillna(0), height=h,
+                    color=shades[j])
+        ax.set_yticks(y, [PARAM_NAMES.get(k, k) for k in t.index])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (PED-ANOVA, sums to 1)")
+        ax.set_title(method_name(m), fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    fig.suptitle("Hyperparameter importance per cell (Optuna)", fontsize=11)
+    fig.tight_layout()
+    _legend_below(fig, [plt.Rectangle((0, 0), 1, 1, color=c) for c in shades],
+                  [f"{percent(p)} of labels removed" for p in props])
+    return _save(fig, path)
+
+
+def history(search: pd.DataFrame, path: Path) -> Path:
+    """Optimisation history: per cell, the best selection loss among the trials that ran to
+    the end, against the trial's order in its cell; dots are the trials themselves."""
+    methods = _methods(search)
+    props = sorted(search["proportion"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(0.8 + 3.3 * len(methods), 3.4),
+                             squeeze=False, sharey=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, m in zip(axes[0], methods, strict=True):
+        for k, p in enumerate(props):
+            t = search[(search["method"] == m) & (search["proportion"] == p)]
+            t = t.sort_values("trial_number")
+            value = t["val/best_loss"].where(t["status"] == "complete")
+            ax.plot(t["trial_number"], value.cummin().ffill(), drawstyle="steps-post",
+                    linestyle=styles[k % len(styles)], color=COLORS.get(m))
+            ax.scatter(t["trial_number"], value, s=10, color=COLORS.get(m), alpha=0.5)
+        n = int(search["trial_number"].max()) if len(search) else 1
+        ax.set_xticks(range(1, n + 1, max(1, math.ceil(n / 8))))
+        ax.set_xlabel("trial (in the order it started)")
+        ax.set_title(method_name(m), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(SELECTION_AXIS)
+    fig.suptitle("Optimisation history per cell (lines: best so far; dots: trials run to the end)",
+                 fontsize=11)
+    fig.tight_layout()
+    _legend_below(fig, [plt.Line2D([], [], color="black", linestyle=styles[k % len(styles)])
+                        for k in range(len(props))],
+                  [f"{percent(p)} of labels removed" for p in props])
+    return _save(fig, path)
+
+
+__all__ = ["best_hparams", "history", "importance", "replicate_boxes", "sensitivity"]

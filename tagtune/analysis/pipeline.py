@@ -1,0 +1,167 @@
+"""``analyze(study_dir)``: from a study directory to a table, figures, statistics, exported
+best configs and a report, all under one output folder (default ``STUDY_DIR/analysis``)::
+
+    trials.csv (+ trials.parquet if pyarrow is there)   the tidy table
+    figures/*.png                                        the figures
+    best/*.yaml                                          runnable best configs
+    report.html                                          everything above on one page
+
+Reads files only and starts no Ray; logs figures, table and report to the study's MLflow
+experiment in one run named ``analysis`` (see :mod:`tagtune.analysis.tracking`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tagtune.analysis import figures as fig
+from tagtune.analysis import report, stats
+from tagtune.analysis.export import write_best
+from tagtune.analysis.importance import param_importances
+from tagtune.analysis.table import (
+    StudyFiles,
+    best_configs,
+    completeness,
+    headline_metric,
+    open_study,
+    trials_table,
+)
+from tagtune.analysis.tracking import log_analysis, tracking_uri
+from tagtune.study.trainable import train_config
+
+
+@dataclass
+class AnalysisResult:
+    """What :func:`analyze` wrote and found."""
+
+    study_dir: Path
+    out_dir: Path
+    report: Path
+    metric: str
+    """The headline test metric, e.g. ``test_full/f1_macro``."""
+    table: pd.DataFrame
+    """One row per search trial and per replicate (see :mod:`tagtune.analysis.table`)."""
+    table_files: list[Path]
+    completeness: pd.DataFrame
+    summary: pd.DataFrame
+    """Per (method, proportion): n, mean, sd of the metric over replicates."""
+    summary_wide: pd.DataFrame
+    comparisons: pd.DataFrame
+    """Paired comparisons with B1 and B0 (see :func:`tagtune.analysis.stats.paired_comparisons`)."""
+    conclusions: list[str]
+    missing: list[str]
+    """What the study has not (yet) produced, in words; empty for a finished study."""
+    figures: dict[str, Path] = field(default_factory=dict)
+    skipped_figures: dict[str, str] = field(default_factory=dict)
+    best_dir: Path | None = None
+    exported: list[Path] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    mlflow_note: str = ""
+
+
+def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
+    rows = []
+    for cell, b in best.items():
+        cfg = train_config(b["config"])
+        rows.append({"cell": cell, "method": cfg.method, "proportion": cfg.missing,
+                     "validation_loss": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
+                     "gamma": cfg.gamma if cfg.method == "le" else math.nan,
+                     "alpha": cfg.alpha if cfg.method == "mt" else math.nan,
+                     "beta": cfg.beta if cfg.method == "mt" else math.nan})
+    return pd.DataFrame(rows, columns=["cell", "method", "proportion", "validation_loss",
+                                       "trial_id", "lr", "gamma", "alpha", "beta"])
+
+
+def _missing(study: StudyFiles, done: pd.DataFrame) -> list[str]:
+    why = {"summary.json": "summary.json is missing: the study has not reached its end",
+           "replicate": "replicate/ is missing: the replicate phase has not started",
+           "optuna.db": "optuna.db is missing: the search phase has not finished "
+                        "(no parameter importance)",
+           "best.json": "best.json is missing: best configs are taken from the finished trials"}
+    out = [why[f] for f in study.missing_files if f in why]
+    out += [f"{r['cell']}: {r['missing']}" for _, r in done.iterrows() if r["missing"]]
+    return out
+
+
+def _figures(r: AnalysisResult, reps, search, best, study: StudyFiles) -> None:
+    d = r.out_dir / "figures"
+    d.mkdir(parents=True, exist_ok=True)
+    if len(reps):
+        r.figures["replicates"] = fig.replicate_boxes(reps, r.metric, d / "replicates.png")
+        r.figures["sensitivity"] = fig.sensitivity(r.summary, r.metric, d / "sensitivity.png")
+    else:
+        r.skipped_figures["replicates, sensitivity"] = "no replicate has finished"
+    path = fig.best_hparams(search, best, d / "hyperparameters.png") if len(best) else None
+    if path is not None:
+        r.figures["hyperparameters"] = path
+    else:
+        r.skipped_figures["hyperparameters"] = "no LE or MT cell has a best config"
+    imp, skipped = param_importances(study.dir / "optuna.db", study.cells)
+    if len(imp):
+        r.figures["importance"] = fig.importance(imp, d / "importance.png")
+    if skipped:
+        r.skipped_figures["importance"] = "; ".join(f"{c}: {why}" for c, why in skipped.items())
+    if len(search):
+        r.figures["history"] = fig.history(search, d / "history.png")
+
+
+def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: str | None = None,
+            metric: str | None = None, log_mlflow: bool = True) -> AnalysisResult:
+    """Analyse a (finished or partial) study; see the module docstring for what it writes.
+
+    ``metric``: the headline test metric (default: F1 macro on the full truth where the data
+    has it, else on the observed test labels). A directory that is not a study, or one where
+    no trial has reported yet, is a ConfigError (one line).
+    """
+    study = open_study(study_dir)
+    table = trials_table(study)
+    metric = headline_metric(table, metric)
+    out_dir = Path(out).absolute() if out else study.dir / "analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    table_files = [out_dir / "trials.csv"]
+    table.to_csv(table_files[0], index=False)
+    if importlib.util.find_spec("pyarrow") is not None:
+        table_files.append(out_dir / "trials.parquet")
+        table.to_parquet(table_files[1], index=False)
+
+    best = best_configs(study, table)
+    done = completeness(study, table, best)
+    reps = table[(table["phase"] == "replicate") & (table["status"] == "complete")]
+    reps = reps[reps[metric].notna()] if metric in reps else reps.iloc[0:0]
+    search = table[table["phase"] == "search"]
+    summary = stats.summary_table(reps, metric) if len(reps) else pd.DataFrame(
+        columns=["method", "proportion", "n", "mean", "sd"])
+    pairs = stats.paired_comparisons(reps, metric)
+    r = AnalysisResult(
+        study_dir=study.dir, out_dir=out_dir, report=out_dir / "report.html", metric=metric,
+        table=table, table_files=table_files, completeness=done, summary=summary,
+        summary_wide=stats.wide_summary(summary), comparisons=pairs,
+        conclusions=stats.conclusions(summary, pairs, metric) if len(summary) else [],
+        missing=_missing(study, done))
+    best_df = _best_frame(best)
+    _figures(r, reps, search, best_df, study)
+    if best:
+        r.best_dir = out_dir / "best"
+        r.exported = write_best(study, table, r.best_dir, metric)
+
+    uri = tracking_uri(study.dir, study.settings, mlflow_uri)
+    files = {"figures": list(r.figures.values()), "": table_files}
+    tags = {"metric": metric, "out_dir": str(out_dir)}
+    logged = log_analysis(uri if log_mlflow else None, study.settings.name, files, tags)
+    r.mlflow_run_id = logged.run_id
+    r.mlflow_note = logged.note if log_mlflow else "MLflow logging turned off"
+    fingerprint = (study.summary or {}).get("fingerprint")
+    r.report.write_text(report.build(r, report.dataset_summary(study.settings.data, fingerprint),
+                                     best_df, study.settings))
+    if r.mlflow_run_id is not None:
+        log_analysis(uri, study.settings.name, {"": [r.report]}, {})
+    return r
+
+
+__all__ = ["AnalysisResult", "analyze"]

@@ -1,0 +1,154 @@
+"""The report: one self-contained HTML page (figures embedded as base64 PNG, no other file
+needed to read it), built from what :func:`tagtune.analysis.analyze` computed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tagtune.analysis.stats import method_name, metric_label, percent, statement
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}.warn{background:#fff4e0;border-left:4px solid
+#f0a020;padding:.5em 1em}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+figcaption{font-size:.9em;color:#555}code{background:#f5f5f5;padding:0 .2em}"""
+
+CAPTIONS = {
+    "replicates": "Replicate results per cell (the paper's Fig. 4): box = quartiles over seeds, "
+                  "dots = seeds.",
+    "sensitivity": "Test metric vs. proportion of training labels removed (the paper's "
+                   "Fig. 5): mean over replicates, band = ± 1 sd.",
+    "hyperparameters": "Best gamma (LE), 1 − alpha and beta (MT) per proportion; grey dots "
+                       "are every trial that ran to the end.",
+    "importance": "Hyperparameter importance per cell (Optuna PED-ANOVA on the selection loss).",
+    "history": "Optimisation history: best validation loss so far per cell, by trial.",
+}
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(df: pd.DataFrame, index: bool = False, digits: int = 4) -> str:
+    if df is None or df.empty:
+        return "<p><em>(empty)</em></p>"
+    return df.to_html(index=index, escape=True, border=0, na_rep="—",
+                      float_format=lambda v: f"{v:.{digits}g}")
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>"
+
+
+def _figure(name: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_esc(CAPTIONS.get(name, name))} (<code>{_esc(path.name)}</code>)"
+            "</figcaption></figure>")
+
+
+def _settings_table(settings) -> pd.DataFrame:
+    keys = ("name", "data", "methods", "missing", "trials", "replicates", "epochs",
+            "grace_period", "reduction_factor", "seed", "preset", "train")
+    return pd.DataFrame({"setting": keys, "value": [str(getattr(settings, k)) for k in keys]})
+
+
+def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
+    t = pairs.copy()
+    t["method"] = t["method"].map(method_name)
+    t["reference"] = t["reference"].map(method_name)
+    t["proportion"] = t["proportion"].map(percent)
+    return t.rename(columns={"proportion": "removed", "diff": "mean diff",
+                             "p_wilcoxon": "Wilcoxon p"})
+
+
+def _best_table(best: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in ("cell", "validation_loss", "trial_id", "lr", "gamma", "alpha", "beta")
+            if c in best]
+    return best[cols]
+
+
+def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
+    """The report's HTML; ``r`` is the AnalysisResult (its figures already on disk)."""
+    s = settings
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tagtune study "
+             f"{_esc(s.name)}</title><style>{CSS}</style></head><body>",
+             f"<h1>Study <code>{_esc(s.name)}</code>: what it found</h1>",
+             f"<p>Study directory <code>{_esc(r.study_dir)}</code>. Headline metric: "
+             f"<b>{_esc(metric_label(r.metric))}</b> (<code>{_esc(r.metric)}</code>), on the "
+             "replicates of each cell's best config (selected by validation loss).</p>"]
+    if r.missing:
+        parts.append("<div class='warn'><b>Incomplete study: analysed from what finished.</b>"
+                     + _list(r.missing) + "</div>")
+    parts += ["<h2>Conclusions</h2>",
+              _list(r.conclusions) if r.conclusions else
+              "<p>No replicate has finished: there are no test results to compare yet.</p>"]
+
+    parts.append("<h2>Dataset</h2>")
+    if dataset.get("table") is not None:
+        parts.append(f"<p>{_esc(dataset['text'])}</p>" + _table(dataset["table"], digits=3))
+    else:
+        parts.append(f"<p>{_esc(dataset['text'])}</p>")
+    parts += ["<h2>Study settings</h2>", _table(_settings_table(s))]
+
+    parts += ["<h2>Completeness per cell</h2><p>Search trials by status against the "
+              "per-cell budget (stopped early = cut by ASHA), and replicates found.</p>",
+              _table(r.completeness.drop(columns=["unknown"]) if not
+                     r.completeness["unknown"].any() else r.completeness)]
+
+    parts.append(f"<h2>{_esc(metric_label(r.metric))}: mean ± sd over replicates</h2>")
+    parts.append(_table(r.summary_wide, index=True) if not r.summary_wide.empty
+                 else "<p><em>No replicate results.</em></p>")
+
+    parts.append("<h2>Paired comparisons with the baselines</h2><p>Per proportion, each method "
+                 "minus B1 (and minus B0) on the same seeds: mean difference, percentile "
+                 "bootstrap 95% CI (10,000 resamples, seeded), Wilcoxon signed-rank p-value "
+                 "from 5 pairs on. 'No clear difference' when the CI covers 0.</p>")
+    if not r.comparisons.empty:
+        parts.append(_list([statement(row, r.metric) for _, row in r.comparisons.iterrows()]))
+        parts.append(_table(_comparisons(r.comparisons)))
+    else:
+        parts.append("<p><em>No pairs to compare.</em></p>")
+
+    parts.append("<h2>Figures</h2>")
+    parts += [_figure(name, path) for name, path in r.figures.items()]
+    if r.skipped_figures:
+        parts.append("<p>Not drawn:</p>" + _list([f"{k}: {v}" for k, v in
+                                                  r.skipped_figures.items()]))
+
+    parts += ["<h2>Best configs</h2>", _table(_best_table(best)),
+              f"<p>Exported as runnable YAML in <code>{_esc(r.best_dir)}</code> "
+              "(<code>tagtune train --config FILE --data DATA --out OUT --seed SEED</code>).</p>"]
+    parts += ["<h2>Files</h2>", _list([f"results table: {p}" for p in r.table_files]
+                                      + [f"tracking: {r.mlflow_note}"]), "</body></html>"]
+    return "\n".join(parts)
+
+
+def dataset_summary(data_path: str, fingerprint: str | None) -> dict[str, Any]:
+    """The data file at a glance (split sizes, observed share); a note if it cannot be read."""
+    from tagtune.study.data import DataError, load
+    from tagtune.study.data.describe import split_table
+
+    try:
+        ds = load(data_path)
+    except (DataError, OSError) as e:
+        return {"table": None, "text": f"data file {data_path} not readable now ({e})."}
+    text = f"{ds.name}: {len(ds.classes)} classes, file {data_path}."
+    if fingerprint and ds.fingerprint != fingerprint:
+        text += (f" Warning: the file changed since the study ran (fingerprint "
+                 f"{ds.fingerprint}, study {fingerprint}).")
+    table = split_table(ds)
+    table["observed"] = table["observed"].map(lambda v: f"{100 * v:.1f}%")
+    table["positive_rate"] = table["positive_rate"].map(
+        lambda v: "—" if math.isnan(v) else f"{100 * v:.1f}%")
+    return {"table": table, "text": text}
+
+
+__all__ = ["build", "dataset_summary"]

@@ -1,0 +1,50 @@
+"""``tagtune analyze`` (a study's table, figures, statistics and report) and
+``tagtune export-best`` (its best configs as runnable YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tagtune.launch.cli import app, user_errors
+
+
+@app.command("analyze")
+@user_errors
+def analyze(
+    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default STUDY_DIR/analysis).")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Headline test metric, e.g. test/auprc_macro (default: F1 macro).")] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log figures and report to MLflow.")] = True,
+) -> None:
+    """Analyse a finished or partial study: table, figures, statistics, best configs, report."""
+    from tagtune.analysis import analyze as run_analysis
+
+    r = run_analysis(study_dir, out=out, mlflow_uri=mlflow_uri, metric=metric, log_mlflow=mlflow)
+    print(f"report:   {r.report}")
+    print(f"table:    {', '.join(str(p) for p in r.table_files)}")
+    print(f"figures:  {r.out_dir / 'figures'} ({len(r.figures)})")
+    if r.best_dir is not None:
+        print(f"configs:  {r.best_dir}")
+    print(f"tracking: {r.mlflow_note}")
+    for line in r.missing:
+        print(f"missing:  {line}")
+    for line in r.conclusions:
+        print(f"- {line}")
+
+
+@app.command("export-best")
+@user_errors
+def export_best(
+    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    out: Annotated[Path, typer.Option(help="Folder for the YAML files.")],
+) -> None:
+    """Write each cell's best config as YAML runnable with `tagtune train --config FILE`."""
+    from tagtune.analysis import export_best as run_export
+
+    for path in run_export(study_dir, out):
+        print(path)

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from tagtune.analysis import analyze
 from tagtune.analysis.export import COMBINED, cell_filename
 from tagtune.launch.cli import app
+from tagtune.study.teachers import TEACHER_LR
 from tests.conftest import TINY_STUDY
 
 METHODS, MISSING = TINY_STUDY["methods"], TINY_STUDY["missing"]
@@ -125,6 +126,11 @@ def test_exported_config_reproduces_its_replicate(tiny_study, analysed, tmp_path
         [cell_filename(c) for c in CELLS] + [COMBINED])
     combined = yaml.safe_load((out / COMBINED).read_text())
     assert set(combined["cells"]) == set(CELLS)
+    for cell in CELLS:  # LE with the study's shared teacher: said where train cannot match
+        cfg = combined["cells"][cell]["config"]
+        differs = cell.startswith("le") and settings.share_le_teacher and cfg["lr"] != TEACHER_LR
+        assert combined["cells"][cell]["reproducible_with_tagtune_train"] is not differs
+        assert ("caveat: the study trained LE" in (out / cell_filename(cell)).read_text()) is differs
     cell, seed = "mt@0.40", settings.seed + 1  # the second replicate: not the file's own seed
     row = r.table[(r.table.phase == "replicate") & (r.table.cell == cell) & (r.table.seed == seed)]
     run = tmp_path / "run"

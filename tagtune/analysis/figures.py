@@ -91,11 +91,11 @@ def sensitivity(summary: pd.DataFrame, metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-# (method, table column, axis label, log scale): what each panel of best_hparams shows.
+# (method, table column, axis label, log scale, fixed y range): each panel of best_hparams.
 HPARAM_PANELS = [
-    ("le", "gamma", "LE gamma (percentile, 0–100)", False),
-    ("mt", "one_minus_alpha", "MT 1 − alpha (EMA decay; log scale)", True),
-    ("mt", "beta", "MT beta (consistency weight)", False),
+    ("le", "gamma", "LE gamma (percentile, 0–100)", False, (0, 100)),
+    ("mt", "one_minus_alpha", "MT 1 − alpha (EMA decay; log scale)", True, None),
+    ("mt", "beta", "MT beta (consistency weight)", False, None),
 ]
 
 
@@ -108,7 +108,7 @@ def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path |
     search = search.assign(one_minus_alpha=1 - search["alpha"])
     best = best.assign(one_minus_alpha=1 - best["alpha"])
     fig, axes = plt.subplots(1, len(panels), figsize=(0.6 + 3.4 * len(panels), 3.4), squeeze=False)
-    for ax, (method, col, label, log) in zip(axes[0], panels, strict=True):
+    for ax, (method, col, label, log, ylim) in zip(axes[0], panels, strict=True):
         trials = search[(search["method"] == method) & (search["status"] == "complete")]
         ax.scatter(100 * trials["proportion"], trials[col], color="0.6", s=16)
         b = best[best["method"] == method].sort_values("proportion")
@@ -118,6 +118,8 @@ def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path |
         ax.set_xticks(sorted(100 * search["proportion"].unique()))
         if log:
             ax.set_yscale("log")
+        if ylim:  # a percentile: its whole range, so one best value does not fill the axis
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     fig.suptitle("Best hyperparameters found vs. missing-label proportion", fontsize=11)
     fig.tight_layout()

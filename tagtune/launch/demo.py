@@ -40,6 +40,13 @@ def main() -> None:
     print(f"study:    {result.study_dir}")
     print(f"mlflow:   {result.tracking_uri}")
     print(f"open UI:  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
+    from tagtune.analysis import analyze
+
+    analysis = analyze(result.study_dir)
+    print(f"report:   {analysis.report}")
+    print("what the report concludes:")
+    for line in analysis.conclusions:
+        print(f"  - {line}")
     print(f"wall time {time.perf_counter() - t0:.0f} s")
 
 

@@ -27,14 +27,18 @@ import torch
 from torch import Tensor, nn
 
 from tagtune.study.config import ModelConfig
+from tagtune.study.fast import keep_mask, train_forward
 
 
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
-    """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p)."""
+    """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p).
+
+    The mask comes from :func:`tagtune.study.fast.keep_mask` (16-bit integers against a
+    threshold: ~10x cheaper than ``bernoulli_``; the keep rate is within 2^-17 of 1 - p).
+    """
     if not training or p == 0.0:
         return x
-    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
-    return x * keep.mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, generator)
 
 
 class AttentionMIL(nn.Module):
@@ -51,6 +55,13 @@ class AttentionMIL(nn.Module):
         self.cla = nn.Linear(widths[-1], n_classes)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.training and x.shape[0] * x.shape[1] > 1:
+            # The same math, masks and running statistics, with fewer passes over memory.
+            return train_forward(self, x, generator)
+        return self.reference_forward(x, generator)
+
+    def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The network as written; :func:`tagtune.study.fast.train_forward` must equal it."""
         N, T, F = x.shape
         h = self.norm(x.reshape(N * T, F))  # frames are the BatchNorm's samples
         for linear, bn in zip(self.linears, self.bns, strict=True):

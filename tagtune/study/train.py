@@ -20,6 +20,7 @@ given teacher equals one trained after that teacher in the same fit.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tagtune.study import methods
+from tagtune.study import fast, methods
 from tagtune.study.checkpoint import FitState, clone_state, load_payload, restore, save_state
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split, remove_labels
@@ -70,8 +71,12 @@ class _Data:
 
     @classmethod
     def of(cls, s: Split) -> _Data:
-        # Copies: Split's arrays are read-only and torch wants writable memory.
-        return cls(torch.tensor(s.X), torch.tensor(s.Y), torch.tensor(s.M, dtype=torch.float32))
+        # Views of Split's read-only arrays, not copies (OpenMIC's X: ~25 ms a fit); torch
+        # warns that it could write to them, and nothing here does.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            X, Y = torch.from_numpy(s.X), torch.from_numpy(s.Y)
+        return cls(X, Y, torch.tensor(s.M, dtype=torch.float32))
 
 
 def stream_seed(seed: int, stream: str, stage: int) -> int:
@@ -142,7 +147,7 @@ def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Data
         teacher = mt.make_teacher(model)
     return FitState(
         stages=stages, stage=stage, model=model, teacher=teacher,
-        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        optimizer=fast.adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         batches=batches, noise=noise, train_M=train.M,
     )
 
@@ -239,7 +244,9 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
     for i, start in enumerate(starts):
         idx = perm[start : start + B]
         state.progress = fs.stage_epoch + i / len(starts)
-        loss, logs = method.step(Batch(train.X[idx], train.Y[idx], fs.train_M[idx]), state)
+        batch = Batch(train.X.index_select(0, idx), train.Y.index_select(0, idx),
+                      fs.train_M.index_select(0, idx))
+        loss, logs = method.step(batch, state)
         fs.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fs.optimizer.step()

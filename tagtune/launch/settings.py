@@ -126,13 +126,13 @@ def load_settings(path: str | Path, **overrides: Any) -> StudySettings:
         raise ConfigError("file", f"cannot read YAML ({str(e).splitlines()[0]})", where=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError("file", "expected a mapping", where=str(path))
-    raw.pop("search", None)  # the search ranges, read by tagtune.search_spaces
+    has_ranges = raw.pop("search", None) is not None  # the ranges, read by tagtune.search_spaces
     known = {f.name for f in fields(StudySettings)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(unknown[0], "unknown key", where=str(path))
     merged = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    if "search_space" not in merged:
+    if "search_space" not in merged and has_ranges:
         merged["search_space"] = str(path)
     try:
         return StudySettings(**merged)

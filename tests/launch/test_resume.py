@@ -1,4 +1,5 @@
-"""A study whose driver is killed half-way resumes: no trial lost, none run or logged twice."""
+"""A study whose driver is killed half-way resumes: no trial lost, none run or logged twice,
+and a trial that had a checkpoint continues from it rather than from scratch."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
+from ray import tune
 
-from tagtune.study import data
+from tagtune.study.trainable import TRIAL_STATE
+from tests.launch.processes import base_env, read_results, restarts
+from tests.launch.test_reliability import slow_study
 
-STUDY = ["--methods", "b1,mt", "--missing", "0,0.4", "--trials", "3", "--replicates", "1",
-         "--epochs", "4", "--grace-period", "1", "--name", "killed", "--quiet"]
+pytestmark = pytest.mark.cluster
 
 
 def _tagtune(*args: str) -> list[str]:
@@ -38,23 +42,34 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_killed_study_resumes_without_duplicates(tmp_path, tiny_dataset):
-    path = data.save(tiny_dataset, tmp_path / "tiny.h5")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    storage = tmp_path / "studies"
-    cmd = _tagtune("study", "--data", str(path), "--storage", str(storage), *STUDY)
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    study_dir = storage / "killed"
+def _checkpointed_epochs(search: Path) -> dict[str, int]:
+    """Per unfinished trial, the epoch of the checkpoint that Tune's saved state would resume."""
+    out = {}
+    for trial in tune.ExperimentAnalysis(str(search)).trials:
+        if trial.status != "TERMINATED" and trial.checkpoint is not None:
+            state = json.loads((Path(trial.checkpoint.path) / TRIAL_STATE).read_text())
+            out[trial.trial_id] = int(state["last"]["epoch"])
+    return out
+
+
+def test_killed_study_resumes_without_duplicates(tmp_path):
+    config = slow_study(tmp_path, "killed", methods=["b1", "mt"], missing=[0.0, 0.4], trials=3,
+                        replicates=1, epochs=4, grace_period=1, checkpoint_every=1)
+    env = base_env()
+    driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    study_dir = tmp_path / "studies" / "killed"
     journal = study_dir / "mlflow-journal.jsonl"
     deadline = time.monotonic() + 240
     try:
         while _ended(journal) < 4 and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         _kill_tree(driver)
     ended_before = _ended(journal)
     assert 4 <= ended_before < 12, "the kill must land half-way through the search"
+    checkpointed = _checkpointed_epochs(study_dir / "search")
 
     done = subprocess.run(_tagtune("study", "resume", str(study_dir), "--quiet"), env=env,
                           capture_output=True, text=True, timeout=400)
@@ -73,3 +88,11 @@ def test_killed_study_resumes_without_duplicates(tmp_path, tiny_dataset):
     for r in runs:  # every epoch once, however the kill cut the logging
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
         assert len(steps) == len(set(steps))
+
+    # A trial cut by the kill with a checkpoint continued right after it, not from epoch 1
+    # (one whose checkpoint was its last epoch has nothing left to report).
+    for trial_dir in (study_dir / "search").iterdir():
+        results = read_results(trial_dir) if trial_dir.is_dir() else []
+        if results and results[0]["trial_id"] in checkpointed:
+            for _, first_epoch in restarts(results):
+                assert first_epoch == checkpointed[results[0]["trial_id"]] + 1, results[0]["trial_id"]

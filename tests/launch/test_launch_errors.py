@@ -1,0 +1,99 @@
+"""Bad launch input: one line on stderr, exit 2, before any trial starts (nothing in search/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tagtune.launch.cli import app
+from tagtune.study import data
+from tests.launch.processes import RayCluster, free_port, mount_namespace_prefix
+
+SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "0", "--epochs", "1",
+         "--grace-period", "1", "--quiet"]
+
+
+@pytest.fixture
+def data_file(tmp_path, tiny_dataset) -> Path:
+    return data.save(tiny_dataset, tmp_path / "tiny.h5")
+
+
+def refused(args: list[str], field: str) -> str:
+    result = CliRunner().invoke(app, ["study", *map(str, args)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], result.stderr
+    return lines[0]
+
+
+def no_trial_started(storage: Path, name: str = "study") -> bool:
+    return not (storage / name / "search").exists()
+
+
+def test_unreachable_address(tmp_path, data_file):
+    port = free_port()  # nothing listens there
+    line = refused(["--data", data_file, "--storage", tmp_path, "--address", f"127.0.0.1:{port}",
+                    *SMALL], "address")
+    assert "no Ray cluster answers" in line and no_trial_started(tmp_path)
+
+
+def test_unwritable_study_directory(tmp_path, data_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # root writes anywhere, but never below a file
+    line = refused(["--data", data_file, "--storage", blocker / "studies", *SMALL], "storage")
+    assert "not writable" in line
+
+
+def test_mlflow_that_does_not_answer(tmp_path, data_file):
+    uri = f"http://127.0.0.1:{free_port()}"
+    line = refused(["--data", data_file, "--storage", tmp_path, "--mlflow-uri", uri, *SMALL],
+                   "mlflow_uri")
+    assert "no MLflow server answers" in line and no_trial_started(tmp_path)
+    assert not (tmp_path / "study").exists()  # refused before the study directory was made
+
+
+@pytest.mark.parametrize(("search", "field"), [
+    ({"lr": [1.0e-2, 1.0e-4]}, "search.lr"),         # low above high
+    ({"gamma": [0, 150]}, "search.gamma"),           # beyond its natural range
+    ({"momentum": [0.1, 0.9]}, "search.momentum"),   # unknown key
+])
+def test_bad_search_space(tmp_path, data_file, search, field):
+    ranges = tmp_path / "ranges.yaml"
+    ranges.write_text(yaml.safe_dump({"search": search}))
+    refused(["--data", data_file, "--storage", tmp_path, "--search-space", ranges, *SMALL], field)
+    assert not (tmp_path / "study").exists()
+
+
+def test_unknown_key_in_study_config(tmp_path, data_file):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"data": str(data_file), "epochz": 3}))
+    refused(["--config", config, "--storage", tmp_path], "epochz")
+
+
+@pytest.mark.cluster
+def test_storage_that_a_node_cannot_see(tmp_path, data_file):
+    storage = tmp_path / "studies"
+    storage.mkdir()
+    hide = mount_namespace_prefix(storage)
+    if hide is None:
+        pytest.skip("no mount namespaces here (unshare -m / -Urm refused): cannot hide a path")
+    cluster = RayCluster()
+    try:
+        cluster.start_node()
+        cluster.start_node(prefix=hide)  # this node sees an empty tmpfs at `storage`
+        done = subprocess.run(
+            [sys.executable, "-m", "tagtune", "study", "--data", str(data_file), "--storage",
+             str(storage), "--address", cluster.address, *SMALL],
+            env=cluster.env, capture_output=True, text=True, timeout=180)
+    finally:
+        cluster.stop()
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "storage: not shared" in lines[-1], done.stderr[-3000:]
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert no_trial_started(storage)

@@ -1,0 +1,194 @@
+"""Reliability with real processes: a worker node killed, MLflow down. Nothing lost, nothing twice.
+
+Each test starts its own processes (``tests/launch/processes.py``) and kills exactly
+those, in a ``finally``, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tagtune.launch.tracking import numeric_metrics
+from tagtune.study import data
+from tagtune.study.config import to_dict
+from tagtune.study.data import Dataset
+from tagtune.study.trainable import train_config
+from tests.conftest import make_split
+from tests.launch.processes import (
+    MlflowServer,
+    RayCluster,
+    base_env,
+    kill_session,
+    read_results,
+    restarts,
+)
+
+pytestmark = pytest.mark.cluster
+EVERY = 2  # checkpoint every 2 epochs
+
+
+def tagtune(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tagtune", *args]
+
+
+def slow_study(tmp_path: Path, name: str, **settings) -> Path:
+    """A data file whose epochs take ~0.2 s, and a study config over it."""
+    rng = np.random.default_rng(0)
+    ds = Dataset(train=make_split(rng, 2000, T=10, F=32, C=5, prefix="tr"),
+                 valid=make_split(rng, 300, T=10, F=32, C=5, prefix="va"),
+                 test=make_split(rng, 300, T=10, F=32, C=5, prefix="te"),
+                 classes=tuple("abcde"), name="slow")
+    path = data.save(ds, tmp_path / "slow.h5")
+    cfg = {"data": str(path), "name": name, "storage": str(tmp_path / "studies"),
+           "checkpoint_every": EVERY, "preset": "openmic",
+           "train": {"batch_size": 64, "lr_decay_epochs": [],
+                     "model": {"layers": 1, "hidden": 32, "dropout": 0.3}}, **settings}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "study.yaml"
+
+
+def trial_results(phase_dir: Path) -> dict[str, list[dict]]:
+    """Tune's results of every trial of a phase, by trial id."""
+    out = {}
+    for trial_dir in sorted(p for p in phase_dir.iterdir() if p.is_dir()):
+        results = read_results(trial_dir)
+        if results:
+            out[results[0]["trial_id"]] = results
+    return out
+
+
+@pytest.fixture
+def cluster():
+    c = RayCluster()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, cluster):
+    config = slow_study(tmp_path, "multi", methods=["b1"], missing=[0.0], trials=4, replicates=0,
+                        epochs=10, grace_period=10, max_failures=3)
+    cluster.start_node()
+    worker = cluster.start_node()
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(tagtune("study", "--config", str(config), "--address",
+                                          cluster.address, "--quiet"),
+                                  env=cluster.env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    search = tmp_path / "studies" / "multi" / "search"
+    try:
+        victim = None
+        deadline = time.monotonic() + 180
+        while victim is None and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+            for tid, results in (trial_results(search) if search.is_dir() else {}).items():
+                last = results[-1]
+                # A trial on the worker node with a checkpoint (epoch 2) behind it.
+                if cluster.on_node(last["pid"], worker) and EVERY < last["epoch"] < 9:
+                    victim = tid
+        assert victim is not None, f"no trial ran on the worker node:\n{log.read_text()[-3000:]}"
+        os.kill(cluster.raylet_pid(worker), signal.SIGKILL)
+        rc = driver.wait(timeout=300)
+    finally:
+        kill_session(driver)
+    assert rc == 0, log.read_text()[-3000:]
+
+    summary = json.loads((tmp_path / "studies" / "multi" / "summary.json").read_text())
+    assert summary["cells"]["b1@0.00"]["trials"] == 4
+    assert summary["cells"]["b1@0.00"]["completed"] == 4
+    results = trial_results(search)
+    assert len(results) == 4
+    for tid, rs in results.items():
+        epochs = [r["epoch"] for r in rs]
+        assert epochs[-1] == 10 and rs[-1]["complete"]
+        for before, after in restarts(rs):
+            # Resumed right after the last checkpoint it had reported, never from scratch.
+            checkpointed = max([e for e in before if e % EVERY == 0], default=0)
+            assert after == checkpointed + 1 > 1, (tid, epochs)
+    assert restarts(results[victim]), "the victim was not retried"
+
+    client = MlflowClient(summary["tracking_uri"])
+    runs = client.search_runs([summary["experiment_id"]], max_results=100)
+    assert Counter(r.data.tags["tagtune.trial_id"] for r in runs) == dict.fromkeys(results, 1)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
+        assert sorted(steps) == list(range(1, 11))
+
+
+def mlflow_equals_results(client: MlflowClient, experiment_id: str, study_dir: Path) -> int:
+    """Assert MLflow holds exactly Tune's results; returns the number of runs."""
+    results = {**trial_results(study_dir / "search"), **trial_results(study_dir / "replicate")}
+    runs = client.search_runs([experiment_id], max_results=1000)
+    by_trial = {r.data.tags["tagtune.trial_id"]: r for r in runs}
+    assert len(by_trial) == len(runs) and set(by_trial) == set(results)
+    for tid, rs in results.items():
+        run = by_trial[tid]
+        assert run.info.status == "FINISHED"
+        config = rs[0]["config"]
+        resolved = {**to_dict(train_config(config)), "cell": config["cell"], "phase": config["phase"]}
+        for key in ("method", "missing", "seed", "lr", "gamma", "epochs", "cell", "phase"):
+            assert run.data.params[key] == str(resolved[key]), (tid, key)
+        expected: dict[str, dict[int, float]] = {}
+        for r in rs:
+            for k, v in numeric_metrics(r).items():
+                expected.setdefault(k, {})[r["training_iteration"]] = v
+        assert set(run.data.metrics) == set(expected)
+        for k, per_step in expected.items():
+            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
+            assert history == per_step, (tid, k)
+    return len(runs)
+
+
+def test_mlflow_outage_loses_nothing(tmp_path):
+    config = slow_study(tmp_path, "outage", methods=["b1", "le"], missing=[0.4], trials=3,
+                        replicates=1, epochs=4, grace_period=4, num_cpus=1)
+    server = MlflowServer(tmp_path / "mlflow.db")
+    driver = None
+    try:
+        server.start()
+        journal = tmp_path / "studies" / "outage" / "mlflow-journal.jsonl"
+        log = tmp_path / "driver.log"
+        with open(log, "w") as out:
+            driver = subprocess.Popen(
+                tagtune("study", "--config", str(config), "--mlflow-uri", server.uri, "--quiet"),
+                env=base_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None and (
+                not journal.exists() or journal.read_text().count('"op": "end"') < 2):
+            time.sleep(0.1)
+        server.stop()  # down for the rest of the study
+        rc = driver.wait(timeout=300)
+        out = log.read_text()
+        assert rc == 0, out[-3000:]
+        assert "tagtune mlflow sync" in out  # it says what to do
+        summary = json.loads((tmp_path / "studies" / "outage" / "summary.json").read_text())
+        assert summary["mlflow_synced"] is False
+
+        server.start()
+        client = MlflowClient(server.uri)
+        before = client.search_runs([summary["experiment_id"]], max_results=1000)
+        assert len(before) < 8  # 6 search trials + 2 replicates: some could not be logged
+        done = subprocess.run(tagtune("mlflow", "sync", str(tmp_path / "studies" / "outage")),
+                              env=base_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert mlflow_equals_results(client, summary["experiment_id"],
+                                     tmp_path / "studies" / "outage") == 8
+    finally:
+        if driver is not None:
+            kill_session(driver)
+        server.stop()

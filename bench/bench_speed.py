@@ -13,10 +13,13 @@ student epoch); its figures are per stage epoch (half the total), for both.
 
 The machine may be shared: the two implementations alternate, ``--repeats`` times, and
 the table gives the best of the repeats (the least disturbed run) with, in brackets, the
-ratio of the medians. GFLOP/s: floating-point operations of the matrix products (linear
-layers and attention heads), counted analytically -- training step 3x the forward
-(forward, input gradient, weight gradient), MT's teacher 1x, every validation or scoring
-forward 1x -- divided by tagtune's epoch time.
+ratio of the medians, and the ratio of the best CPU times (process time: at 1 thread it
+does not count time spent waiting for a core; at 2 it counts OpenMP's spinning).
+
+GFLOP/s: floating-point operations of the matrix products (linear layers and attention
+heads), counted analytically -- training step 3x the forward (forward, input gradient,
+weight gradient), MT's teacher 1x, every validation or scoring forward 1x -- divided by
+tagtune's epoch time.
 
     python bench/bench_speed.py            # full size, b0 b1 le mt at 1 and 2 threads
     python bench/bench_speed.py --quick    # 2,000 clips, one repeat
@@ -136,21 +139,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{n_train} train / {n_valid} valid clips of {T} x {F}, {C} classes, L={LAYERS}, "
           f"H={HIDDEN}, batch {BATCH}; best of {repeats} (ratio of medians in brackets)")
     print(f"{'method':6s} {'threads':>7s} {'ours s/ep':>10s} {'conv s/ep':>10s} "
-          f"{'ratio':>13s} {'GFLOP/s':>8s}")
+          f"{'ratio':>13s} {'GFLOP/s':>8s} {'cpu ratio':>10s}")
     for method in methods:
         for t in threads:
             cell = {"ours": [], "conv": []}
             for _ in range(repeats):
                 for impl in ("conv", "ours"):
                     r = spawn(impl, method, t, n_train, n_valid)
-                    cell[impl].append(r["wall"])
+                    cell[impl].append(r)
                     runs.append(r)
-            ours, conv = min(cell["ours"]), min(cell["conv"])
-            med = statistics.median(cell["conv"]) / statistics.median(cell["ours"])
+            wall = {k: [r["wall"] for r in v] for k, v in cell.items()}
+            cpu = {k: min(r["cpu"] for r in v) for k, v in cell.items()}
+            ours, conv = min(wall["ours"]), min(wall["conv"])
+            med = statistics.median(wall["conv"]) / statistics.median(wall["ours"])
             stages = 2 if method == "le" else 1
             gflops = epoch_flops(method, n_train, n_valid) / stages / ours / 1e9
             print(f"{method:6s} {t:7d} {ours:10.3f} {conv:10.3f} {conv / ours:6.2f}x "
-                  f"({med:4.2f}x) {gflops:8.1f}", flush=True)
+                  f"({med:4.2f}x) {gflops:8.1f} {cpu['conv'] / cpu['ours']:9.2f}x", flush=True)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
 

@@ -99,13 +99,14 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study direct
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
     from tagtune.launch.preflight import check_mlflow, quick_mlflow_http
     from tagtune.launch.settings import load_settings
-    from tagtune.launch.study import mlflow_experiment, study_trial_ids
-    from tagtune.launch.tracking import sync
+    from tagtune.launch.study import study_trial_ids
+    from tagtune.launch.tracking import mlflow_experiment, sync
 
     settings = load_settings(Path(study_dir) / "study.yaml")
     check_mlflow(settings.tracking_uri)
     with quick_mlflow_http():
-        n = sync(settings.study_dir, settings.tracking_uri, mlflow_experiment(settings),
+        experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, settings.study_dir)
+        n = sync(settings.study_dir, settings.tracking_uri, experiment_id,
                  study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
 

@@ -30,12 +30,11 @@ from tagtune.launch.preflight import (
     check_mlflow,
     check_shared_storage,
     enable_token_auth,
-    quick_mlflow_http,
 )
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings
-from tagtune.launch.tracking import MlflowJournalCallback, sync
+from tagtune.launch.tracking import MlflowJournalCallback, final_sync, mlflow_experiment
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
@@ -73,14 +72,15 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     check_mlflow(settings.tracking_uri)
     _prepare_dir(study_dir, settings)
     ds = load(settings.data)
-    experiment_id = mlflow_experiment(settings)
+    experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
     _init_ray(settings)
     check_shared_storage(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, verbose)
     best = _best_per_cell(study_dir / "search", settings)
     (study_dir / "best.json").write_text(json.dumps(best, indent=2))
     replicates = _replicate(settings, ds, best, experiment_id, verbose) if settings.replicates else []
-    synced = _final_sync(settings, experiment_id)
+    # Anything an outage held back, and no run of a trial the study does not know.
+    synced = final_sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
@@ -88,24 +88,6 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary,
                        synced)
-
-
-def _final_sync(settings: StudySettings, experiment_id: str) -> bool:
-    """Anything an outage held back, and no run of a trial the study does not know.
-
-    MLflow still down at the end does not fail a finished study: the journal keeps every
-    event, and ``tagtune mlflow sync STUDY_DIR`` replays it once the server is back.
-    """
-    try:
-        with quick_mlflow_http():
-            sync(settings.study_dir, settings.tracking_uri, experiment_id,
-                 study_trial_ids(settings.study_dir))
-        return True
-    except Exception as e:  # noqa: BLE001 -- any MLflow/network failure means "later"
-        log.warning("MLflow unreachable at the end of the study (%s); run `tagtune mlflow sync %s` "
-                    "when it is back", str(e).splitlines()[0][:150] if str(e) else type(e).__name__,
-                    settings.study_dir)
-        return False
 
 
 def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -> StudyResult:
@@ -144,24 +126,6 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
             raise ConfigError("name", "a different study already lives here; choose another --name",
                               where=str(study_dir))
     saved.write_text(text)
-
-
-def mlflow_experiment(settings: StudySettings) -> str:
-    """Create (or find) the study's experiment on the driver, artifacts at an absolute path."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(settings.tracking_uri)
-    try:
-        with quick_mlflow_http():
-            exp = client.get_experiment_by_name(settings.name)
-            if exp is not None:
-                return exp.experiment_id
-            artifacts = (settings.study_dir / "mlartifacts").as_uri()
-            return client.create_experiment(settings.name, artifact_location=artifacts)
-    except mlflow.exceptions.MlflowException as e:
-        raise ConfigError("mlflow_uri", f"MLflow store not usable ({str(e).splitlines()[0][:150]})",
-                          where=settings.tracking_uri) from None
 
 
 def _init_ray(settings: StudySettings) -> None:

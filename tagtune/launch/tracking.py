@@ -23,7 +23,7 @@ from typing import Any
 from ray.tune import Callback
 
 from tagtune.launch.preflight import quick_mlflow_http
-from tagtune.study.config import to_dict
+from tagtune.study.config import ConfigError, to_dict
 from tagtune.study.trainable import STUDY_KEYS, train_config
 
 log = logging.getLogger(__name__)
@@ -216,3 +216,37 @@ def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
             tracker.apply(event)
             n += 1
     return n
+
+
+def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
+    """Create (or find) the study's experiment, its artifacts at an absolute path."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        with quick_mlflow_http():
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            return client.create_experiment(name, artifact_location=(study_dir / "mlartifacts").as_uri())
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError("mlflow_uri", f"MLflow store not usable ({str(e).splitlines()[0][:150]})",
+                          where=tracking_uri) from None
+
+
+def final_sync(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> bool:
+    """``sync`` at the end of a study; False if MLflow does not answer.
+
+    MLflow still down at the end does not fail a finished study: the journal keeps every
+    event, and ``tagtune mlflow sync STUDY_DIR`` replays it once the server is back.
+    """
+    try:
+        with quick_mlflow_http():
+            sync(study_dir, tracking_uri, experiment_id, trial_ids)
+        return True
+    except Exception as e:  # noqa: BLE001 -- any MLflow/network failure means "later"
+        first = str(e).splitlines()[0][:150] if str(e) else type(e).__name__
+        log.warning("MLflow unreachable at the end of the study (%s); run `tagtune mlflow sync %s` "
+                    "when it is back", first, study_dir)
+        return False

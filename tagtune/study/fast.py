@@ -107,12 +107,14 @@ class _TrainForward(torch.autograd.Function):
         stats = [(bn.running_mean, bn.running_var) for bn in bns]
         torch._foreach_add_([b.num_batches_tracked for b in (norm, *bns)], 1)
         x2 = x.reshape(N * T, F)
+        save = ctx is not None  # None: no gradient wanted (MT's teacher), nothing kept
         # The input BatchNorm without its affine part first: the normalised input xhat0 is
         # what the backward needs to skip the first layer's input gradient (see there).
+        split = save and L > 0
         xhat0, mean0, invstd0 = torch.native_batch_norm(
-            x2, None if L else params[0], None if L else params[1], norm.running_mean,
+            x2, None if split else params[0], None if split else params[1], norm.running_mean,
             norm.running_var, True, norm.momentum, norm.eps)
-        h = torch.addcmul(params[1], xhat0, params[0]) if L else xhat0
+        h = torch.addcmul(params[1], xhat0, params[0]) if split else xhat0
         dropout = L > 0 and model.p > 0.0
         k = 1.0 / (1.0 - model.p) if dropout else 1.0  # each layer's output is d * k
         masks = _masks(N * T * weights[0].shape[0], L, model.p, generator) if dropout else None
@@ -123,10 +125,11 @@ class _TrainForward(torch.autograd.Function):
                                                       bns[i].momentum, bns[i].eps)
             d = y.relu_() if masks is None else y.relu_().mul_(masks[i].view_as(y))
             if d.shape == h.shape:
-                h_next = torch.add(h, d, alpha=k)
+                h_next = torch.add(h, d, alpha=k) if save else h.add_(d, alpha=k)
             else:
                 h_next = d * k if k != 1.0 else d
-            saved.append((h, z, d, mean, invstd))
+            if save:
+                saved.append((h, z, d, mean, invstd))
             h = h_next
         if L:  # the running means of z, not of z - b
             torch._foreach_add_([m for m, _ in stats], [b.detach() for b in biases],
@@ -139,9 +142,11 @@ class _TrainForward(torch.autograd.Function):
         att = torch.softmax(S[..., :C], 1)
         cla = torch.sigmoid(S)[..., C:]  # all of S: contiguous, faster than the strided half
         out = (att * cla).sum(1)
-        ctx.k, ctx.layers = k, saved
-        ctx.weights = (weights, gammas, [bn.eps for bn in bns], norm.eps, params[0], params[1])
-        ctx.head = (x2, xhat0, mean0, invstd0, h, W, att, cla, out)
+        if save:
+            ctx.k, ctx.layers = k, saved
+            ctx.weights = (weights, gammas, [bn.eps for bn in bns], norm.eps, params[0],
+                           params[1])
+            ctx.head = (x2, xhat0, mean0, invstd0, h, W, att, cla, out)
         return out.clamp(0.0, 1.0)
 
     @staticmethod
@@ -156,7 +161,9 @@ class _TrainForward(torch.autograd.Function):
         gh = torch.mm(gS, W)
         linear_grads, bn_grads = [], []
         for i in range(len(weights) - 1, -1, -1):
-            h_in, z, d, mean, invstd = ctx.layers[i]
+            # Popped: once used, a layer's activations are freed, and the allocator hands
+            # their (cache-warm) memory to the next layer's gradients.
+            h_in, z, d, mean, invstd = ctx.layers.pop()
             # d > 0 exactly where the unit is kept and its ReLU passes. gy lacks the factor
             # k; a BatchNorm weight times k puts it into gz (not into the weight gradients).
             gy = _threshold_backward(gh, d, 0.0)
@@ -209,8 +216,32 @@ def train_parameters(model) -> list[Tensor]:
 
 def train_forward(model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``model.reference_forward(x, generator)`` in train mode, with the same masks and
-    running statistics, computed with fewer passes over memory (see :class:`_TrainForward`)."""
-    return _TrainForward.apply(x, model, generator, *train_parameters(model))
+    running statistics, computed with fewer passes over memory (see :class:`_TrainForward`).
+    Without gradient mode (MT's teacher) nothing is kept for a backward."""
+    if torch.is_grad_enabled():
+        return _TrainForward.apply(x, model, generator, *train_parameters(model))
+    return _TrainForward.forward(None, x, model, generator, *train_parameters(model))
+
+
+@torch.no_grad()
+def eval_forward(model, x: Tensor) -> Tensor:
+    """``model.reference_forward(x)`` in eval mode, without gradient: each BatchNorm, now a
+    fixed affine map, is folded into the Linear before it (or, the input one, into one
+    ``addcmul``), ReLU and residual run in place, both heads in one product."""
+    N, T, F = x.shape
+    norm = model.norm
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    h = torch.addcmul(torch.addcmul(norm.bias, norm.running_mean, scale, value=-1.0),
+                      x.reshape(N * T, F), scale)
+    for linear, bn in zip(model.linears, model.bns, strict=True):
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = torch.addcmul(bn.bias, linear.bias - bn.running_mean, scale)
+        y = torch.addmm(bias, h, (linear.weight * scale.unsqueeze(1)).t()).relu_()
+        h = h.add_(y) if y.shape == h.shape else y  # h is never the caller's x here
+    W = torch.cat([model.att.weight, model.cla.weight])
+    C = model.att.out_features
+    S = torch.addmm(torch.cat([model.att.bias, model.cla.bias]), h, W.t()).view(N, T, 2 * C)
+    return (torch.softmax(S[..., :C], 1) * torch.sigmoid(S)[..., C:]).sum(1).clamp(0.0, 1.0)
 
 
 class FlatAdam:
@@ -279,4 +310,4 @@ def adam(params: Iterable[Tensor], lr: float, weight_decay: float) -> FlatAdam:
 
 
 __all__ = ["KEEP_BITS", "FlatAdam", "adam", "dropout", "keep_mask", "keep_probability",
-           "keep_threshold", "train_forward", "train_parameters"]
+           "keep_threshold", "eval_forward", "train_forward", "train_parameters"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from tagtune.study.config import ModelConfig
-from tagtune.study.fast import keep_mask, train_forward
+from tagtune.study.fast import eval_forward, keep_mask, train_forward
 
 
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -55,9 +55,11 @@ class AttentionMIL(nn.Module):
         self.cla = nn.Linear(widths[-1], n_classes)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        # The same math (masks, running statistics), with fewer passes over memory.
         if self.training and x.shape[0] * x.shape[1] > 1:
-            # The same math, masks and running statistics, with fewer passes over memory.
             return train_forward(self, x, generator)
+        if not self.training and not torch.is_grad_enabled():
+            return eval_forward(self, x)
         return self.reference_forward(x, generator)
 
     def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

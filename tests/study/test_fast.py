@@ -140,6 +140,21 @@ def test_train_forward_equals_the_reference_forward(F_, cfg, N, T):
                                    rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("F_, cfg", [(128, ModelConfig()), (6, ModelConfig(layers=2, hidden=8)),
+                                     (7, ModelConfig(layers=0)), (8, ModelConfig(layers=1, hidden=8))])
+def test_eval_forward_equals_the_reference_forward(F_, cfg):
+    model = build_model(F_, 3, cfg, seed=0).train()
+    with torch.no_grad():  # running statistics away from 0 and 1
+        for _ in range(3):
+            model(torch.randn(16, 4, F_) * 3 + 1, torch.Generator().manual_seed(0))
+    model.eval()
+    x = torch.randn(9, 4, F_) * 3 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.reference_forward(x), rtol=0, atol=1e-6)
+    x.requires_grad_(True)  # with gradient mode, eval runs the reference
+    assert model(x).grad_fn is not None
+
+
 # -- training results: ours against the conventional loop ------------------------------------
 
 def _conventional():

@@ -59,14 +59,18 @@ def enable_token_auth() -> None:
     ``ray start`` (Ray >= 2.59) enables token authentication whenever a token exists
     (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), but a driver
     connecting with ``ray.init(address=...)`` stays in mode "disabled" and is refused. Doing
-    what ``ray start`` does makes ``tagtune study --address`` work with the cluster's token.
+    what ``ray start`` does (Ray's own function: setting ``RAY_AUTH_MODE`` alone is not
+    enough once Ray's config is loaded) makes ``tagtune study --address`` just work.
     """
     if "RAY_AUTH_MODE" in os.environ:
         return
-    sources = (os.environ.get("RAY_AUTH_TOKEN"), os.environ.get("RAY_AUTH_TOKEN_PATH"),
-               Path.home() / ".ray" / "auth_token")
-    if sources[0] or any(p and Path(p).is_file() for p in sources[1:]):
-        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:

@@ -95,6 +95,9 @@ class RayCluster:
         token.write_text(secrets.token_hex(32))
         self.env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                             **FAST_FAILURE_DETECTION)
+        # A driver gets the token but no RAY_AUTH_MODE, like a user's shell: tagtune must
+        # switch token authentication on by itself (ray start does, ray.init does not).
+        self.driver_env = {k: v for k, v in self.env.items() if k != "RAY_AUTH_MODE"}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []

@@ -89,7 +89,7 @@ def test_storage_that_a_node_cannot_see(tmp_path, data_file):
         done = subprocess.run(
             [sys.executable, "-m", "tagtune", "study", "--data", str(data_file), "--storage",
              str(storage), "--address", cluster.address, *SMALL],
-            env=cluster.env, capture_output=True, text=True, timeout=180)
+            env=cluster.driver_env, capture_output=True, text=True, timeout=180)
     finally:
         cluster.stop()
     assert done.returncode == 2, done.stderr[-3000:]

@@ -87,7 +87,7 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
     with open(log, "w") as out:
         driver = subprocess.Popen(tagtune("study", "--config", str(config), "--address",
                                           cluster.address, "--quiet"),
-                                  env=cluster.env, stdout=out, stderr=subprocess.STDOUT,
+                                  env=cluster.driver_env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     search = tmp_path / "studies" / "multi" / "search"
     try:
@@ -101,7 +101,10 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
                 if cluster.on_node(last["pid"], worker) and EVERY < last["epoch"] < 9:
                     victim = tid
         assert victim is not None, f"no trial ran on the worker node:\n{log.read_text()[-3000:]}"
+        # The node dies: its raylet, then everything else it ran (a worker process outlives
+        # its raylet for a while and could even finish its trial).
         os.kill(cluster.raylet_pid(worker), signal.SIGKILL)
+        kill_session(worker)
         rc = driver.wait(timeout=300)
     finally:
         kill_session(driver)

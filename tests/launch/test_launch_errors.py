@@ -76,6 +76,7 @@ def test_unknown_key_in_study_config(tmp_path, data_file):
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(300)
 def test_storage_that_a_node_cannot_see(tmp_path, data_file):
     storage = tmp_path / "studies"
     storage.mkdir()

@@ -35,7 +35,8 @@ from tests.launch.processes import (
     restarts,
 )
 
-pytestmark = pytest.mark.cluster
+# Bounded: a hung cluster fails the test (cleanup still runs) instead of stalling CI.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 EVERY = 2  # checkpoint every 2 epochs
 
 

@@ -11,6 +11,10 @@ under ``tagtune study resume``. A study directory holds::
     summary.json          budgets per cell, replicate test metrics, MLflow location
     mlflow.db             the MLflow store (unless --mlflow-uri), mlartifacts/
     mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
+    le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
+
+Launch input is checked before Ray starts (tagtune.launch.preflight); on a multi-node
+cluster the study directory must be on storage every node sees.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ releases the lock; the others wait for ``teacher.pt``. The holder touches the lo
 epoch; a lock untouched for ``stale_after_s`` (its node died), or held under the waiting
 trial's own id (a retried trial), is taken over. Worst case a teacher is trained twice
 (two waiters break one stale lock at once): both write the same deterministic weights.
+A waiting trial holds its CPU idle for at most one teacher's training: K trials of a key
+train E + K x E epochs instead of 2 x K x E.
 """
 
 from __future__ import annotations

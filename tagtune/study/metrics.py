@@ -24,7 +24,6 @@ Choices, each checked against the public code:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score
 
 from tagtune.study.data.core import DataError, Split
 
@@ -58,22 +57,37 @@ def f1_macro(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = N
              threshold: float = 0.5) -> float:
     """OpenMIC F1 macro: per class, two-label macro F1 over its observed clips; class mean."""
     y_true, scores, mask = _check(y_true, scores, mask)
-    per_class = []
-    for c in range(y_true.shape[1]):
-        m = mask[:, c]
-        if not m.any():
-            continue  # nothing observed for this class: it has no score, not a score of 0
-        y = y_true[m, c].astype(int)
-        pred = (scores[m, c] >= threshold).astype(int)
-        per_class.append(f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0))
-    return float(np.mean(per_class)) if per_class else float("nan")
+    # sklearn's f1_score(labels=[0, 1], average="macro", zero_division=0) per class, from
+    # the confusion counts of all classes at once (20 sklearn calls took ~20 ms an epoch):
+    # the F1 of a label is 2 TP / (2 TP + FP + FN), 0 when that is 0 / 0.
+    y, pred = (y_true == 1) & mask, (scores >= threshold) & mask
+    tp, fp = (y & pred).sum(0), (~y & pred).sum(0)
+    fn, tn = (y & ~pred).sum(0), mask.sum(0) - (y | pred).sum(0)
+    f1_present = _ratio(2 * tp, 2 * tp + fp + fn)
+    f1_absent = _ratio(2 * tn, 2 * tn + fn + fp)
+    observed = mask.any(0)  # a class with nothing observed has no score, not a score of 0
+    per_class = ((f1_present + f1_absent) / 2)[observed]
+    return float(np.mean(per_class)) if per_class.size else float("nan")
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros(a.shape), where=b > 0)
 
 
 def _ap(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision; nan without a positive (sklearn would warn and return 0)."""
-    if not (y == 1).any():
+    """Average precision; nan without a positive (sklearn would warn and return 0).
+
+    sklearn's ``average_precision_score`` -- sum over the distinct scores, highest first,
+    of (R_n - R_{n-1}) P_n -- in numpy (21 sklearn calls took ~20 ms an epoch)."""
+    y = y == 1
+    if not y.any():
         return float("nan")
-    return float(average_precision_score(y.astype(int), s))
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last entry of each tied score
+    tps = np.cumsum(y)[last]
+    precision, recall = tps / (last + 1), tps / tps[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def auprc(y_true: np.ndarray, scores: np.ndarray,

@@ -155,6 +155,28 @@ def test_eval_forward_equals_the_reference_forward(F_, cfg):
     assert model(x).grad_fn is not None
 
 
+def test_numpy_metrics_equal_sklearn_on_random_data_with_ties():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from tagtune.study.metrics import _ap, f1_macro
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, C = int(rng.integers(1, 40)), int(rng.integers(1, 5))
+        Y = (rng.random((n, C)) < rng.random()).astype(np.float32)
+        S = np.round(rng.random((n, C)), int(rng.integers(1, 3)))  # ties at 1-2 decimals
+        M = rng.random((n, C)) < rng.random()
+        per_class = [f1_score(Y[M[:, c], c].astype(int), (S[M[:, c], c] >= 0.5).astype(int),
+                              labels=[0, 1], average="macro", zero_division=0)
+                     for c in range(C) if M[:, c].any()]
+        expected = np.mean(per_class) if per_class else np.nan
+        assert np.allclose(f1_macro(Y, S, M), expected, rtol=0, atol=1e-12, equal_nan=True)
+        for c in range(C):
+            y, s = Y[M[:, c], c], S[M[:, c], c]
+            if (y == 1).any():
+                assert _ap(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
 # -- training results: ours against the conventional loop ------------------------------------
 
 def _conventional():

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from tagtune.study.config import ModelConfig
-from tagtune.study.fast import eval_forward, keep_mask, train_forward
+from tagtune.study.fast import keep_mask
+from tagtune.study.fused import eval_forward, train_forward
 
 
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -63,7 +64,7 @@ class AttentionMIL(nn.Module):
         return self.reference_forward(x, generator)
 
     def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The network as written; :func:`tagtune.study.fast.train_forward` must equal it."""
+        """The network as written; :func:`tagtune.study.fused.train_forward` must equal it."""
         N, T, F = x.shape
         h = self.norm(x.reshape(N * T, F))  # frames are the BatchNorm's samples
         for linear, bn in zip(self.linears, self.bns, strict=True):

@@ -94,7 +94,8 @@ class Sampler(threading.Thread):
             peak = self.mem.setdefault(key, dict.fromkeys(now, 0.0))
             if now["rss"] > peak["rss"]:
                 peak.update(now)
-            self.names[key] = cmd[:80]
+            if cmd.strip():  # a dying process reads as "": keep what it was
+                self.names[key] = cmd[:80]
 
 
 def launch(args: list[str], tmp: Path) -> tuple[dict, Sampler, float]:
@@ -199,8 +200,8 @@ def make_data(path: Path, n: tuple[int, int, int]) -> float:
 
 def trial_workers(s: Sampler) -> list[dict[str, float]]:
     """Peak memory of the processes that ran trials (Ray workers that loaded torch)."""
-    rows = [m for k, m in s.mem.items() if "default_worker.py" in s.names[k] or
-            s.names[k].startswith("ray::")]
+    rows = [m for k, m in s.mem.items() if "default_worker.py" in s.names.get(k, "") or
+            s.names.get(k, "").startswith("ray::")]
     return sorted(rows, key=lambda m: -m["rss"])[:2]
 
 

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from tagtune.launch import tracking
 from tagtune.launch.tracking import TRIAL_TAG, MlflowJournalCallback, Tracker, sync
+from tests.launch.processes import free_port
 
 
 @pytest.fixture
@@ -69,10 +70,11 @@ def test_sync_keeps_one_run_per_trial_and_drops_unknown_trials(tmp_path, store):
         client.create_run(exp, tags={TRIAL_TAG: tid})
     first_a = client.search_runs([exp], f"tags.`{TRIAL_TAG}` = 'a'",
                                  order_by=["attributes.start_time ASC"])[0].info.run_id
-    cb = MlflowJournalCallback(tmp_path, "sqlite:///nowhere/missing/dir/x.db", exp, "search")
+    cb = MlflowJournalCallback(tmp_path, f"http://127.0.0.1:{free_port()}", exp, "search")
     a = _trial("a")
-    cb.on_trial_start(0, [a], a)  # MLflow unusable: journal only
+    cb.on_trial_start(0, [a], a)  # nothing answers there: journal only
     cb.on_trial_result(0, [a], a, _result(1))
+    assert cb.failures == 1  # and not tried again for the second event
     sync(tmp_path, uri, exp, {"a"})
     runs = client.search_runs([exp])
     assert [r.info.run_id for r in runs] == [first_a]

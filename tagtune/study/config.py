@@ -60,6 +60,9 @@ class TrainConfig:
     """Stop a stage after this many epochs without a better validation loss (None = never)."""
     gamma: float = 10.0
     """LE: percentile (0-100) of the teacher's scores on missing labels above which they are masked."""
+    le_teacher_lr: float | None = None
+    """LE: the stage-1 teacher's initial lr (None = lr). A study fixes it (the paper's lr) so that
+    trials of a cell share one teacher whatever lr they search for the student."""
     alpha: float = 0.999
     """MT: EMA decay of the teacher, theta' = alpha*theta' + (1 - alpha)*theta."""
     beta: float = 3.0
@@ -87,6 +90,8 @@ class TrainConfig:
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
         _check(0 <= self.gamma <= 100, "gamma", f"must be in [0, 100], got {self.gamma}")
+        _check(self.le_teacher_lr is None or self.le_teacher_lr > 0, "le_teacher_lr",
+               f"must be > 0, got {self.le_teacher_lr}")
         _check(0 <= self.alpha < 1, "alpha", f"must be in [0, 1), got {self.alpha}")
         _check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         _check(self.rampup_epochs >= 0, "rampup_epochs", f"must be >= 0, got {self.rampup_epochs}")

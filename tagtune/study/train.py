@@ -85,9 +85,10 @@ def stream_seed(seed: int, stream: str, stage: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
-def lr_at(cfg: TrainConfig, stage_epoch: int) -> float:
+def lr_at(cfg: TrainConfig, stage_epoch: int, stage: str = "main") -> float:
     """Learning rate of the 1-based ``stage_epoch``: decayed once per milestone passed."""
-    return cfg.lr * cfg.lr_decay ** sum(stage_epoch > m for m in cfg.lr_decay_epochs)
+    lr = cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
+    return lr * cfg.lr_decay ** sum(stage_epoch > m for m in cfg.lr_decay_epochs)
 
 
 def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
@@ -190,7 +191,7 @@ def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
 def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
            cfg: TrainConfig, on_epoch: OnEpoch | None) -> None:
     """Train one epoch, validate, update the selection, log, call back."""
-    lr = lr_at(cfg, fs.stage_epoch + 1)
+    lr = lr_at(cfg, fs.stage_epoch + 1, fs.stages[fs.stage])
     for group in fs.optimizer.param_groups:
         group["lr"] = lr
     train_logs = _train_epoch(fs, method, train, cfg)

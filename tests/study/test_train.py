@@ -175,3 +175,15 @@ def test_resume_refuses_another_config(tiny_dataset, tmp_path):
         fit(tiny_dataset, _cfg("b1"), resume=tmp_path / "nowhere")
     done = fit(tiny_dataset, _cfg("b1", threads=2), resume=tmp_path)  # threads may differ
     assert len(done.history) == 2
+
+
+def test_le_teacher_lr_sets_stage_one_only(tiny_dataset):
+    # A study fixes the teacher's lr so that trials searching the student's lr share one
+    # teacher; the same YAML run by `tagtune train` must then train that same teacher.
+    le = fit(tiny_dataset, _cfg("le", lr=1e-2, le_teacher_lr=3e-3))
+    b0 = fit(tiny_dataset, _cfg("b0", lr=3e-3))
+    assert _same_weights(le.le_teacher, b0.model)
+    lrs = {(h["stage"], h["lr"]) for h in le.history}
+    assert lrs == {("teacher", 3e-3), ("student", 1e-2)}
+    with pytest.raises(ConfigError, match="le_teacher_lr"):
+        _cfg("le", le_teacher_lr=0.0)

@@ -159,9 +159,9 @@ class MlflowJournalCallback(Callback):
         # The full resolved config, so that every run has the same params whatever the method.
         resolved = to_dict(train_config(trial.config))
         study_keys = {k: trial.config[k] for k in STUDY_KEYS if k in trial.config}
-        if resolved["method"] == "le":  # whose lr trained stage 1: shared (fixed) or the trial's
+        if resolved["method"] == "le":  # who trained stage 1 (shared or the trial), with what lr
             study_keys["le_teacher"] = "shared" if self.le_teacher_lr else "own"
-            study_keys["le_teacher_lr"] = self.le_teacher_lr or resolved["lr"]
+            study_keys["le_teacher_lr"] = resolved["le_teacher_lr"] or self.le_teacher_lr or resolved["lr"]
         tags = {"method": resolved["method"], "proportion": resolved["missing"],
                 "cell": study_keys.get("cell"), "seed": resolved["seed"], "phase": self.phase,
                 "trial_id": trial.trial_id}

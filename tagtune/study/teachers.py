@@ -43,16 +43,18 @@ from tagtune.study.data import Dataset
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
 TEACHER_FILE, META_FILE, LOCK_FILE, LOG_FILE = "teacher.pt", "meta.json", "lock", "trainings.jsonl"
-_UNUSED_BY_B0 = ("gamma", "alpha", "beta", "rampup_epochs")
+_UNUSED_BY_B0 = ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs")
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:
-    """The B0 fit that is LE's stage 1 in a study: the trial's settings, the paper's lr.
+    """The B0 fit that is LE's stage 1 in a study: the trial's settings, the paper's lr
+    (or ``cfg.le_teacher_lr`` where a config fixes another).
 
     Fields that B0 does not read are reset to their defaults, so that they stay out of the key.
     """
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in _UNUSED_BY_B0}
-    return replace(cfg, method="b0", lr=TEACHER_LR, **defaults)
+    lr = TEACHER_LR if cfg.le_teacher_lr is None else cfg.le_teacher_lr
+    return replace(cfg, method="b0", lr=lr, **defaults)
 
 
 def teacher_key(ds: Dataset, cfg: TrainConfig) -> str:

@@ -37,10 +37,15 @@ def test_key_ignores_what_stage_one_does_not_use(tiny_dataset):
         assert teacher_key(tiny_dataset, replace(LE, **other)) != key, other
     tcfg = teacher_config(replace(LE, lr=0.05, gamma=90.0))
     assert (tcfg.method, tcfg.lr, tcfg.gamma) == ("b0", TEACHER_LR, TrainConfig.gamma)
+    # A config that fixes its teacher's lr (an exported one) names that teacher.
+    assert teacher_key(tiny_dataset, replace(LE, le_teacher_lr=TEACHER_LR)) == key
+    assert teacher_config(replace(LE, le_teacher_lr=0.02)).lr == 0.02
+    assert teacher_key(tiny_dataset, replace(LE, le_teacher_lr=0.02)) != key
 
 
 def test_shared_teacher_gives_the_student_of_an_own_teacher(tiny_dataset, tmp_path):
-    """With the trial's lr equal to the teacher's, sharing changes nothing, bitwise."""
+    """With the trial's lr equal to the teacher's, sharing changes nothing, bitwise; and a
+    config with le_teacher_lr set trains (alone) the very teacher the study shared."""
     own = fit(tiny_dataset, LE)
     teacher = TeacherCache(tmp_path).get(tiny_dataset, LE)
     shared = fit(tiny_dataset, LE, le_teacher=teacher)
@@ -48,6 +53,10 @@ def test_shared_teacher_gives_the_student_of_an_own_teacher(tiny_dataset, tmp_pa
     assert _norm(shared.history) == _norm(students)
     assert [h["epoch"] for h in shared.history] == [3, 4]  # the counter still counts stage 1
     assert all(torch.equal(shared.model.state_dict()[k], v) for k, v in own.model.state_dict().items())
+    exported = replace(LE, lr=0.02, le_teacher_lr=TEACHER_LR)  # a trial that searched lr 0.02
+    alone = fit(tiny_dataset, exported)
+    again = fit(tiny_dataset, exported, le_teacher=TeacherCache(tmp_path).get(tiny_dataset, exported))
+    assert _norm(again.history) == _norm([h for h in alone.history if h["stage"] == "student"])
 
 
 def test_concurrent_askers_train_stage_one_once(tiny_dataset, tmp_path):

@@ -6,11 +6,7 @@ of replicate 0. Replicate r of the study used seed ``settings.seed + r``: traini
 with ``--seed`` set to it, on the same data, reproduces that replicate's test metrics (the
 fit loop is deterministic on CPU). A comment block at the top says so and lists the
 replicates' results. The combined file gathers every cell, for reading, not for training.
-
-One exception, said in the file: LE in a study that shares its teachers
-(``share_le_teacher``) trained stage 1 with the paper's lr, not the trial's; TrainConfig
-has no field for a separate teacher lr, so where the two differ ``tagtune train`` trains a
-different teacher.
+LE's shared teacher is covered: its lr is the config's ``le_teacher_lr``.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import yaml
 
 from tagtune.analysis.table import StudyFiles, best_configs, headline_metric, open_study, trials_table
 from tagtune.study.config import ConfigError, to_dict
-from tagtune.study.teachers import TEACHER_LR
 from tagtune.study.trainable import train_config
 
 COMBINED = "best-configs.yaml"
@@ -39,15 +34,6 @@ def exported_config(best: dict[str, Any], seed: int) -> dict[str, Any]:
     return to_dict(train_config({**best["config"], "seed": seed}))
 
 
-def shared_teacher_differs(study: StudyFiles, best: dict[str, Any]) -> bool:
-    """True for an LE cell whose replicates used the study's shared teacher (trained with
-    TEACHER_LR) while its own lr differs: ``tagtune train`` (one fit, its own teacher, the
-    config's lr) cannot reproduce those replicates exactly."""
-    cfg = train_config(best["config"])
-    return (cfg.method == "le" and bool(getattr(study.settings, "share_le_teacher", False))
-            and cfg.lr != TEACHER_LR)
-
-
 def _header(study: StudyFiles, cell: str, b: dict, reps: pd.DataFrame, metric: str) -> str:
     s = study.settings
     lines = [
@@ -57,11 +43,6 @@ def _header(study: StudyFiles, cell: str, b: dict, reps: pd.DataFrame, metric: s
         f"replicate r used seed {s.seed} + r; reproduce one with:",
         f"  tagtune train --config {cell_filename(cell)} --data DATA --out OUT --seed SEED",
     ]
-    if shared_teacher_differs(study, b):
-        lines += [f"caveat: the study trained LE's stage 1 (the teacher) once per seed with lr "
-                  f"{TEACHER_LR:g} and shared it;",
-                  "  tagtune train trains it with this file's lr, so its results can differ "
-                  "from the replicates' below"]
     done = reps[reps["cell"] == cell].sort_values("seed")
     if len(done) and metric in done:
         results = ", ".join(f"seed {int(r['seed'])}: {r[metric]:.6f}" for _, r in done.iterrows())
@@ -91,8 +72,6 @@ def write_best(study: StudyFiles, table: pd.DataFrame, out: str | Path,
         combined[cell] = {"validation_loss": best[cell]["value"],
                           "search_trial": best[cell]["trial_id"], "file": path.name,
                           "replicate_seeds": [seed + r for r in range(study.settings.replicates)],
-                          "reproducible_with_tagtune_train": not shared_teacher_differs(
-                              study, best[cell]),
                           "config": config}
     doc = {"study": study.settings.name, "data": study.settings.data, "cells": combined}
     path = out / COMBINED

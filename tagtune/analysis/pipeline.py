@@ -21,7 +21,7 @@ import pandas as pd
 
 from tagtune.analysis import figures as fig
 from tagtune.analysis import report, stats
-from tagtune.analysis.export import shared_teacher_differs, write_best
+from tagtune.analysis.export import write_best
 from tagtune.analysis.importance import param_importances
 from tagtune.analysis.table import (
     StudyFiles,
@@ -60,7 +60,6 @@ class AnalysisResult:
     skipped_figures: dict[str, str] = field(default_factory=dict)
     best_dir: Path | None = None
     exported: list[Path] = field(default_factory=list)
-    not_reproducible: list[str] = field(default_factory=list)
     """Cells whose exported config cannot reproduce the replicates with ``tagtune train``."""
     mlflow_run_id: str | None = None
     mlflow_note: str = ""
@@ -151,7 +150,6 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
     if best:
         r.best_dir = out_dir / "best"
         r.exported = write_best(study, table, r.best_dir, metric)
-        r.not_reproducible = [c for c, b in best.items() if shared_teacher_differs(study, b)]
 
     uri = tracking_uri(study.dir, study.settings, mlflow_uri)
     files = {"figures": list(r.figures.values()), "": table_files}

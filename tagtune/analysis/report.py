@@ -126,11 +126,6 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
     parts += ["<h2>Best configs</h2>", _table(_best_table(best)),
               f"<p>Exported as runnable YAML in <code>{_esc(r.best_dir)}</code> "
               "(<code>tagtune train --config FILE --data DATA --out OUT --seed SEED</code>).</p>"]
-    if r.not_reproducible:
-        parts.append("<p class='warn'>Not reproducible with <code>tagtune train</code>: "
-                     f"{_esc(', '.join(r.not_reproducible))}. These LE replicates used the "
-                     "study's shared stage-1 teacher, trained with the paper's lr, not the "
-                     "cell's; a single training run trains its own.</p>")
     parts += ["<h2>Files</h2>", _list([f"results table: {p}" for p in r.table_files]
                                       + [f"tracking: {r.mlflow_note}"]), "</body></html>"]
     return "\n".join(parts)

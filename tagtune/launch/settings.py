@@ -99,10 +99,14 @@ class StudySettings:
     def base_config(self, **extra: Any) -> dict[str, Any]:
         """Trial config shared by every trial: paper preset, then user overrides."""
         from tagtune.study.config import PRESETS
+        from tagtune.study.teachers import TEACHER_LR
 
         preset = PRESETS[self.preset]
         model = {**preset["model"], **self.train.get("model", {})}
-        return {**{k: v for k, v in preset.items() if k != "model"}, **self.train,
+        # A shared LE teacher needs one lr for every trial of a cell: in the config itself, so
+        # that an exported best config retrains the very same teacher.
+        teacher = {"le_teacher_lr": TEACHER_LR} if self.share_le_teacher else {}
+        return {**{k: v for k, v in preset.items() if k != "model"}, **teacher, **self.train,
                 "model": model, "epochs": self.epochs, "threads": self.cpus_per_trial,
                 "checkpoint_every": self.checkpoint_every, **extra}
 

@@ -42,7 +42,6 @@ from tagtune.launch.tracking import MlflowJournalCallback, final_sync, mlflow_ex
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
-from tagtune.study.teachers import TEACHER_LR
 from tagtune.study.trainable import train_trial
 
 log = logging.getLogger(__name__)
@@ -164,9 +163,7 @@ def _run_config(settings: StudySettings, phase: str, experiment_id: str, verbose
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
-        callbacks=[MlflowJournalCallback(
-            settings.study_dir, settings.tracking_uri, experiment_id, phase,
-            le_teacher_lr=TEACHER_LR if settings.share_le_teacher else None)],
+        callbacks=[MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=verbose,

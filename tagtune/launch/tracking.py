@@ -118,11 +118,10 @@ class MlflowJournalCallback(Callback):
     """
 
     def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_id: str, phase: str,
-                 name_prefix: str = "", le_teacher_lr: float | None = None,
-                 retry_after_s: float = 10.0):
+                 name_prefix: str = "", retry_after_s: float = 10.0):
         self.journal = Path(study_dir) / JOURNAL
         self.tracking_uri, self.experiment_id, self.phase = tracking_uri, experiment_id, phase
-        self.name_prefix, self.le_teacher_lr = name_prefix, le_teacher_lr
+        self.name_prefix = name_prefix
         self.retry_after_s = retry_after_s
         self._tracker: Tracker | None = None
         self._behind = False  # an event did not reach MLflow: replay the journal when it answers
@@ -159,9 +158,6 @@ class MlflowJournalCallback(Callback):
         # The full resolved config, so that every run has the same params whatever the method.
         resolved = to_dict(train_config(trial.config))
         study_keys = {k: trial.config[k] for k in STUDY_KEYS if k in trial.config}
-        if resolved["method"] == "le":  # who trained stage 1 (shared or the trial), with what lr
-            study_keys["le_teacher"] = "shared" if self.le_teacher_lr else "own"
-            study_keys["le_teacher_lr"] = resolved["le_teacher_lr"] or self.le_teacher_lr or resolved["lr"]
         tags = {"method": resolved["method"], "proportion": resolved["missing"],
                 "cell": study_keys.get("cell"), "seed": resolved["seed"], "phase": self.phase,
                 "trial_id": trial.trial_id}

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench science clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,8 +22,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
 
+# Whole-process timings, ratios against a baseline measured in the same run (quiet machine!).
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_speed.py
+	$(BIN)/python bench/bench_study.py
+
+# The paper's finding on openmic-like data (B0 worst; LE/MT >= B1); ~20 min on 2 cores.
+science: $(STAMP)
+	$(BIN)/python bench/science_check.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

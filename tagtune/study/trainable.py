@@ -7,11 +7,11 @@ per trial.
 
 LE's teacher: with ``teacher_cache`` (a directory in the study's storage) stage 1 is not
 trained by every LE trial: :class:`tagtune.study.teachers.TeacherCache` trains it once per
-(data, proportion, seed, teacher settings) with the paper's lr and hands it to
+(data, proportion, seed, teacher settings, ``le_teacher_lr`` among them) and hands it to
 ``fit(..., le_teacher=...)``. Such a trial reports only its student's epochs: ``epoch``
 runs E+1..2E (the counter still counts the teacher's stage) and ``training_iteration``
 1..E. Without it (``share_le_teacher: false``) the trial trains its own teacher with its
-own lr and reports both stages, epochs 1..2E.
+``le_teacher_lr`` (or lr) and reports both stages, epochs 1..2E.
 
 What every report carries, identical keys for every method:
 - the fit loop's epoch logs (``epoch``, ``stage``, ``train/loss``, ``val/loss``, ``val/...``);
@@ -43,8 +43,8 @@ from ray import tune
 from tagtune.study.config import TrainConfig, from_dict
 from tagtune.study.data import Dataset
 
-# Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
 TRIAL_STATE = "trial_state.json"
+# Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate")
 
 

@@ -269,6 +269,8 @@ def shared_teacher(base: dict, size: dict, tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data, fewer epochs")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="epochs per trial (longer trials amortise the study's one-time costs)")
     ap.add_argument("--sections", default="ab",
                     help="a: overhead, memory, scaling (a, c, d); b: LE's shared teacher")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -282,7 +284,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-study-"))
     data = tmp / "bench.h5"
     x_mb = make_data(data, size["n"])
-    E = size["epochs"]
+    E = a.epochs or size["epochs"]
     base = {"data": str(data), "storage": str(tmp), "missing": (0.4,), "epochs": E, "grace_period": E,
             "replicates": 0, "checkpoint_every": E, "train": {"lr_decay_epochs": []}}
     print(f"data: {size['n']} clips of 10 x 128 (X {x_mb:.0f} MB); epochs {E}; "

@@ -41,14 +41,7 @@ def user_errors(fn):
 
 
 # Subcommands register themselves on import.
-from tagtune.launch import cli_data  # noqa: E402,F401
-
-for _optional in ("cli_train", "cli_study", "cli_analysis"):
-    try:
-        __import__(f"tagtune.launch.{_optional}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"tagtune.launch.{_optional}":
-            raise
+from tagtune.launch import cli_analysis, cli_data, cli_study, cli_train  # noqa: E402,F401
 
 
 def main() -> None:

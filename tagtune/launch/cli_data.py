@@ -19,6 +19,11 @@ convert_app = typer.Typer(no_args_is_help=True, help="Convert a dataset release 
 data_app.add_typer(convert_app, name="convert")
 
 
+def _save(ds: data.Dataset, out: Path) -> None:
+    data.save(ds, out)
+    print(f"wrote {out} ({ds.name}, fingerprint {ds.fingerprint})")
+
+
 @convert_app.command("openmic")
 @user_errors
 def convert_openmic(
@@ -31,8 +36,7 @@ def convert_openmic(
     from tagtune.study.data.openmic import read_openmic
 
     ds = read_openmic(root, split=split, seed=seed)
-    data.save(ds, out)
-    print(f"wrote {out} ({ds.name}, fingerprint {ds.fingerprint})")
+    _save(ds, out)
 
 
 @convert_app.command("sonyc")
@@ -46,8 +50,7 @@ def convert_sonyc(
     from tagtune.study.data.sonyc import read_sonyc
 
     ds = read_sonyc(root, level=level)
-    data.save(ds, out)
-    print(f"wrote {out} ({ds.name}, fingerprint {ds.fingerprint})")
+    _save(ds, out)
 
 
 @data_app.command("synth")
@@ -63,8 +66,7 @@ def synth(
     from tagtune.study.data.synth import synthesize
 
     ds = synthesize(preset, seed=seed, n_clips=n_clips, observed=observed)
-    data.save(ds, out)
-    print(f"wrote {out} ({ds.name}, fingerprint {ds.fingerprint})")
+    _save(ds, out)
 
 
 @data_app.command("describe")

@@ -185,7 +185,8 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
     trial counts twice, and so is any second run of one trial (the oldest is kept). Then the
     journal is replayed for the known trials.
     """
-    client = Tracker(tracking_uri, experiment_id).client
+    tracker = Tracker(tracking_uri, experiment_id)
+    client = tracker.client
     kept: set[str] = set()
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''",
                               max_results=50000, order_by=["attributes.start_time ASC"])
@@ -195,7 +196,7 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
         if trial_id not in trial_ids or trial_id in kept:
             client.delete_run(run.info.run_id)
         kept.add(trial_id)
-    return replay(Path(study_dir) / JOURNAL, Tracker(tracking_uri, experiment_id), trial_ids)
+    return replay(Path(study_dir) / JOURNAL, tracker, trial_ids)
 
 
 def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:

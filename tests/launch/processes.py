@@ -154,7 +154,10 @@ class MlflowServer:
             self.proc = subprocess.Popen(
                 [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.db}",
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env=base_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                # No job runner: MLflow 3 starts ~8 huey worker processes for server-side jobs
+                # (none used here) -- on 2 cores they slow everything else in the test.
+                env={**base_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -80,6 +80,11 @@ class StudySettings:
         _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
         _check(self.preset in ("openmic", "sonyc"), "preset", "use openmic or sonyc")
         _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        # Path("s3://b/x") is the relative directory "s3:/b/x": refuse it rather than write there.
+        # The study directory needs a filesystem (journal appends, SQLite, the teachers' lock file).
+        _check("://" not in str(self.storage), "storage",
+               f"{self.storage!r} is a URI; give a filesystem path every node sees "
+               "(for a bucket: mount it, e.g. through FUSE)")
         _check(isinstance(self.share_le_teacher, bool), "share_le_teacher", "must be true or false")
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
 

@@ -49,6 +49,14 @@ def test_unwritable_study_directory(tmp_path, data_file):
     assert "not writable" in line
 
 
+@pytest.mark.parametrize("uri", ["s3://bucket/studies", "gs://bucket/studies", "file:///tmp/studies"])
+def test_object_store_uri_as_storage(tmp_path, data_file, uri, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a URI taken for a relative path would make a directory here
+    line = refused(["--data", data_file, "--storage", uri, *SMALL], "storage")
+    assert "mount it" in line
+    assert list(tmp_path.iterdir()) == [data_file]
+
+
 def test_mlflow_that_does_not_answer(tmp_path, data_file):
     uri = f"http://127.0.0.1:{free_port()}"
     line = refused(["--data", data_file, "--storage", tmp_path, "--mlflow-uri", uri, *SMALL],

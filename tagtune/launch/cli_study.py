@@ -98,11 +98,11 @@ def resume(
 def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
     from tagtune.launch.preflight import check_mlflow, quick_mlflow_http
-    from tagtune.launch.settings import load_settings
+    from tagtune.launch.settings import load_study
     from tagtune.launch.study import study_trial_ids
     from tagtune.launch.tracking import mlflow_experiment, sync
 
-    settings = load_settings(Path(study_dir) / "study.yaml")
+    settings = load_study(study_dir)
     check_mlflow(settings.tracking_uri)
     with quick_mlflow_http():
         experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, settings.study_dir)

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -85,12 +86,17 @@ class StudySettings:
         _check("://" not in str(self.storage), "storage",
                f"{self.storage!r} is a URI; give a filesystem path every node sees "
                "(for a bucket: mount it, e.g. through FUSE)")
+        # Absolute from here on, in study.yaml too: `study resume` and `mlflow sync` may run
+        # from another directory and must find the same study and the same MLflow store.
+        object.__setattr__(self, "storage", str(Path(self.storage).expanduser().absolute()))
+        if self.mlflow_uri is not None:
+            object.__setattr__(self, "mlflow_uri", _tracking_uri(str(self.mlflow_uri)))
         _check(isinstance(self.share_le_teacher, bool), "share_le_teacher", "must be true or false")
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
 
     @property
     def study_dir(self) -> Path:
-        return Path(self.storage).expanduser().absolute() / self.name
+        return Path(self.storage) / self.name
 
     @property
     def teacher_cache(self) -> Path | None:
@@ -121,6 +127,20 @@ class StudySettings:
         return yaml.safe_dump(d, sort_keys=False)
 
 
+def _tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI a study can use; a relative SQLite path made absolute."""
+    scheme = urlparse(uri).scheme
+    _check(scheme not in ("", "file"), "mlflow_uri",
+           f"{uri!r} is MLflow's file store, which MLflow 3 refuses; use "
+           "sqlite:////absolute/path/mlflow.db or http(s)://tracking-server")
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        _check(uri.startswith("sqlite:///") and path not in ("", ":memory:"), "mlflow_uri",
+               f"{uri!r}: give a database file, sqlite:////absolute/path/mlflow.db")
+        return f"sqlite:///{Path(path).expanduser().absolute()}"
+    return uri
+
+
 def _check(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(name, problem, where="study")
@@ -147,6 +167,23 @@ def load_settings(path: str | Path, **overrides: Any) -> StudySettings:
         return StudySettings(**merged)
     except TypeError as e:
         raise ConfigError("file", str(e), where=str(path)) from None
+
+
+def load_study(study_dir: str | Path, **overrides: Any) -> StudySettings:
+    """The settings of an existing study, which lives where it is found: ``study_dir``.
+
+    (A study directory copied or mounted elsewhere -- a laptop reading the cluster's share --
+    is still one study: its storage is taken from where it is, its name from study.yaml.)
+    """
+    study_dir = Path(study_dir).expanduser().absolute()
+    path = study_dir / "study.yaml"
+    if not path.is_file():
+        raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
+    settings = load_settings(path, **overrides, storage=str(study_dir.parent))
+    if settings.name != study_dir.name:
+        raise ConfigError("name", f"study.yaml names the study {settings.name!r}, its directory is "
+                          f"{study_dir.name!r}; rename the directory back", where=str(path))
+    return settings
 
 
 def default_num_cpus() -> int:

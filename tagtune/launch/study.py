@@ -37,7 +37,7 @@ from tagtune.launch.preflight import (
 )
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
-from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings
+from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings, load_study
 from tagtune.launch.tracking import MlflowJournalCallback, final_sync, mlflow_experiment
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
@@ -95,11 +95,7 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
 
 def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -> StudyResult:
     """Continue an interrupted study: finished trials are neither rerun nor logged twice."""
-    path = Path(study_dir).absolute() / "study.yaml"
-    if not path.is_file():
-        raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
-    settings = load_settings(path, **overrides)
-    return run_study(settings, verbose=verbose)
+    return run_study(load_study(study_dir, **overrides), verbose=verbose)
 
 
 def study_trial_ids(study_dir: Path) -> set[str]:

@@ -220,8 +220,8 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
     try:
+        client = MlflowClient(tracking_uri)  # an unsupported URI fails here already
         with quick_mlflow_http():
             exp = client.get_experiment_by_name(name)
             if exp is not None:

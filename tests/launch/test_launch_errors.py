@@ -65,6 +65,13 @@ def test_mlflow_that_does_not_answer(tmp_path, data_file):
     assert not (tmp_path / "study").exists()  # refused before the study directory was made
 
 
+@pytest.mark.parametrize(("uri", "says"), [("mlruns", "file store"), ("ftp://host/x", "not usable")])
+def test_tracking_store_that_mlflow_refuses(tmp_path, data_file, uri, says):
+    line = refused(["--data", data_file, "--storage", tmp_path, "--mlflow-uri", uri, *SMALL],
+                   "mlflow_uri")
+    assert says in line and no_trial_started(tmp_path)
+
+
 @pytest.mark.parametrize(("search", "field"), [
     ({"lr": [1.0e-2, 1.0e-4]}, "search.lr"),         # low above high
     ({"gamma": [0, 150]}, "search.gamma"),           # beyond its natural range

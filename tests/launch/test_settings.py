@@ -1,0 +1,57 @@
+"""Study settings: where a study and its MLflow store live, whatever the working directory."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from tagtune.launch.settings import StudySettings, load_study
+from tagtune.study.config import ConfigError
+
+
+def test_relative_paths_become_absolute_in_study_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = StudySettings(data="/d.h5", storage="studies", mlflow_uri="sqlite:///runs/mlflow.db")
+    saved = yaml.safe_load(s.to_yaml())
+    # A resume or an MLflow sync started from another directory finds the same places.
+    assert saved["storage"] == str(tmp_path / "studies")
+    assert saved["mlflow_uri"] == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert s.study_dir == tmp_path / "studies" / "study"
+    assert StudySettings(data="/d.h5", storage="~/s").storage.startswith("/")
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////abs/mlflow.db", "http://127.0.0.1:5000",
+                                 "https://mlflow.example.org", "postgresql://u@db/mlflow"])
+def test_usable_tracking_uris_are_kept(uri):
+    assert StudySettings(data="/d.h5", storage="/s", mlflow_uri=uri).mlflow_uri == uri
+
+
+@pytest.mark.parametrize(("uri", "says"), [
+    ("mlruns", "file store"), ("./mlruns", "file store"), ("/abs/mlruns", "file store"),
+    ("file:///abs/mlruns", "file store"), ("sqlite:///:memory:", "database file"),
+    ("sqlite://", "database file"),
+])
+def test_tracking_uris_that_would_lose_or_refuse_runs(uri, says):
+    with pytest.raises(ConfigError, match="mlflow_uri") as e:
+        StudySettings(data="/d.h5", storage="/s", mlflow_uri=uri)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_study_lives_where_it_is_found(tmp_path):
+    (tmp_path / "a" / "exp").mkdir(parents=True)
+    s = StudySettings(data="/d.h5", name="exp", storage=str(tmp_path / "a"))
+    (s.study_dir / "study.yaml").write_text(s.to_yaml())
+    moved = tmp_path / "mnt" / "exp"  # e.g. the cluster's share mounted on a laptop
+    shutil.copytree(s.study_dir, moved)
+    found = load_study(moved)
+    assert found.study_dir == moved
+    assert found.tracking_uri == f"sqlite:///{moved}/mlflow.db"
+
+    renamed = tmp_path / "other"
+    shutil.copytree(s.study_dir, renamed)
+    with pytest.raises(ConfigError, match="names the study 'exp'"):
+        load_study(renamed)
+    with pytest.raises(ConfigError, match="no study.yaml"):
+        load_study(tmp_path / "mnt")

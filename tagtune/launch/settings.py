@@ -89,6 +89,7 @@ class StudySettings:
         # Absolute from here on, in study.yaml too: `study resume` and `mlflow sync` may run
         # from another directory and must find the same study and the same MLflow store.
         object.__setattr__(self, "storage", str(Path(self.storage).expanduser().absolute()))
+        object.__setattr__(self, "data", str(Path(self.data).expanduser().absolute()))
         if self.mlflow_uri is not None:
             object.__setattr__(self, "mlflow_uri", _tracking_uri(str(self.mlflow_uri)))
         _check(isinstance(self.share_le_teacher, bool), "share_le_teacher", "must be true or false")

@@ -73,8 +73,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
     check_address(settings.address)
     check_mlflow(settings.tracking_uri)
-    _prepare_dir(study_dir, settings)
     ds = load(settings.data)
+    _prepare_dir(study_dir, settings)
     experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
     _init_ray(settings)
     check_shared_storage(study_dir)
@@ -118,7 +118,8 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
                           where=str(study_dir)) from None
     saved = study_dir / "study.yaml"
     text = settings.to_yaml()
-    if saved.exists() and saved.read_text() != text:
+    # A launch refused before its first trial (no search/ yet) left no study to protect.
+    if saved.exists() and saved.read_text() != text and (study_dir / "search").exists():
         old = load_settings(saved)
         if (old.data, old.methods, old.missing, old.trials, old.epochs) != (
             settings.data, settings.methods, settings.missing, settings.trials, settings.epochs):

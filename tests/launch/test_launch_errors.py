@@ -72,6 +72,24 @@ def test_tracking_store_that_mlflow_refuses(tmp_path, data_file, uri, says):
     assert says in line and no_trial_started(tmp_path)
 
 
+def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_session):
+    # A typo in --data: refused before anything is written.
+    refused(["--data", tmp_path / "typo.h5", "--storage", tmp_path / "st", *SMALL], "path")
+    assert not (tmp_path / "st").exists()
+    # Refused after study.yaml was written (the tracking store), before any trial: the corrected
+    # command is that study, not "a different study already lives here".
+    refused(["--data", data_file, "--storage", tmp_path / "st", "--mlflow-uri", "ftp://h/x", *SMALL],
+            "mlflow_uri")
+    other = tmp_path / "other.h5"
+    other.write_bytes(data_file.read_bytes())
+    result = CliRunner().invoke(app, ["study", "--data", str(other), "--storage",
+                                      str(tmp_path / "st"), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "st" / "study" / "study.yaml").read_text())["data"] == str(other)
+    # Once a trial has run, another study under that name is refused.
+    refused(["--data", data_file, "--storage", tmp_path / "st", *SMALL], "a different study")
+
+
 @pytest.mark.parametrize(("search", "field"), [
     ({"lr": [1.0e-2, 1.0e-4]}, "search.lr"),         # low above high
     ({"gamma": [0, 150]}, "search.gamma"),           # beyond its natural range

@@ -100,3 +100,13 @@ def test_bad_values_exit_2_with_one_line(data_file, tmp_path, args, message):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_out_that_is_a_file_exit_2_before_training(data_file, tmp_path, monkeypatch):
+    blocker = tmp_path / "run"
+    blocker.write_text("a file, not a directory")
+    monkeypatch.setattr("tagtune.study.run.fit", lambda *a, **k: pytest.fail("trained anyway"))
+    r = invoke("train", "--method", "b1", "--data", data_file, "--out", blocker, "--no-progress")
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "out: cannot write the results there" in lines[0], r.output

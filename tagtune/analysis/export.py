@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from tagtune.analysis.table import StudyFiles, best_configs, headline_metric, open_study, trials_table
-from tagtune.study.config import ConfigError, to_dict
+from tagtune.study.config import ConfigError, output_dir, to_dict
 from tagtune.study.trainable import train_config
 
 COMBINED = "best-configs.yaml"
@@ -57,8 +57,7 @@ def write_best(study: StudyFiles, table: pd.DataFrame, out: str | Path,
     if not best:
         raise ConfigError("best.json", "no cell has a trial that ran to the end: nothing to export",
                           where=str(study.dir))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     metric = metric or headline_metric(table)
     reps = table[(table["phase"] == "replicate") & (table["status"] == "complete")]
     seed = study.settings.seed

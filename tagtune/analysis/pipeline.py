@@ -32,6 +32,7 @@ from tagtune.analysis.table import (
     trials_table,
 )
 from tagtune.analysis.tracking import log_analysis, tracking_uri
+from tagtune.study.config import output_dir
 from tagtune.study.trainable import train_config
 
 
@@ -122,8 +123,7 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
     study = open_study(study_dir)
     table = trials_table(study)
     metric = headline_metric(table, metric)
-    out_dir = Path(out).absolute() if out else study.dir / "analysis"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(Path(out).absolute() if out else study.dir / "analysis")
 
     table_files = [out_dir / "trials.csv"]
     table.to_csv(table_files[0], index=False)

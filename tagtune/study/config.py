@@ -8,6 +8,7 @@ Ray Tune's config, MLflow params) with :func:`to_dict` / :func:`from_dict`.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt")
@@ -19,6 +20,18 @@ class ConfigError(ValueError):
     def __init__(self, field: str, problem: str, where: str = "config"):
         self.field = field
         super().__init__(f"{where}: {field}: {problem}")
+
+
+def output_dir(path: str | Path, field: str = "out") -> Path:
+    """``path`` as a directory to write results into, made if missing; else a ConfigError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(field, "exists and is not a directory", where=str(path)) from None
+    except OSError as e:
+        raise ConfigError(field, f"cannot make the directory ({e.strerror})", where=str(path)) from None
+    return path
 
 
 @dataclass(frozen=True)
@@ -165,4 +178,4 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 __all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig",
-           "from_dict", "merge", "replace", "to_dict"]
+           "from_dict", "merge", "output_dir", "replace", "to_dict"]

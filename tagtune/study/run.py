@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from tagtune.study.config import ConfigError, TrainConfig, to_dict
+from tagtune.study.config import TrainConfig, output_dir, to_dict
 from tagtune.study.data import load
 from tagtune.study.train import evaluate_fit, fit
 
@@ -30,12 +30,8 @@ def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
               progress: bool = False) -> dict[str, Any]:
     """Load ``data_path``, fit ``cfg``, write the results into ``out_dir``; the final metrics."""
     ds = load(data_path)
-    out = Path(out_dir)
-    try:  # before the fit: a wrong --out must not cost a training run
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    except OSError as e:
-        raise ConfigError("out", f"cannot write the results there ({e.strerror})", where=str(out)) from None
+    out = output_dir(out_dir)  # before the fit: a wrong --out must not cost a training run
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     stages = 2 if cfg.method == "le" else 1
     if progress:
         from rich.progress import Progress

@@ -203,3 +203,15 @@ def test_unknown_metric_is_one_line_and_exit_2(analysed, tmp_path):
     res = invoke("analyze", study_dir, "--out", tmp_path, "--metric", "test/nope", "--no-mlflow")
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "test/nope" in res.stderr and "test/auprc_macro" in res.stderr
+
+
+def test_out_that_is_a_file_is_one_line_and_exit_2(analysed, tmp_path):
+    study_dir, _ = analysed
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    for args in (("analyze", study_dir, "--out", blocker, "--no-mlflow"),
+                 ("export-best", study_dir, "--out", blocker)):
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip() == f"error: {blocker}: out: exists and is not a directory"
+    assert blocker.read_text() == "a file"

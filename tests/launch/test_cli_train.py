@@ -109,4 +109,4 @@ def test_out_that_is_a_file_exit_2_before_training(data_file, tmp_path, monkeypa
     r = invoke("train", "--method", "b1", "--data", data_file, "--out", blocker, "--no-progress")
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "out: cannot write the results there" in lines[0], r.output
+    assert len(lines) == 1 and "out: exists and is not a directory" in lines[0], r.output

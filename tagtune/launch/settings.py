@@ -65,8 +65,9 @@ class StudySettings:
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", tuple(str(m).lower() for m in self.methods))
-        object.__setattr__(self, "missing", tuple(float(p) for p in self.missing))
+        for f in fields(self):
+            object.__setattr__(self, f.name, _typed(f.name, str(f.type), getattr(self, f.name)))
+        object.__setattr__(self, "methods", tuple(m.lower() for m in self.methods))
         bad = [m for m in self.methods if m not in METHODS]
         _check(not bad, "methods", f"unknown method {bad[0] if bad else ''!r}; use {', '.join(METHODS)}")
         _check(len(self.methods) > 0, "methods", "at least one method")
@@ -92,7 +93,6 @@ class StudySettings:
         object.__setattr__(self, "data", str(Path(self.data).expanduser().absolute()))
         if self.mlflow_uri is not None:
             object.__setattr__(self, "mlflow_uri", _tracking_uri(str(self.mlflow_uri)))
-        _check(isinstance(self.share_le_teacher, bool), "share_le_teacher", "must be true or false")
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
 
     @property
@@ -126,6 +126,36 @@ class StudySettings:
         d = asdict(self)
         d["methods"], d["missing"] = list(self.methods), list(self.missing)
         return yaml.safe_dump(d, sort_keys=False)
+
+
+_PATHS = ("data", "storage", "search_space")
+
+
+def _typed(name: str, annotation: str, v: Any) -> Any:
+    """``v`` as the field's annotated type (a YAML int for a float, one item for a list), or
+    a ConfigError naming the field: a wrong type must not travel into a running study."""
+    if v is None and annotation.endswith("| None"):
+        return None
+    kind = annotation.split(" |")[0].split("[")[0]
+    if kind == "tuple":  # methods: str items, missing: float items
+        items = v if isinstance(v, list | tuple) else [v]
+        item = "str" if "str" in annotation else "float"
+        return tuple(_typed(name, item, x) for x in items)
+    if kind == "bool":
+        _check(isinstance(v, bool), name, f"must be true or false, got {v!r}")
+    elif kind == "int":
+        v = int(v) if isinstance(v, float) and v.is_integer() else v
+        _check(isinstance(v, int) and not isinstance(v, bool), name, f"expected an integer, got {v!r}")
+    elif kind == "float":
+        _check(isinstance(v, int | float) and not isinstance(v, bool), name,
+               f"expected a number, got {v!r}")
+        v = float(v)
+    elif kind == "str":
+        v = os.fspath(v) if name in _PATHS and isinstance(v, os.PathLike) else v
+        _check(isinstance(v, str), name, f"expected a string, got {v!r}")
+    elif kind == "dict":
+        _check(isinstance(v, dict), name, f"expected a mapping, got {v!r}")
+    return v
 
 
 def _tracking_uri(uri: str) -> str:

@@ -56,3 +56,22 @@ def test_a_study_lives_where_it_is_found(tmp_path):
         load_study(renamed)
     with pytest.raises(ConfigError, match="no study.yaml"):
         load_study(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("seed", "x", "expected an integer"), ("trials", 2.5, "expected an integer"),
+    ("trials", True, "expected an integer"), ("reduction_factor", "fast", "expected a number"),
+    ("missing", ["none"], "expected a number"), ("train", 5, "expected a mapping"),
+    ("name", 7, "expected a string"), ("data", 5, "expected a string"),
+    ("share_le_teacher", "maybe", "must be true or false"), ("num_cpus", "all", "expected an integer"),
+])
+def test_a_wrong_type_is_refused_with_its_field(field, value, says):
+    with pytest.raises(ConfigError, match=f"{field}: {says}"):
+        StudySettings(**{"data": "/d.h5", "storage": "/s", field: value})
+
+
+def test_yaml_friendly_values_are_taken():
+    s = StudySettings(data="/d.h5", storage="/s", methods="B1", missing=0, epochs=6.0,
+                      reduction_factor=2, num_cpus=None)
+    assert (s.methods, s.missing, s.epochs, s.reduction_factor) == (("b1",), (0.0,), 6, 2.0)
+    assert isinstance(s.epochs, int) and isinstance(s.reduction_factor, float)

@@ -165,7 +165,7 @@ class CellSearcher(Searcher):
         ids = list(self._cells)
         for k in range(len(ids)):
             cid = ids[(self._next + k) % len(ids)]
-            if len(self._studies[cid].get_trials(deepcopy=False)) < self._budget:
+            if len(self._handed_out(cid)) < self._budget:
                 self._next = (self._next + k + 1) % len(ids)
                 return self._ask(trial_id, cid)
         return Searcher.FINISHED
@@ -226,8 +226,13 @@ class CellSearcher(Searcher):
 
     # -- what was found -----------------------------------------------------------------
 
+    def _handed_out(self, cid: str) -> list[optuna.trial.FrozenTrial]:
+        # Not the enqueued paper point while it waits: it is a trial only once asked.
+        return [t for t in self._studies[cid].get_trials(deepcopy=False)
+                if t.state != TrialState.WAITING] if self._studies else []
+
     def _done(self, cid: str) -> tuple[list[optuna.trial.FrozenTrial], optuna.trial.FrozenTrial | None]:
-        trials = self._studies[cid].get_trials(deepcopy=False) if self._studies else []
+        trials = self._handed_out(cid)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         pick = min if self._mode == "min" else max
         return trials, (pick(complete, key=lambda t: t.value) if complete else None)

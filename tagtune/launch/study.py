@@ -42,6 +42,7 @@ from tagtune.launch.tracking import MlflowJournalCallback, final_sync, mlflow_ex
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
+from tagtune.study.methods import check_supported
 from tagtune.study.trainable import train_trial
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     check_address(settings.address)
     check_mlflow(settings.tracking_uri)
     ds = load(settings.data)
+    check_supported(settings.methods, ds.observation)
     _prepare_dir(study_dir, settings)
     experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
     _init_ray(settings)

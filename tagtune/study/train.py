@@ -104,9 +104,7 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     ds = remove_labels(ds, cfg.missing, seed=cfg.seed)
-    if ds.observation == "positives-only" and cfg.method in ("b1", "mt"):
-        raise ConfigError("method", f"{cfg.method} needs observed negatives; "
-                          "positives-only data supports b0 and le")
+    methods.check_supported([cfg.method], ds.observation)
     if le_teacher is not None and cfg.method != "le":
         raise ConfigError("le_teacher", f"only for method le, not {cfg.method}")
     method = methods.get(cfg.method)

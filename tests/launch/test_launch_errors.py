@@ -90,6 +90,14 @@ def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_se
     refused(["--data", data_file, "--storage", tmp_path / "st", *SMALL], "a different study")
 
 
+def test_methods_the_data_cannot_train(tmp_path, tiny_dataset):
+    path = data.save(data.positives_only(tiny_dataset), tmp_path / "positives.h5")
+    line = refused(["--data", path, "--storage", tmp_path, "--methods", "b0,b1,le,mt", *SMALL[2:]],
+                   "method")
+    assert "b1, mt need observed negatives" in line
+    assert not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize(("search", "field"), [
     ({"lr": [1.0e-2, 1.0e-4]}, "search.lr"),         # low above high
     ({"gamma": [0, 150]}, "search.gamma"),           # beyond its natural range

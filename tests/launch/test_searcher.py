@@ -51,13 +51,16 @@ def test_cell_ids_are_stable_and_parse_back():
         CellSearcher(CELLS, 2, base_config={"cell": "x"})
 
 
-def test_round_robin_exact_budget_then_finished():
-    s = searcher(budget=2)
-    configs = [s.suggest(f"t{i}") for i in range(6)]
-    assert [c["cell"] for c in configs] == ["b1@0.00", "le@0.20", "mt@0.40"] * 2
+@pytest.mark.parametrize("budget", [1, 2, 3])
+def test_round_robin_exact_budget_then_finished(budget):
+    s = searcher(budget=budget)
+    # The enqueued paper point is not a trial until it is handed out.
+    assert {v["handed_out"] for v in s.summary().values()} == {0}
+    configs = [s.suggest(f"t{i}") for i in range(3 * budget)]
+    assert [c["cell"] for c in configs] == ["b1@0.00", "le@0.20", "mt@0.40"] * budget
     assert [s.suggest(f"x{i}") for i in range(3)] == [FINISHED] * 3
     assert {cid: v["handed_out"] for cid, v in s.summary().items()} == dict.fromkeys(
-        ["b1@0.00", "le@0.20", "mt@0.40"], 2)
+        ["b1@0.00", "le@0.20", "mt@0.40"], budget)
 
 
 def test_round_robin_skips_cells_whose_budget_is_spent():

@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagtune.study.config import TrainConfig
+from tagtune.study.config import ConfigError, TrainConfig
+
+NEED_NEGATIVES = ("b1", "mt")
+"""Methods whose loss is masked to the observed labels: with positives-only labels (no
+observed negative) they would learn that every tag is always present."""
 
 
 @dataclass
@@ -68,9 +72,17 @@ def masked_bce(p: Tensor, Y: Tensor, M: Tensor) -> Tensor:
     return (per_entry * M).sum() / M.sum().clamp_min(1.0)
 
 
+def check_supported(methods: tuple[str, ...] | list[str], observation: str) -> None:
+    """A ConfigError for methods the data's kind of observation cannot train."""
+    bad = [m for m in methods if m in NEED_NEGATIVES]
+    if observation == "positives-only" and bad:
+        raise ConfigError("method", f"{', '.join(bad)} need observed negatives; "
+                          "positives-only data supports b0 and le")
+
+
 def get(method: str) -> ModuleType:
     """The module of ``method`` (``b0``, ``b1``, ``le``, ``mt``)."""
     return importlib.import_module(f"tagtune.study.methods.{method}")
 
 
-__all__ = ["Batch", "MethodState", "bce", "get", "masked_bce"]
+__all__ = ["NEED_NEGATIVES", "Batch", "MethodState", "bce", "check_supported", "get", "masked_bce"]

@@ -87,10 +87,11 @@ class StudySettings:
         _check("://" not in str(self.storage), "storage",
                f"{self.storage!r} is a URI; give a filesystem path every node sees "
                "(for a bucket: mount it, e.g. through FUSE)")
-        # Absolute from here on, in study.yaml too: `study resume` and `mlflow sync` may run
-        # from another directory and must find the same study and the same MLflow store.
-        object.__setattr__(self, "storage", str(Path(self.storage).expanduser().absolute()))
-        object.__setattr__(self, "data", str(Path(self.data).expanduser().absolute()))
+        # Absolute from here on, in study.yaml too: `study resume` and `mlflow sync` may run from
+        # another directory and must find the same study, data, ranges and MLflow store.
+        for name in _PATHS:
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(Path(getattr(self, name)).expanduser().absolute()))
         if self.mlflow_uri is not None:
             object.__setattr__(self, "mlflow_uri", _tracking_uri(str(self.mlflow_uri)))
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid

@@ -13,9 +13,11 @@ from tagtune.study.config import ConfigError
 
 def test_relative_paths_become_absolute_in_study_yaml(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    s = StudySettings(data="data/d.h5", storage="studies", mlflow_uri="sqlite:///runs/mlflow.db")
+    s = StudySettings(data="data/d.h5", storage="studies", mlflow_uri="sqlite:///runs/mlflow.db",
+                      search_space="ranges.yaml")
     saved = yaml.safe_load(s.to_yaml())
     assert saved["data"] == str(tmp_path / "data" / "d.h5")
+    assert saved["search_space"] == str(tmp_path / "ranges.yaml")
     # A resume or an MLflow sync started from another directory finds the same places.
     assert saved["storage"] == str(tmp_path / "studies")
     assert saved["mlflow_uri"] == f"sqlite:///{tmp_path}/runs/mlflow.db"

@@ -74,8 +74,7 @@ def study(
         if data is None:
             raise fail("study: --data is required (or --config)")
         settings = StudySettings(**{k: v for k, v in overrides.items() if v is not None})
-    result = run_study(settings, verbose=0 if quiet else 1)
-    _print_result(result)
+    _report(run_study, settings, verbose=0 if quiet else 1)
 
 
 @study_app.command("resume")
@@ -88,9 +87,8 @@ def resume(
     """Continue an interrupted study; finished trials are neither rerun nor logged twice."""
     from tagtune.launch.study import resume_study
 
-    result = resume_study(study_dir, verbose=0 if quiet else 1,
-                          address=address or os.environ.get("RAY_ADDRESS"))
-    _print_result(result)
+    _report(resume_study, study_dir, verbose=0 if quiet else 1,
+            address=address or os.environ.get("RAY_ADDRESS"))
 
 
 @mlflow_app.command("sync")
@@ -109,6 +107,18 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study direct
         n = sync(settings.study_dir, settings.tracking_uri, experiment_id,
                  study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
+
+
+def _report(run, *args, **kwargs) -> None:
+    """Run a study function and print where its results are; Ctrl-C: how to go on, exit 130."""
+    from tagtune.launch.study import StudyInterrupted
+
+    try:
+        result = run(*args, **kwargs)
+    except StudyInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise typer.Exit(code=130) from None
+    _print_result(result)
 
 
 def _print_result(result) -> None:

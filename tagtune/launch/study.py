@@ -169,14 +169,30 @@ def _run_config(settings: StudySettings, phase: str, experiment_id: str, verbose
     )
 
 
-def _fit_or_resume(settings, ds, phase, make_tuner) -> tune.ResultGrid:
+class StudyInterrupted(Exception):
+    """The study stopped before its end (Ctrl-C: Ray Tune saved its state); resume continues it."""
+
+    def __init__(self, study_dir: Path, phase: str):
+        self.study_dir = study_dir
+        super().__init__(f"{study_dir}: interrupted in the {phase} phase, its state saved; "
+                         f"continue with: tagtune study resume {study_dir}")
+
+
+def _fit_or_resume(settings, ds, phase, make_tuner, expected: int) -> tune.ResultGrid:
+    """The phase's ``expected`` trials, all ended; StudyInterrupted if Tune returned early."""
     path = settings.study_dir / phase
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(settings, ds),
                                    resume_unfinished=True, resume_errored=True)
     else:
         tuner = make_tuner()
-    return tuner.fit()
+    results = tuner.fit()
+    # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials
+    # still pending or running, or never created. Going on would pick "best" configs and
+    # write a summary from half a search.
+    if results.num_terminated + results.num_errors < expected:
+        raise StudyInterrupted(settings.study_dir, phase)
+    return results
 
 
 def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
@@ -199,7 +215,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
             run_config=_run_config(settings, "search", experiment_id, verbose),
         )
 
-    results = _fit_or_resume(settings, ds, "search", make_tuner)
+    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials)
     # The searcher Tune ran may be one it restored from disk: read its final state back from
     # the experiment directory, then keep each cell's Optuna study for the analysis.
     final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
@@ -286,7 +302,7 @@ def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any
             run_config=_run_config(settings, "replicate", experiment_id, verbose),
         )
 
-    results = _fit_or_resume(settings, ds, "replicate", make_tuner)
+    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs))
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -296,4 +312,4 @@ def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any
     return sorted(rows, key=lambda row: (row["cell"], row["seed"]))
 
 
-__all__ = ["PHASES", "StudyResult", "StudySettings", "resume_study", "run_study"]
+__all__ = ["PHASES", "StudyInterrupted", "StudyResult", "StudySettings", "resume_study", "run_study"]

@@ -97,3 +97,41 @@ def test_killed_study_resumes_without_duplicates(tmp_path):
         if results and results[0]["trial_id"] in checkpointed:
             for _, first_epoch in restarts(results):
                 assert first_epoch == checkpointed[results[0]["trial_id"]] + 1, results[0]["trial_id"]
+
+
+def test_ctrl_c_stops_with_how_to_resume_and_resume_finishes(tmp_path):
+    config = slow_study(tmp_path, "ctrlc", methods=["b1"], missing=[0.0], trials=4, replicates=1,
+                        epochs=8, grace_period=8, checkpoint_every=2)
+    env = base_env()
+    driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    study_dir = tmp_path / "studies" / "ctrlc"
+    journal = study_dir / "mlflow-journal.jsonl"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                journal.exists() and '"op": "result"' in journal.read_text()):
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = driver.communicate(timeout=180)
+    finally:
+        _kill_tree(driver)
+    assert driver.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {study_dir}: interrupted in the search phase, its state saved; "
+        f"continue with: tagtune study resume {study_dir}")
+    # Nothing was concluded from half a search.
+    assert not (study_dir / "best.json").exists() and not (study_dir / "summary.json").exists()
+    assert not (study_dir / "replicate").exists()
+
+    done = subprocess.run(_tagtune("study", "resume", str(study_dir), "--quiet"), env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((study_dir / "summary.json").read_text())
+    cell = summary["cells"]["b1@0.00"]
+    assert (cell["trials"], cell["completed"], cell["optuna"]["handed_out"]) == (4, 4, 4)
+    assert len(summary["replicates"]) == 1
+    runs = MlflowClient(summary["tracking_uri"]).search_runs([summary["experiment_id"]])
+    assert max(Counter(r.data.tags["tagtune.trial_id"] for r in runs).values()) == 1
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)

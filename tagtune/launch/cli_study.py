@@ -74,7 +74,7 @@ def study(
         if data is None:
             raise fail("study: --data is required (or --config)")
         settings = StudySettings(**{k: v for k, v in overrides.items() if v is not None})
-    _report(run_study, settings, verbose=0 if quiet else 1)
+    _report(settings.study_dir, run_study, settings, verbose=0 if quiet else 1)
 
 
 @study_app.command("resume")
@@ -87,7 +87,7 @@ def resume(
     """Continue an interrupted study; finished trials are neither rerun nor logged twice."""
     from tagtune.launch.study import resume_study
 
-    _report(resume_study, study_dir, verbose=0 if quiet else 1,
+    _report(study_dir, resume_study, study_dir, verbose=0 if quiet else 1,
             address=address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -109,7 +109,7 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study direct
     print(f"replayed {n} events into {settings.tracking_uri}")
 
 
-def _report(run, *args, **kwargs) -> None:
+def _report(study_dir: Path, run, *args, **kwargs) -> None:
     """Run a study function and print where its results are; Ctrl-C: how to go on, exit 130."""
     from tagtune.launch.study import StudyInterrupted
 
@@ -117,6 +117,10 @@ def _report(run, *args, **kwargs) -> None:
         result = run(*args, **kwargs)
     except StudyInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's run: its last saved state
+        print(f"interrupted: {study_dir}: continue with: tagtune study resume {study_dir}",
+              file=sys.stderr)
         raise typer.Exit(code=130) from None
     _print_result(result)
 

@@ -139,3 +139,15 @@ def test_storage_that_a_node_cannot_see(tmp_path, data_file):
     assert lines[-1].startswith("error:") and "storage: not shared" in lines[-1], done.stderr[-3000:]
     assert sum(line.startswith("error:") for line in lines) == 1
     assert no_trial_started(storage)
+
+
+def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, data_file, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Tune gives the second Ctrl-C back to Python
+
+    monkeypatch.setattr("tagtune.launch.study.run_study", interrupted)
+    result = CliRunner().invoke(app, ["study", "--data", str(data_file), "--storage", str(tmp_path),
+                                      *SMALL])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == (f"interrupted: {tmp_path / 'study'}: continue with: "
+                                     f"tagtune study resume {tmp_path / 'study'}")

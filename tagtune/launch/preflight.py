@@ -7,6 +7,7 @@ to the head node: multi-node storage must be shared). Here:
 
 - ``check_address``: a TCP connection to the Ray cluster's GCS with a short timeout;
 - ``check_mlflow``: an HTTP tracking server must answer ``/health`` within a few seconds;
+- ``check_trial_fits``: a trial's CPUs must fit on one node (a local Ray cannot grow);
 - ``check_shared_storage``: on a cluster of more than one node, a marker file written in
   the study directory must be visible from every alive node (one tiny task per node,
   pinned to it). Nodes that join later are not checked.
@@ -17,6 +18,7 @@ to the head node: multi-node storage must be shared). Here:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import urllib.error
@@ -142,5 +144,20 @@ def check_shared_storage(study_dir: Path, timeout: float = 120.0) -> None:
                           where=str(study_dir))
 
 
-__all__ = ["check_address", "check_mlflow", "check_shared_storage", "enable_token_auth",
+def check_trial_fits(cpus_per_trial: int, local: bool) -> None:
+    """A trial takes ``cpus_per_trial`` CPUs of one node. Where no node has that many, Tune
+    would wait forever: an error on a local Ray (no node can join it), a warning on a cluster
+    (an autoscaler may still add one)."""
+    import ray
+
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if cpus_per_trial <= largest:
+        return
+    problem = f"{cpus_per_trial} CPUs per trial, but the largest node has {largest:g}"
+    if local:
+        raise ConfigError("cpus_per_trial", f"{problem}: no trial could ever start", where="study")
+    logging.getLogger(__name__).warning("%s: trials wait until a node that large joins", problem)
+
+
+__all__ = ["check_address", "check_mlflow", "check_shared_storage", "check_trial_fits", "enable_token_auth",
            "quick_mlflow_http"]

@@ -33,6 +33,7 @@ from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
     check_shared_storage,
+    check_trial_fits,
     enable_token_auth,
 )
 from tagtune.launch.scheduler import CellASHA
@@ -79,6 +80,7 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     _prepare_dir(study_dir, settings)
     experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
     _init_ray(settings)
+    check_trial_fits(settings.cpus_per_trial, local=settings.address is None)
     check_shared_storage(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, verbose)
     best = _best_per_cell(study_dir / "search", settings)

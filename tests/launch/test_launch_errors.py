@@ -90,6 +90,18 @@ def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_se
     refused(["--data", data_file, "--storage", tmp_path / "st", *SMALL], "a different study")
 
 
+def test_a_trial_larger_than_any_node_of_a_local_ray(tmp_path, data_file, ray_session):
+    # The session's Ray has 2 CPUs: Tune would wait forever for a 3-CPU slot.
+    result = CliRunner().invoke(app, ["study", "--data", str(data_file), "--storage", str(tmp_path),
+                                      "--cpus-per-trial", "3", *SMALL])
+    assert result.exit_code == 2, result.output
+    # (Checked once Ray is up, after MLflow's store said its INFO lines.)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: study: cpus_per_trial: 3 CPUs per trial, but the largest node has 2: "
+        "no trial could ever start")
+    assert no_trial_started(tmp_path)
+
+
 def test_methods_the_data_cannot_train(tmp_path, tiny_dataset):
     path = data.save(data.positives_only(tiny_dataset), tmp_path / "positives.h5")
     line = refused(["--data", path, "--storage", tmp_path, "--methods", "b0,b1,le,mt", *SMALL[2:]],

@@ -68,8 +68,10 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     """Run (or continue) the study described by ``settings``; returns what it found.
 
     Bad launch input (search ranges, an unreachable cluster or tracking server, an
-    unwritable or, on a multi-node cluster, unshared study directory, a bad data file) is a
-    one-line ConfigError/DataError before any trial starts.
+    unwritable or, on a multi-node cluster, unshared study directory, a bad data file,
+    methods the data cannot train, a trial larger than any node of a local Ray) is a
+    one-line ConfigError/DataError before any trial starts. Stopped early (Ctrl-C), it
+    raises StudyInterrupted: the state is saved, ``resume_study`` continues it.
     """
     study_dir = settings.study_dir
     ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()

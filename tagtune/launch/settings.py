@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tagtune.study.config import METHODS, ConfigError
+from tagtune.study.config import METHODS, ConfigError, typed
 from tagtune.study.trainable import train_config
 
 DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
@@ -142,21 +142,9 @@ def _typed(name: str, annotation: str, v: Any) -> Any:
         items = v if isinstance(v, list | tuple) else [v]
         item = "str" if "str" in annotation else "float"
         return tuple(_typed(name, item, x) for x in items)
-    if kind == "bool":
-        _check(isinstance(v, bool), name, f"must be true or false, got {v!r}")
-    elif kind == "int":
-        v = int(v) if isinstance(v, float) and v.is_integer() else v
-        _check(isinstance(v, int) and not isinstance(v, bool), name, f"expected an integer, got {v!r}")
-    elif kind == "float":
-        _check(isinstance(v, int | float) and not isinstance(v, bool), name,
-               f"expected a number, got {v!r}")
-        v = float(v)
-    elif kind == "str":
-        v = os.fspath(v) if name in _PATHS and isinstance(v, os.PathLike) else v
-        _check(isinstance(v, str), name, f"expected a string, got {v!r}")
-    elif kind == "dict":
-        _check(isinstance(v, dict), name, f"expected a mapping, got {v!r}")
-    return v
+    if name in _PATHS and isinstance(v, os.PathLike):
+        v = os.fspath(v)
+    return typed(name, kind, v, where="study")
 
 
 def _tracking_uri(uri: str) -> str:

@@ -22,6 +22,22 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {field}: {problem}")
 
 
+def typed(name: str, kind: str, v: Any, where: str = "config") -> Any:
+    """``v`` as a value of ``kind`` (int, float, bool, str or dict) -- YAML's 3.0 taken for an
+    int, 3 for a float -- else a ConfigError naming the field."""
+    if kind == "int" and isinstance(v, float) and v.is_integer():
+        v = int(v)
+    number = isinstance(v, int | float) and not isinstance(v, bool)
+    ok, problem = {"int": (number and isinstance(v, int), "expected an integer"),
+                   "float": (number, "expected a number"),
+                   "bool": (isinstance(v, bool), "must be true or false"),
+                   "str": (isinstance(v, str), "expected a string"),
+                   "dict": (isinstance(v, dict), "expected a mapping")}[kind]
+    if not ok:
+        raise ConfigError(name, f"{problem}, got {v!r}", where=where)
+    return float(v) if kind == "float" else v
+
+
 def output_dir(path: str | Path, field: str = "out") -> Path:
     """``path`` as a directory to write results into, made if missing; else a ConfigError."""
     path = Path(path)
@@ -149,15 +165,10 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
             v = from_dict(ModelConfig, v or {}, "model.")
         elif isinstance(default, bool) or isinstance(v, bool):
             pass
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            if not isinstance(v, int):
-                raise ConfigError(prefix + k, f"expected an integer, got {v!r}")
+        elif isinstance(default, int):
+            v = typed(prefix + k, "int", v)
         elif isinstance(default, float):
-            if not isinstance(v, int | float):
-                raise ConfigError(prefix + k, f"expected a number, got {v!r}")
-            v = float(v)
+            v = typed(prefix + k, "float", v)
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -178,4 +189,4 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 __all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig",
-           "from_dict", "merge", "output_dir", "replace", "to_dict"]
+           "from_dict", "merge", "output_dir", "replace", "to_dict", "typed"]

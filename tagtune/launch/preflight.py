@@ -36,9 +36,10 @@ QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEO
               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 150) -> str:
+    """An error in a few words for a one-line message: its first line, or its type's name."""
     text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:150]
+    return (text[0] if text else type(e).__name__)[:limit]
 
 
 def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
@@ -51,7 +52,7 @@ def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
     try:
         socket.create_connection((url.hostname, url.port), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError("address", f"no Ray cluster answers there ({e.strerror or _first_line(e)})",
+        raise ConfigError("address", f"no Ray cluster answers there ({e.strerror or first_line(e)})",
                           where=address) from None
 
 
@@ -89,7 +90,7 @@ def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:
         # 401/403/404: something answers (an auth proxy, an older server): MLflow will say more.
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise ConfigError("mlflow_uri", f"no MLflow server answers ({_first_line(reason)})",
+        raise ConfigError("mlflow_uri", f"no MLflow server answers ({first_line(reason)})",
                           where=uri) from None
 
 
@@ -133,7 +134,7 @@ def check_shared_storage(study_dir: Path, timeout: float = 120.0) -> None:
         try:
             seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout), strict=True))
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
-            raise ConfigError("storage", f"cannot check that every node sees it ({_first_line(e)})",
+            raise ConfigError("storage", f"cannot check that every node sees it ({first_line(e)})",
                               where=str(study_dir)) from None
     finally:
         marker.unlink(missing_ok=True)
@@ -160,4 +161,4 @@ def check_trial_fits(cpus_per_trial: int, local: bool) -> None:
 
 
 __all__ = ["check_address", "check_mlflow", "check_shared_storage", "check_trial_fits", "enable_token_auth",
-           "quick_mlflow_http"]
+           "first_line", "quick_mlflow_http"]

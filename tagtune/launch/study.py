@@ -35,6 +35,7 @@ from tagtune.launch.preflight import (
     check_shared_storage,
     check_trial_fits,
     enable_token_auth,
+    first_line,
 )
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
@@ -142,9 +143,8 @@ def _init_ray(settings: StudySettings) -> None:
         try:
             ray.init(address=settings.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            cause = e.__cause__ if isinstance(e.__cause__, ray.exceptions.AuthenticationError) else e
-            problem = str(cause).splitlines()[0][:150]
-            if cause is not e:
+            problem = first_line(e)
+            if isinstance(e.__cause__, ray.exceptions.AuthenticationError):
                 problem = ("token authentication refused: give the cluster's token in "
                            "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
             raise ConfigError("address", f"cannot reach the Ray cluster ({problem})",

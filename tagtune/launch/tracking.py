@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tagtune.launch.preflight import quick_mlflow_http
+from tagtune.launch.preflight import first_line, quick_mlflow_http
 from tagtune.study.config import ConfigError, to_dict
 from tagtune.study.trainable import STUDY_KEYS, train_config
 
@@ -151,8 +151,8 @@ class MlflowJournalCallback(Callback):
             self._tracker, self._behind = None, True
             self._retry_at = time.monotonic() + self.retry_after_s
             if self.failures == 1 or self.failures % 50 == 0:
-                first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                log.warning("MLflow unreachable (%s); events are kept in %s", first, self.journal)
+                log.warning("MLflow unreachable (%s); events are kept in %s", first_line(e, 200),
+                            self.journal)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         # The full resolved config, so that every run has the same params whatever the method.
@@ -228,7 +228,7 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
                 return exp.experiment_id
             return client.create_experiment(name, artifact_location=(study_dir / "mlartifacts").as_uri())
     except mlflow.exceptions.MlflowException as e:
-        raise ConfigError("mlflow_uri", f"MLflow store not usable ({str(e).splitlines()[0][:150]})",
+        raise ConfigError("mlflow_uri", f"MLflow store not usable ({first_line(e)})",
                           where=tracking_uri) from None
 
 
@@ -243,7 +243,6 @@ def final_sync(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids
             sync(study_dir, tracking_uri, experiment_id, trial_ids)
         return True
     except Exception as e:  # noqa: BLE001 -- any MLflow/network failure means "later"
-        first = str(e).splitlines()[0][:150] if str(e) else type(e).__name__
         log.warning("MLflow unreachable at the end of the study (%s); run `tagtune mlflow sync %s` "
-                    "when it is back", first, study_dir)
+                    "when it is back", first_line(e), study_dir)
         return False

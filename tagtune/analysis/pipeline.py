@@ -61,7 +61,7 @@ class AnalysisResult:
     skipped_figures: dict[str, str] = field(default_factory=dict)
     best_dir: Path | None = None
     exported: list[Path] = field(default_factory=list)
-    """Cells whose exported config cannot reproduce the replicates with ``tagtune train``."""
+    """The best-config YAML files written into ``best_dir``: one per cell, then the combined one."""
     mlflow_run_id: str | None = None
     mlflow_note: str = ""
 

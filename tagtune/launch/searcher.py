@@ -3,8 +3,9 @@
 A tagtune study is a grid of cells, (method, missing-label proportion). Every cell is
 tuned on its own, as in the paper where each method was tuned separately: it has its own
 Optuna study (TPE, its own seed, the paper's point enqueued first) and its own budget of
-trials. One Tune experiment runs them all, so the cluster stays busy: ``suggest`` deals
-trials out round robin over the cells that still have budget.
+trials (the same for every cell in a study; a mapping of cell id to budget may differ). One
+Tune experiment runs them all, so the cluster stays busy: ``suggest`` deals trials out round
+robin over the cells that still have budget.
 
 How Optuna sees a trial (the issue: Ray's OptunaSearch tells an ASHA-stopped trial
 COMPLETE with its partial score, so TPE learns from low-budget losses as if they were
@@ -40,6 +41,7 @@ import logging
 import math
 import pickle
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,21 +100,24 @@ class _Open:
 class CellSearcher(Searcher):
     """Ray Tune searcher over a grid of cells, one Optuna TPE study and budget per cell."""
 
-    def __init__(self, cells: list[Cell], trials_per_cell: int, ranges: Ranges | None = None,
-                 preset: str = "openmic", seed: int = 0, metric: str | None = None,
-                 mode: str | None = None, base_config: dict[str, Any] | None = None,
-                 n_startup_trials: int = 10):
+    def __init__(self, cells: list[Cell], trials_per_cell: int | Mapping[str, int],
+                 ranges: Ranges | None = None, preset: str = "openmic", seed: int = 0,
+                 metric: str | None = None, mode: str | None = None,
+                 base_config: dict[str, Any] | None = None, n_startup_trials: int = 10):
         super().__init__(metric=metric, mode=mode)
         ids = [c.id for c in cells]
         if not cells or len(set(ids)) != len(ids):
             raise ConfigError("cells", f"need distinct cells, got {ids}")
-        if trials_per_cell < 1:
-            raise ConfigError("trials_per_cell", f"must be >= 1, got {trials_per_cell}")
+        # One budget for every cell (a study), or one per cell id (more trials where more is searched).
+        budgets = (dict(trials_per_cell) if isinstance(trials_per_cell, Mapping)
+                   else dict.fromkeys(ids, trials_per_cell))
+        if set(budgets) != set(ids) or min(budgets.values()) < 1:
+            raise ConfigError("trials_per_cell", f"must be >= 1 for each of {ids}, got {trials_per_cell}")
         clash = sorted(set(base_config or {}) & set(RESERVED))
         if clash:
             raise ConfigError(f"base_config.{clash[0]}", "set per cell by the searcher")
         self._cells = {c.id: c for c in cells}  # insertion order is the round-robin order
-        self._budget = trials_per_cell
+        self._budgets = budgets
         self._ranges = ranges or Ranges()
         self._paper = {c.id: paper_point(c.method, preset, self._ranges) for c in cells}
         self._seed = seed
@@ -165,7 +170,7 @@ class CellSearcher(Searcher):
         ids = list(self._cells)
         for k in range(len(ids)):
             cid = ids[(self._next + k) % len(ids)]
-            if len(self._handed_out(cid)) < self._budget:
+            if len(self._handed_out(cid)) < self._budgets[cid]:
                 self._next = (self._next + k + 1) % len(ids)
                 return self._ask(trial_id, cid)
         return Searcher.FINISHED

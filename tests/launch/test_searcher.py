@@ -70,6 +70,23 @@ def test_round_robin_skips_cells_whose_budget_is_spent():
     assert s.suggest("t6") == FINISHED
 
 
+def test_unequal_budgets_cells_that_finish_early_are_skipped():
+    """A cell whose budget is spent is passed over, wherever the round robin stands."""
+    budgets = {"b0@0.00": 1, "b1@0.00": 3, "mt@0.40": 2}
+    s = searcher(budget=budgets, cells=[Cell("b0", 0.0), Cell("b1", 0.0), Cell("mt", 0.4)])
+    first = [s.suggest(f"t{i}") for i in range(3)]
+    assert [c["cell"] for c in first] == list(budgets)
+    report(s, "t0", [0.4, 0.3], complete=True)  # b0's only trial is over: b0 is done
+    rest = [s.suggest(f"u{i}") for i in range(3)]
+    assert [c["cell"] for c in rest] == ["b1@0.00", "mt@0.40", "b1@0.00"]
+    assert [s.suggest(f"x{i}") for i in range(3)] == [FINISHED] * 3
+    assert {cid: v["handed_out"] for cid, v in s.summary().items()} == budgets
+    with pytest.raises(ConfigError, match="trials_per_cell"):
+        searcher(budget={"b1@0.00": 2, "le@0.20": 2})  # mt@0.40 has none
+    with pytest.raises(ConfigError, match="trials_per_cell"):
+        searcher(budget={"b1@0.00": 2, "le@0.20": 0, "mt@0.40": 1})
+
+
 def test_first_trial_of_every_cell_is_the_paper_point_and_configs_are_complete():
     s = searcher(budget=2, preset="sonyc", base_config={"epochs": 7, "gamma": 50.0})
     first = [s.suggest(f"t{i}") for i in range(3)]

@@ -21,7 +21,7 @@ from tagtune.study.config import ConfigError, TrainConfig, to_dict
 from tagtune.study.model import AttentionMIL
 
 STATE_FILE = "state.pt"
-VERSION = 1
+VERSION = 2  # 2: the stage's optimizer step count (MT's EMA warm-up); best_other
 
 
 @dataclass
@@ -51,8 +51,10 @@ class FitState:
     best_logs: dict[str, Any] | None = None
     best_model: dict[str, Tensor] | None = None
     """State of the selected network of the current stage (MT: the teacher)."""
-    best_student: dict[str, Tensor] | None = None
-    """MT: the student at the selected epoch."""
+    best_other: dict[str, Tensor] | None = None
+    """MT: the network not selected (the student, or the teacher), at the selected epoch."""
+    steps: int = 0
+    """Optimizer steps taken in the current stage (MT's EMA warm-up counts them)."""
     bad_epochs: int = 0
     """Epochs since the validation loss last improved."""
     le_teacher: dict[str, Tensor] | None = None
@@ -85,7 +87,8 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
         "best_loss": fs.best_loss,
         "best_logs": fs.best_logs,
         "best_model": fs.best_model,
-        "best_student": fs.best_student,
+        "best_other": fs.best_other,
+        "steps": fs.steps,
         "bad_epochs": fs.bad_epochs,
         "model": fs.model.state_dict(),
         "optimizer": fs.optimizer.state_dict(),
@@ -129,8 +132,8 @@ def restore(fs: FitState, payload: dict[str, Any]) -> None:
     fs.optimizer.load_state_dict(payload["optimizer"])
     if fs.teacher is not None:
         fs.teacher.load_state_dict(payload["teacher"])
-    for name in ("stage_epoch", "stopped", "best_loss", "best_logs", "best_model", "best_student",
-                 "bad_epochs", "le_teacher", "train_M", "masked_fraction", "history"):
+    for name in ("stage_epoch", "stopped", "best_loss", "best_logs", "best_model", "best_other",
+                 "steps", "bad_epochs", "le_teacher", "train_M", "masked_fraction", "history"):
         setattr(fs, name, payload[name])
     fs.batches.set_state(payload["rng"]["batches"])
     fs.noise.set_state(payload["rng"]["noise"])

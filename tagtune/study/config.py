@@ -12,6 +12,26 @@ from pathlib import Path
 from typing import Any
 
 METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt")
+ARCHS: tuple[str, ...] = ("residual", "paper")
+"""``residual``: softmax attention, a residual around every embedding layer (tagtune's);
+``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
+raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
+DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
+MT_SELECT: tuple[str, ...] = ("teacher", "student")
+# TrainConfig fields that only some methods read; every other field applies to every method.
+# One entry per method: MLflow logs a run's params from it (a B0 run has no gamma), the
+# analysis leaves the others' columns empty. A new method (or field) adds its line here.
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "b0": (), "b1": (),
+    "le": ("gamma", "le_teacher_lr"),
+    "mt": ("alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select"),
+}
+
+
+def applies(method: str, name: str) -> bool:
+    """Whether TrainConfig field ``name`` means something for ``method`` (see METHOD_PARAMS)."""
+    owners = [m for m, names in METHOD_PARAMS.items() if name in names]
+    return not owners or method in owners
 
 
 class ConfigError(ValueError):
@@ -60,8 +80,12 @@ class ModelConfig:
     """H: width of the embedding layers."""
     dropout: float = 0.6
     """Dropout rate after every embedding layer."""
+    arch: str = DEFAULT_ARCH
+    """Network: residual (softmax attention, per-layer residuals) or paper (the paper's code's:
+    clamped sigmoid attention, one skip from the raw input; needs hidden == the input's F)."""
 
     def __post_init__(self) -> None:
+        _check(self.arch in ARCHS, "arch", f"unknown network {self.arch!r}; use one of {', '.join(ARCHS)}")
         _check(self.layers >= 0, "layers", f"must be >= 0, got {self.layers}")
         _check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -94,6 +118,12 @@ class TrainConfig:
     trials of a cell share one teacher whatever lr they search for the student."""
     alpha: float = 0.999
     """MT: EMA decay of the teacher, theta' = alpha*theta' + (1 - alpha)*theta."""
+    ema_warmup: bool = True
+    """MT: decay min(1 - 1/(t + 1), alpha) at optimizer step t = 1, 2, ... (the paper's code,
+    Tarvainen & Valpola's): the early teacher is the running mean of the student."""
+    mt_select: str = "teacher"
+    """MT: the network selected (by its own validation loss), evaluated and exported: teacher,
+    or student (what the paper's code reported); the other one is logged with a suffix."""
     beta: float = 3.0
     """MT: weight of the consistency loss."""
     rampup_epochs: int = 0
@@ -122,6 +152,8 @@ class TrainConfig:
         _check(self.le_teacher_lr is None or self.le_teacher_lr > 0, "le_teacher_lr",
                f"must be > 0, got {self.le_teacher_lr}")
         _check(0 <= self.alpha < 1, "alpha", f"must be in [0, 1), got {self.alpha}")
+        _check(self.mt_select in MT_SELECT, "mt_select",
+               f"unknown {self.mt_select!r}; use one of {', '.join(MT_SELECT)}")
         _check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         _check(self.rampup_epochs >= 0, "rampup_epochs", f"must be >= 0, got {self.rampup_epochs}")
         _check(0 <= self.missing < 1, "missing", f"must be in [0, 1), got {self.missing}")
@@ -129,12 +161,52 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings per dataset (Sec. 4).
+    # The paper's settings per dataset (Sec. 4), on tagtune's default network.
     "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
                 "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
     "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
               "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
 }
+# The paper's exact setup as its code ran it: its network, Adam (wd 1e-5, batch 64, 100
+# epochs, lr halved every 30), the EMA warm-up, MT reported from the student, and the
+# learning rate of each method's run script (PAPER_LR; applied by preset_config).
+_PAPER_RUN = {"weight_decay": 1e-5, "batch_size": 64, "epochs": 100, "lr_decay_epochs": [30, 60, 90],
+              "lr_decay": 0.5, "rampup_epochs": 0, "ema_warmup": True, "mt_select": "student"}
+for _name in ("openmic", "sonyc"):
+    PRESETS[f"{_name}-paper"] = {**PRESETS[_name], **_PAPER_RUN,
+                                 "model": {**PRESETS[_name]["model"], "arch": "paper"}}
+
+PAPER_LR: dict[str, dict[str, float]] = {
+    # Adam's lr in the paper's run scripts (SiddGururani/audio_missing_labels, src/run_*.py at
+    # its last commit): OpenMIC, run_baseline.py 5e-4 (B0 and B1), run_labelpruning.py and
+    # run_mean_teacher.py 1e-3; SONYC-UST with labels dropped, the *_droplabels_openL3.py
+    # scripts, 1e-3 for every method.
+    "openmic": {"b0": 5e-4, "b1": 5e-4, "le": 1e-3, "mt": 1e-3},
+    "sonyc": {"b0": 1e-3, "b1": 1e-3, "le": 1e-3, "mt": 1e-3},
+}
+
+
+def paper_lr(preset: str, method: str) -> float:
+    """The paper's learning rate for ``method`` on the dataset of ``preset`` (openmic[-paper],
+    sonyc[-paper])."""
+    dataset = preset.removesuffix("-paper")
+    if dataset not in PAPER_LR:
+        raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if method not in METHODS:
+        raise ConfigError("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return PAPER_LR[dataset][method]
+
+
+def preset_config(preset: str, method: str | None) -> dict[str, Any]:
+    """The values ``preset`` sets for ``method``: PRESETS[preset], and for a ``-paper`` preset
+    the method's paper lr (LE's teacher stage runs at that lr too, as in its script);
+    ``method`` may be None for the method-free part."""
+    if preset not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    d = {**PRESETS[preset], "model": dict(PRESETS[preset]["model"])}
+    if preset.endswith("-paper") and method is not None:
+        d["lr"] = paper_lr(preset, method)
+    return d
 
 
 def _check(ok: bool, name: str, problem: str) -> None:
@@ -163,12 +235,16 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
         default = f.default if f.default is not MISSING else None
         if k == "model":
             v = from_dict(ModelConfig, v or {}, "model.")
-        elif isinstance(default, bool) or isinstance(v, bool):
+        elif isinstance(default, bool):
+            v = typed(prefix + k, "bool", v)
+        elif isinstance(v, bool):
             pass
         elif isinstance(default, int):
             v = typed(prefix + k, "int", v)
         elif isinstance(default, float):
             v = typed(prefix + k, "float", v)
+        elif isinstance(default, str):
+            v = typed(prefix + k, "str", v)
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -188,5 +264,6 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["METHODS", "PRESETS", "ConfigError", "ModelConfig", "TrainConfig",
-           "from_dict", "merge", "output_dir", "replace", "to_dict", "typed"]
+__all__ = ["ARCHS", "DEFAULT_ARCH", "METHODS", "METHOD_PARAMS", "MT_SELECT", "PAPER_LR", "PRESETS",
+           "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
+           "paper_lr", "preset_config", "replace", "to_dict", "typed"]

@@ -16,19 +16,34 @@ then L x (Linear -> BatchNorm1d -> ReLU -> dropout), with a residual connection 
 the layer's input where widths match (every layer after the first; the first too if
 F == H).
 
+Two networks (``ModelConfig.arch``):
+
+- ``residual`` (tagtune's): the softmax attention and per-layer residuals above.
+- ``paper``: the network of the paper's code (SiddGururani/audio_missing_labels,
+  ``src/model/Attention.py``), exactly: attention ``a = clamp(sigmoid(.), 1e-7, 1 - 1e-7)``
+  normalised by its sum over time; embedding Linears without bias (its 1x1 convolutions),
+  then BatchNorm -> ReLU -> dropout as above, but no per-layer residual: ONE skip adds the
+  raw input -- before the input BatchNorm -- to the output of the whole stack (after the
+  last dropout), so H must equal F (its code sets H = F; L = 0 gives BN(x) + x); the clip
+  probability goes through ``hardtanh(., 0, 1)``; its initialisation: weights uniform in
+  +-sqrt(6 / fan_in), biases 0, BatchNorm weights 1.
+
 Every dropout goes through :func:`dropout` with an explicit ``torch.Generator``, so
 the noise is reproducible and the function can be swapped for a faster one.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tagtune.study.config import ModelConfig
+from tagtune.study import fused as fused_residual
+from tagtune.study import fused_paper
+from tagtune.study.config import ConfigError, ModelConfig
 from tagtune.study.fast import keep_mask
-from tagtune.study.fused import eval_forward, train_forward
 
 
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -42,29 +57,48 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
     return x * keep_mask(x.shape, p, generator)
 
 
+EPS_ATT = 1e-7
+"""The paper network's clamp of the sigmoid attention: [EPS_ATT, 1 - EPS_ATT]."""
+
+
 class AttentionMIL(nn.Module):
     """(N, T, F) frame embeddings -> (N, C) clip probabilities."""
 
     def __init__(self, n_features: int, n_classes: int, cfg: ModelConfig):
         super().__init__()
-        self.p = cfg.dropout
+        self.p, self.arch = cfg.dropout, cfg.arch
+        paper = cfg.arch == "paper"
+        if paper and cfg.hidden != n_features:
+            raise ConfigError("model.hidden", f"the paper network adds the raw input (F = {n_features}) "
+                              f"to the stack's output: needs hidden = {n_features}, got {cfg.hidden}")
         self.norm = nn.BatchNorm1d(n_features)
         widths = [n_features] + [cfg.hidden] * cfg.layers
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.linears = nn.ModuleList(nn.Linear(a, b, bias=not paper)
+                                     for a, b in zip(widths, widths[1:], strict=False))
         self.bns = nn.ModuleList(nn.BatchNorm1d(b) for b in widths[1:])
         self.att = nn.Linear(widths[-1], n_classes)
         self.cla = nn.Linear(widths[-1], n_classes)
+        if paper:  # its init_layer: uniform(+-sqrt(2 / fan_in) * sqrt(3)), bias 0
+            for lin in (*self.linears, self.att, self.cla):
+                bound = math.sqrt(6.0 / lin.in_features)
+                nn.init.uniform_(lin.weight, -bound, bound)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         # The same math (masks, running statistics), with fewer passes over memory.
+        fused = fused_paper if self.arch == "paper" else fused_residual
         if self.training and x.shape[0] * x.shape[1] > 1:
-            return train_forward(self, x, generator)
+            return fused.train_forward(self, x, generator)
         if not self.training and not torch.is_grad_enabled():
-            return eval_forward(self, x)
+            return fused.eval_forward(self, x)
         return self.reference_forward(x, generator)
 
     def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The network as written; :func:`tagtune.study.fused.train_forward` must equal it."""
+        """The network as written; :func:`tagtune.study.fused.train_forward` (residual) and
+        :func:`tagtune.study.fused_paper.train_forward` (paper) must equal it."""
+        if self.arch == "paper":
+            return self._paper_forward(x, generator)
         N, T, F = x.shape
         h = self.norm(x.reshape(N * T, F))  # frames are the BatchNorm's samples
         for linear, bn in zip(self.linears, self.bns, strict=True):
@@ -74,6 +108,17 @@ class AttentionMIL(nn.Module):
         cla = torch.sigmoid(self.cla(h).view(N, T, -1))
         # Rounding can push the weighted mean a hair above 1; BCE refuses that.
         return (att * cla).sum(dim=1).clamp(0.0, 1.0)
+
+    def _paper_forward(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        N, T, F = x.shape
+        x2 = x.reshape(N * T, F)
+        h = self.norm(x2)
+        for linear, bn in zip(self.linears, self.bns, strict=True):
+            h = dropout(torch.relu(bn(linear(h))), self.p, self.training, generator)
+        h = h + x2  # the one skip: the raw input, not its BatchNorm
+        att = torch.sigmoid(self.att(h).view(N, T, -1)).clamp(EPS_ATT, 1.0 - EPS_ATT)
+        cla = torch.sigmoid(self.cla(h).view(N, T, -1))
+        return torch.nn.functional.hardtanh((att / att.sum(dim=1, keepdim=True) * cla).sum(dim=1), 0.0, 1.0)
 
 
 def build_model(n_features: int, n_classes: int, cfg: ModelConfig, seed: int) -> AttentionMIL:
@@ -105,4 +150,4 @@ def predict(model: nn.Module, X: np.ndarray | Tensor, batch_size: int = 256) -> 
     return torch.cat(out).numpy()
 
 
-__all__ = ["AttentionMIL", "build_model", "dropout", "predict"]
+__all__ = ["EPS_ATT", "AttentionMIL", "build_model", "dropout", "predict"]

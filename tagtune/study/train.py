@@ -51,16 +51,27 @@ class FitResult:
     best: dict[str, Any]
     """The logs of the selected epoch (LE: of the student stage)."""
     model: AttentionMIL
-    """The selected network (MT: the teacher), in eval mode."""
+    """The selected network (MT: the teacher, or the student with ``mt_select: student``),
+    in eval mode."""
     cfg: TrainConfig
-    student: AttentionMIL | None = None
-    """MT: the student at the selected epoch."""
+    other: AttentionMIL | None = None
+    """MT: the network not selected (the student, or the teacher), at the selected epoch."""
     le_teacher: AttentionMIL | None = None
     """LE: the stage-1 teacher (reusable through ``fit(..., le_teacher=...)``)."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Clip probabilities (N, C) of the selected model, eval mode, no gradient."""
         return predict(self.model, X)
+
+    @property
+    def other_suffix(self) -> str:
+        """MT: the suffix of the other network's metric names (``_student`` or ``_teacher``)."""
+        return other_suffix(self.cfg)
+
+
+def other_suffix(cfg: TrainConfig) -> str:
+    """MT: metric names of the network not selected end with this: ``val/loss_student``."""
+    return "_teacher" if cfg.mt_select == "student" else "_student"
 
 
 @dataclass
@@ -195,7 +206,7 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
     train_logs = _train_epoch(fs, method, train, cfg)
     fs.stage_epoch += 1
 
-    selected = fs.teacher if fs.teacher is not None else fs.model
+    selected, other = _selected(fs, cfg)
     val_loss, val_metrics = _validate(selected, valid, valid_split)
     logs: dict[str, Any] = {
         "epoch": fs.stage * cfg.epochs + fs.stage_epoch,
@@ -205,16 +216,17 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
         "val/loss": val_loss,
         **val_metrics,
     }
-    if fs.teacher is not None:  # MT: the student, for comparison with its teacher
-        loss_s, metrics_s = _validate(fs.model, valid, valid_split)
-        logs |= {"val/loss_student": loss_s, "val/f1_macro_student": metrics_s["val/f1_macro"]}
+    if other is not None:  # MT: the other network, for comparison, under a suffix
+        loss_o, metrics_o = _validate(other, valid, valid_split)
+        suffix = other_suffix(cfg)
+        logs |= {f"val/loss{suffix}": loss_o, **{k + suffix: v for k, v in metrics_o.items()}}
     if fs.masked_fraction is not None:
         logs["le/masked_fraction"] = fs.masked_fraction
 
     if val_loss < fs.best_loss:
         fs.best_loss, fs.best_logs, fs.bad_epochs = val_loss, logs, 0
         fs.best_model = clone_state(selected)
-        fs.best_student = clone_state(fs.model) if fs.teacher is not None else None
+        fs.best_other = clone_state(other) if other is not None else None
     else:
         fs.bad_epochs += 1
         fs.stopped = cfg.patience is not None and fs.bad_epochs >= cfg.patience
@@ -225,6 +237,15 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
             save_state(fs, cfg, directory)
 
         on_epoch(logs, save)
+
+
+def _selected(fs: FitState, cfg: TrainConfig) -> tuple[AttentionMIL, AttentionMIL | None]:
+    """The network model selection looks at, and MT's other one (None for other methods)."""
+    if fs.teacher is None:
+        return fs.model, None
+    if cfg.mt_select == "student":
+        return fs.model, fs.teacher
+    return fs.teacher, fs.model
 
 
 def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[str, float]:
@@ -249,6 +270,8 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
         fs.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fs.optimizer.step()
+        fs.steps += 1
+        state.step = fs.steps
         if after_step is not None:
             after_step(state)
         for k, v in {"train/loss": loss, **logs}.items():
@@ -267,27 +290,32 @@ def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
     def net(state: dict[str, Tensor] | None) -> AttentionMIL | None:
         return None if state is None else _network_from(state, fs.model)
 
-    last = fs.teacher if fs.teacher is not None else fs.model
+    last, last_other = _selected(fs, cfg)
     best = fs.best_model if fs.best_model is not None else clone_state(last)
+    best_other = fs.best_other if fs.best_model is not None else (
+        None if last_other is None else clone_state(last_other))
     return FitResult(
         history=fs.history,
         best=fs.best_logs if fs.best_logs is not None else fs.history[-1],
         model=net(best),
         cfg=cfg,
-        student=net(fs.best_student),
+        other=net(best_other),
         le_teacher=net(fs.le_teacher),
     )
 
 
 def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
-    """Validation and test loss and metrics of the selected model."""
+    """Validation and test loss and metrics of the selected model (MT: and of the other
+    network, their names ending in ``result.other_suffix``)."""
     out: dict[str, float] = {}
+    nets = [(result.model, "")] + ([(result.other, result.other_suffix)] if result.other else [])
     for prefix, split in (("val", ds.valid), ("test", ds.test)):
         data = _Data.of(split)
-        scores = predict(result.model, data.X)
-        out[f"{prefix}/loss"] = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
-        out |= evaluate(split, scores, prefix)
+        for net, suffix in nets:
+            scores = predict(net, data.X)
+            out[f"{prefix}/loss{suffix}"] = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
+            out |= {k + suffix: v for k, v in evaluate(split, scores, prefix).items()}
     return out
 
 
-__all__ = ["FitResult", "evaluate_fit", "fit", "lr_at", "stream_seed"]
+__all__ = ["FitResult", "evaluate_fit", "fit", "lr_at", "other_suffix", "stream_seed"]

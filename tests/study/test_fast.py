@@ -21,6 +21,8 @@ from tagtune.study.data import Dataset, Split
 from tagtune.study.model import build_model, dropout
 from tagtune.study.train import fit
 
+PAPER = ModelConfig(arch="paper")  # the paper's OpenMIC network: L = 3, H = F = 128
+
 
 def _binomial_ok(kept: int, n: int, rate: float, z: float = 5.0) -> bool:
     return abs(kept - n * rate) <= z * math.sqrt(n * rate * (1 - rate))
@@ -114,6 +116,12 @@ def test_flat_adam_equals_torch_adam_with_weight_decay_and_resumes_exactly():
     (8, ModelConfig(layers=1, hidden=8, dropout=0.0), 5, 3),
     (7, ModelConfig(layers=0, hidden=8, dropout=0.5), 5, 3),
     (7, ModelConfig(layers=3, hidden=9, dropout=0.3), 7, 1),
+    # The paper's network: H = F always (its skip adds the raw input to the stack's output).
+    (128, PAPER, 16, 10),
+    (8, ModelConfig(layers=2, hidden=8, dropout=0.5, arch="paper"), 5, 4),
+    (8, ModelConfig(layers=1, hidden=8, dropout=0.0, arch="paper"), 5, 3),
+    (7, ModelConfig(layers=0, hidden=7, dropout=0.5, arch="paper"), 5, 3),
+    (9, ModelConfig(layers=3, hidden=9, dropout=0.3, arch="paper"), 7, 1),
 ])
 def test_train_forward_equals_the_reference_forward(F_, cfg, N, T):
     ref = build_model(F_, 3, cfg, seed=0).train()
@@ -141,7 +149,9 @@ def test_train_forward_equals_the_reference_forward(F_, cfg, N, T):
 
 
 @pytest.mark.parametrize("F_, cfg", [(128, ModelConfig()), (6, ModelConfig(layers=2, hidden=8)),
-                                     (7, ModelConfig(layers=0)), (8, ModelConfig(layers=1, hidden=8))])
+                                     (7, ModelConfig(layers=0)), (8, ModelConfig(layers=1, hidden=8)),
+                                     (128, PAPER), (7, ModelConfig(layers=0, hidden=7, arch="paper")),
+                                     (8, ModelConfig(layers=1, hidden=8, arch="paper"))])
 def test_eval_forward_equals_the_reference_forward(F_, cfg):
     model = build_model(F_, 3, cfg, seed=0).train()
     with torch.no_grad():  # running statistics away from 0 and 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.study.config import ModelConfig, TrainConfig
+from tagtune.study.config import ModelConfig, TrainConfig, replace
 from tagtune.study.methods import Batch, MethodState, b0, b1, le, masked_bce, mt
 from tagtune.study.model import build_model
 
@@ -158,6 +158,7 @@ def _mt_update(cfg: TrainConfig, seed: int = 0):
     loss.backward()
     grads = _grads(state.model)
     opt.step()
+    state.step += 1
     mt.after_step(state)
     return state, teacher0, grads, logs
 
@@ -171,14 +172,68 @@ def test_mt_teacher_is_an_exact_copy_at_start_and_outside_autograd():
 
 
 def test_mt_ema_formula_after_one_step():
-    state, teacher0, _, _ = _mt_update(MT)
-    changed = False
-    for t0, t1, s1 in zip(teacher0, state.teacher.parameters(), state.model.parameters(),
-                          strict=True):
-        torch.testing.assert_close(t1, MT.alpha * t0 + (1 - MT.alpha) * s1, rtol=1e-6, atol=1e-7)
-        changed |= not torch.equal(t1, s1) and not torch.equal(t1, t0)
-    assert changed  # the teacher moved, and is not the student
-    assert all(p.grad is None for p in state.teacher.parameters())  # no grad reached it
+    for cfg, alpha_1 in ((MT, 0.5), (replace(MT, ema_warmup=False), MT.alpha)):
+        state, teacher0, _, _ = _mt_update(cfg)
+        changed = False
+        for t0, t1, s1 in zip(teacher0, state.teacher.parameters(), state.model.parameters(),
+                              strict=True):
+            torch.testing.assert_close(t1, alpha_1 * t0 + (1 - alpha_1) * s1, rtol=1e-6, atol=1e-7)
+            changed |= not torch.equal(t1, s1) and not torch.equal(t1, t0)
+        assert changed  # the teacher moved, and is not the student
+        assert all(p.grad is None for p in state.teacher.parameters())  # no grad reached it
+
+
+def _mt_steps(cfg: TrainConfig, steps: int):
+    """``steps`` SGD steps of MT; the student's parameters before the first and after each."""
+    state = _state(cfg)
+    opt = torch.optim.SGD(state.model.parameters(), lr=0.5)
+    students = [[p.detach().clone() for p in state.model.parameters()]]
+    teachers = []
+    for t in range(1, steps + 1):
+        loss, _ = mt.step(_batch(seed=t), state)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state.step = t
+        mt.after_step(state)
+        students.append([p.detach().clone() for p in state.model.parameters()])
+        teachers.append([p.detach().clone() for p in state.teacher.parameters()])
+    return students, teachers
+
+
+def test_mt_ema_warmup_teacher_is_the_running_mean_of_the_student():
+    """alpha_t = min(1 - 1/(t + 1), alpha) with t counted from 1 (the paper's code and Tarvainen
+    & Valpola's increment global_step before the update): after step t the teacher is the mean
+    of the student's t + 1 weights theta_0 (the teacher's copy), ..., theta_t; then the EMA."""
+    assert [mt.ema_decay(0.999, t, True) for t in (1, 2, 3)] == [0.5, 1 - 1 / 3, 0.75]
+    assert mt.ema_decay(0.999, 999, True) == pytest.approx(0.999)
+    assert mt.ema_decay(0.9, 50, True) == mt.ema_decay(0.9, 1, False) == 0.9
+    students, teachers = _mt_steps(replace(MT, alpha=0.999), steps=6)
+    for t, teacher in enumerate(teachers, start=1):
+        for k, p in enumerate(teacher):
+            mean = torch.stack([s[k] for s in students[: t + 1]]).mean(0)
+            torch.testing.assert_close(p, mean, rtol=1e-5, atol=1e-6)
+    first = [(s0 + s1) / 2 for s0, s1 in zip(students[0], students[1], strict=True)]
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-7) for p, q in zip(teachers[0], first, strict=True))
+    assert any(not torch.equal(p, q) for p, q in zip(teachers[0], students[1], strict=True))
+    # Past the warm-up (alpha = 0.5 = alpha_1): the plain EMA from the first step.
+    students, teachers = _mt_steps(replace(MT, alpha=0.5), steps=3)
+    expected = students[0]
+    for t in range(1, 4):
+        expected = [0.5 * e + 0.5 * s for e, s in zip(expected, students[t], strict=True)]
+        for p, q in zip(teachers[t - 1], expected, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_mt_without_warmup_alpha_is_constant():
+    cfg = replace(MT, ema_warmup=False)
+    assert {mt.ema_decay(cfg.alpha, t, False) for t in (1, 2, 10, 10_000)} == {cfg.alpha}
+    students, teachers = _mt_steps(cfg, steps=4)
+    expected = students[0]
+    for t in range(1, 5):
+        expected = [cfg.alpha * e + (1 - cfg.alpha) * s for e, s in zip(expected, students[t], strict=True)]
+        for p, q in zip(teachers[t - 1], expected, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_mt_teacher_batchnorm_statistics_are_its_own():
@@ -192,6 +247,7 @@ def test_mt_teacher_batchnorm_statistics_are_its_own():
         opt.zero_grad()
         loss.backward()
         opt.step()
+        state.step += 1
         mt.after_step(state)
         stats.append((state.teacher.bns[0].running_mean.clone(),
                       state.model.bns[0].running_mean.clone()))

@@ -55,6 +55,8 @@ class MethodState:
     """MT: the EMA teacher."""
     progress: float = 0.0
     """Epochs completed in this stage, fractional within an epoch (MT's ramp-up)."""
+    step: int = 0
+    """Optimizer steps taken in this stage, the one just taken included (MT's EMA warm-up)."""
 
 
 def bce(p: Tensor, Y: Tensor) -> Tensor:

@@ -8,7 +8,14 @@ where the consistency term covers every (clip, class) entry, observed or not: th
 how the missing labels take part. Both networks run in train mode, each with its own
 dropout noise (drawn one after the other from the run's noise stream); no gradient
 reaches the teacher. After every optimizer step the teacher's weights follow the
-student's as an exponential moving average, theta' <- alpha*theta' + (1-alpha)*theta.
+student's as an exponential moving average, theta' <- alpha_t*theta' + (1-alpha_t)*theta,
+with the warm-up of the paper's code and of Tarvainen & Valpola's: at optimizer step
+t = 1, 2, ... (counted before the update, as their ``global_step += 1`` precedes it),
+alpha_t = min(1 - 1/(t + 1), alpha). So alpha_1 = 1/2 and the teacher after t steps is
+the plain mean of the student's t + 1 weights theta_0 (its copy at the start), theta_1,
+..., theta_t, until 1 - 1/(t + 1) reaches alpha (t = 999 for 0.999); from there on the
+usual EMA. Without it (``ema_warmup: false``) alpha_t = alpha from the first step, and after
+1,000 steps at 0.999 37% of the teacher is still the initial network.
 
 Choices (and the paper's code's faults not repeated):
 - The teacher starts as an exact copy of the student (:func:`make_teacher`), not as
@@ -21,8 +28,9 @@ Choices (and the paper's code's faults not repeated):
 - beta(t) = beta * exp(-5 (1 - t)^2), t = epochs done / ``rampup_epochs`` clipped to 1,
   in fractions of an epoch (the sigmoid ramp-up of Laine & Aila 2017); constant beta
   when ``rampup_epochs`` is 0, as in the paper.
-- The teacher is what model selection, evaluation and export use; the fit loop also
-  reports the student's validation metrics.
+- Selection, evaluation and export use the teacher (``mt_select: teacher``) or the student
+  (``student``: what the paper's code reported, its saved "best teacher" being a copy of
+  the student); the fit loop logs the other network's metrics too, with a suffix.
 """
 
 from __future__ import annotations
@@ -60,9 +68,15 @@ def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
     return classification + beta * consistency, {"train/consistency": consistency.detach()}
 
 
+def ema_decay(alpha: float, step: int, warmup: bool) -> float:
+    """alpha_t of optimizer step ``step`` (1-based): min(1 - 1/(t + 1), alpha), or alpha."""
+    return min(1.0 - 1.0 / (step + 1), alpha) if warmup else alpha
+
+
 @torch.no_grad()
 def after_step(state: MethodState) -> None:
-    """theta' <- alpha * theta' + (1 - alpha) * theta, for every parameter."""
+    """theta' <- alpha_t * theta' + (1 - alpha_t) * theta, for every parameter."""
     teacher = list(state.teacher.parameters())
     student = list(state.model.parameters())
-    torch._foreach_lerp_(teacher, student, 1.0 - state.cfg.alpha)
+    alpha_t = ema_decay(state.cfg.alpha, state.step, state.cfg.ema_warmup)
+    torch._foreach_lerp_(teacher, student, 1.0 - alpha_t)

@@ -10,7 +10,8 @@ HDF5 (``.h5``/``.hdf5``)::
 
 NPZ (``.npz``): the same arrays flat as ``train_X``, ``train_Y`` ..., ``classes``,
 and optional ``name``, ``observation``, ``meta`` (JSON) scalars. Read with
-``allow_pickle=False``: object arrays are refused, never unpickled.
+``allow_pickle=False``; the one pickle accepted is numpy's of a 1-D object array of str for
+``classes`` and ``*_keys``, decoded by :mod:`safe_pickle`, which runs nothing a pickle names.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import h5py
 import numpy as np
 
 from tagtune.study.data.core import SPLITS, DataError, Dataset, Split
+from tagtune.study.data.safe_pickle import open_member, read_pickled_strings
 
 FORMAT = "tagtune-1"
 ARRAYS = ("X", "Y", "M", "keys", "Y_full")
@@ -195,22 +197,31 @@ def _load_npz(path: Path) -> Dataset:
     try:
         with z:
             files = set(z.files)
-            classes = npz_strings(path, "classes", _npz_get(z, path, "classes", files, True))
+            classes = npz_string_member(z, path, "classes")
             attrs = {k: _npz_text(path, k, _npz_get(z, path, k, files))
                      for k in ("name", "observation", "meta") if k in files}
             arrays = {
-                name: {k: _npz_get(z, path, f"{name}_{k}", files, required=k in REQUIRED)
+                name: {k: npz_string_member(z, path, f"{name}_keys") if k == "keys"
+                       else _npz_get(z, path, f"{name}_{k}", files, required=k in REQUIRED)
                        for k in ARRAYS}
                 for name in SPLITS
             }
-            for name in SPLITS:
-                field = f"{name}_keys"
-                arrays[name]["keys"] = npz_strings(path, field, arrays[name]["keys"])
     except DataError:
         raise
     except NPZ_ERRORS as e:
         raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
     return _assemble(path, arrays, classes, attrs)
+
+
+def npz_string_member(z: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    """A required 1-D str member (class names, clip keys), stored as a str/bytes array or as
+    numpy's pickle of an object array of str (what ``np.savez`` makes of pandas strings)."""
+    if key not in z.files:
+        raise DataError(path, key, "missing array")
+    with open_member(path, z, key) as (fp, shape, _, dtype):
+        if dtype.hasobject:
+            return read_pickled_strings(path, key, fp, shape, dtype)
+    return npz_strings(path, key, _npz_get(z, path, key, set(z.files)))
 
 
 def npz_strings(path: Path, key: str, a: np.ndarray) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 The release layout this reads::
 
-    <root>/openmic-2018.npz        X (N, 10, 128) uint8 VGGish, Y_true (N, 20) float,
-                                   Y_mask (N, 20) bool, sample_key (N,) strings
+    <root>/openmic-2018.npz        X (N, 10, 128) VGGish quantised to 0..255, Y_true (N, 20)
+                                   float, Y_mask (N, 20) bool, sample_key (N,) strings
     <root>/class-map.json          {"accordion": 0, ..., "voice": 19}
     <root>/partitions/split01_train.csv   one sample key per line, no header
     <root>/partitions/split01_test.csv    (``train01.txt`` / ``test01.txt`` also accepted)
@@ -13,6 +13,12 @@ Labels: ``Y_true`` is 0.5 where unobserved and a crowd confidence where observed
 modelling baseline does, ``Y_true >= 0.5`` -> present: an observed value of
 exactly 0.5 (a tied vote) counts as present. The release should not contain such
 ties; their count is recorded in ``meta["observed_ties"]`` so a surprise shows.
+
+As released, the npz is what the dataset's ``scripts/helper_numpy.py`` wrote: ``X`` is
+``np.empty(..., dtype=int)`` (int64 holding 0..255) and ``sample_key`` is ``np.unique`` over a
+pandas column, an object array that ``np.savez`` pickles. Integer ``X`` of any width with
+values in 0..255 is scaled by 1/255; float ``X`` already in [0, 1] is taken as is. The pickle is
+decoded by :mod:`safe_pickle`, which admits only numpy's rebuild of an array of str.
 
 Validation: the paper draws 15% of the train partition; here that draw is
 ``numpy.random.default_rng(seed).permutation``, so it is reproducible from the
@@ -27,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from tagtune.study.data.core import DataError, Dataset, Split
-from tagtune.study.data.generic import NPZ_ERRORS, npz_strings, open_npz
+from tagtune.study.data.generic import NPZ_ERRORS, npz_string_member, open_npz
+from tagtune.study.data.safe_pickle import open_member
 
 NPZ = "openmic-2018.npz"
 CLASS_MAP = "class-map.json"
@@ -68,8 +75,7 @@ def read_openmic(root: str | Path, split: int = 1, valid_fraction: float = 0.15,
     parts = {"train": train_idx[~chosen], "valid": train_idx[chosen], "test": test_idx}
 
     splits = {
-        name: Split(X[idx].astype(np.float32) / 255.0, Y[idx], Y_mask[idx], keys[idx],
-                    where=f"{root}:{name}")
+        name: Split(_scaled(X, idx), Y[idx], Y_mask[idx], keys[idx], where=f"{root}:{name}")
         for name, idx in parts.items()
     }
     unused = keys.size - train_idx.size - test_idx.size
@@ -90,17 +96,17 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     z = open_npz(path)
     try:
         with z:
-            arrays = {k: _get(z, path, k) for k in ("X", "Y_true", "Y_mask", "sample_key")}
+            for k in ("X", "Y_true", "Y_mask", "sample_key"):
+                if k not in z.files:
+                    raise DataError(path, k, "missing array")
+            X = _read_X(path, z)
+            Y_true, Y_mask = _get(z, path, "Y_true"), _get(z, path, "Y_mask")
+            keys = npz_string_member(z, path, "sample_key")
     except DataError:
         raise
     except NPZ_ERRORS as e:
         raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
-    X, Y_true, Y_mask, keys = (arrays[k] for k in ("X", "Y_true", "Y_mask", "sample_key"))
 
-    if X.dtype != np.uint8:
-        raise DataError(path, "X", f"expected uint8 (quantised VGGish), got {X.dtype}")
-    if X.ndim != 3 or 0 in X.shape:
-        raise DataError(path, "X", f"expected shape (N, T, F), got {X.shape}")
     N = X.shape[0]
     if Y_true.dtype.kind not in "iuf":
         raise DataError(path, "Y_true", f"expected numeric confidences, got dtype {Y_true.dtype}")
@@ -116,22 +122,59 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         if Y_mask.dtype.kind not in "iuf" or not np.isin(Y_mask, (0, 1)).all():
             raise DataError(path, "Y_mask", f"expected a boolean mask, got dtype {Y_mask.dtype}")
         Y_mask = Y_mask.astype(bool)
-    keys = npz_strings(path, "sample_key", keys)
     if keys.shape != (N,):
         raise DataError(path, "sample_key", f"expected ({N},) strings, got {keys.shape}")
     uniq, counts = np.unique(keys, return_counts=True)
     if (counts > 1).any():
-        raise DataError(path, "sample_key", f"duplicate key {uniq[counts > 1][0]!r}")
+        raise DataError(path, "sample_key", f"duplicate key {str(uniq[counts > 1][0])!r}")
     return X, Y_true, Y_mask, keys
 
 
 def _get(z, path: Path, key: str) -> np.ndarray:
-    if key not in z.files:
-        raise DataError(path, key, "missing array")
     try:
-        return z[key]
+        a = z[key]
     except ValueError as e:  # object arrays refuse to load without pickle
         raise DataError(path, key, f"cannot load without pickle ({_short(e)})") from e
+    if not isinstance(a, np.ndarray):  # a member without the .npy header comes back as bytes
+        raise DataError(path, key, "not a .npy array")
+    return a
+
+
+def _read_X(path: Path, z) -> np.ndarray:
+    """X as uint8 (integers 0..255, any width) or float32 (floats in [0, 1]).
+
+    Read in chunks straight into the narrow array: the release's int64 X (20,000 x 10 x 128,
+    200 MB) never sits in memory whole, only its 25 MB uint8 copy does.
+    """
+    with open_member(path, z, "X") as (fp, shape, fortran, dtype):
+        if dtype.kind not in "iuf" or dtype.fields is not None:
+            raise DataError(path, "X", f"expected integer (0..255) or float features, got {dtype}")
+        if len(shape) != 3 or 0 in shape:
+            raise DataError(path, "X", f"expected shape (N, T, F), got {shape}")
+        out = np.empty(int(np.prod(shape)), np.float32 if dtype.kind == "f" else np.uint8)
+        step = 2**20 // dtype.itemsize
+        for i in range(0, out.size, step):
+            n = min(step, out.size - i)
+            data = fp.read(n * dtype.itemsize)
+            if len(data) != n * dtype.itemsize:
+                raise DataError(path, "X", "member shorter than its header says")
+            a = np.frombuffer(data, dtype)
+            if dtype.kind == "f":
+                if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+                    raise DataError(path, "X", "float features must be finite and in [0, 1] "
+                                               "(quantised 0..255 values belong in an integer X)")
+            elif dtype != np.uint8 and (a.min() < 0 or a.max() > 255):
+                bad = a[(a < 0) | (a > 255)][0]
+                raise DataError(path, "X", f"integer features must be in 0..255, found {bad}")
+            out[i:i + n] = a
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def _scaled(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of X as float32 in [0, 1]: uint8 / 255 in one pass, floats as they are."""
+    if X.dtype == np.uint8:
+        return np.divide(X[idx], 255.0, dtype=np.float32)
+    return X[idx]
 
 
 def _read_class_map(path: Path, C: int) -> tuple[str, ...]:

@@ -6,13 +6,16 @@ piece of arithmetic is MT's ``alpha = 1 - one_minus_alpha``: the EMA decay is se
 a log scale of its distance to 1 (0.9, 0.99, 0.999 are equally far apart there), but the
 trainable takes alpha, as in the paper.
 
-Parameter names are plain (``lr``, ``gamma``, ``one_minus_alpha``, ``beta``), not
+Parameter names are plain (``lr``, ``gamma``, ``one_minus_alpha``, ``beta``, ``arch``), not
 method-prefixed: every Optuna study of tagtune covers one cell, i.e. one method, so no
 parameter is conditional inside a study, and plain names keep ``lr`` comparable across
 the cells' studies in the analysis.
 
 Ranges come from :class:`Ranges` (defaults below) or a YAML file (:func:`load_ranges`,
-example with every option in ``default.yaml`` next to this file).
+example with every option in ``default.yaml`` next to this file). The network (``arch``:
+residual or paper) is searched only where the ranges list the choices; the trial config
+then carries ``arch``, which :func:`tagtune.study.trainable.train_config` puts into
+``model.arch``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from typing import Any
 import optuna
 import yaml
 
-from tagtune.study.config import METHODS, PRESETS, ConfigError
+from tagtune.study.config import ARCHS, METHODS, PAPER_LR, PRESETS, ConfigError, paper_lr
 
 DEFAULT_RANGES_FILE = Path(__file__).with_name("default.yaml")
-PAPER_LR = 1e-3  # Adam's lr in the paper's public code (hparams "lr": 0.001) for every method
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,22 @@ class Ranges:
     """MT: 1 - alpha (alpha = EMA decay of the teacher), log scale, within (0, 1]."""
     beta: tuple[float, float] = (0.0, 10.0)
     """MT: weight of the consistency loss, linear, low >= 0."""
+    arch: tuple[str, ...] = ()
+    """Networks to choose from (categorical, every method), e.g. (residual, paper); empty: not
+    searched, every trial runs the study's model.arch."""
 
     def __post_init__(self) -> None:
+        arch = self.arch
+        if not isinstance(arch, list | tuple) or not all(isinstance(a, str) for a in arch):
+            raise ConfigError("arch", f"expected a list of network names, got {arch!r}", "ranges")
+        unknown = [a for a in arch if a not in ARCHS]
+        if unknown or len(set(arch)) != len(arch):
+            raise ConfigError("arch", f"expected distinct names among {', '.join(ARCHS)}, got {list(arch)}",
+                              "ranges")
+        object.__setattr__(self, "arch", tuple(arch))
         for f in fields(self):
+            if f.name == "arch":
+                continue
             low, high = _pair(getattr(self, f.name), f.name)
             if not low < high:
                 raise ConfigError(f.name, f"low must be < high, got [{low}, {high}]", "ranges")
@@ -82,44 +97,53 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def space_b0(trial: optuna.Trial, ranges: Ranges) -> dict[str, float]:
-    """B0 (missing = negative): only the learning rate."""
-    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True)}
+def _network(trial: optuna.Trial, ranges: Ranges) -> dict[str, str]:
+    """The network, where the ranges list choices (asked last: the floats keep their order)."""
+    return {"arch": trial.suggest_categorical("arch", list(ranges.arch))} if ranges.arch else {}
 
 
-def space_b1(trial: optuna.Trial, ranges: Ranges) -> dict[str, float]:
-    """B1 (masked loss): only the learning rate."""
-    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True)}
+def space_b0(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """B0 (missing = negative): only the learning rate (and the network, if searched)."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True), **_network(trial, ranges)}
 
 
-def space_le(trial: optuna.Trial, ranges: Ranges) -> dict[str, float]:
+def space_b1(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """B1 (masked loss): only the learning rate (and the network, if searched)."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True), **_network(trial, ranges)}
+
+
+def space_le(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
     """LE (label enhancing, Fonseca et al. 2020): learning rate and percentile gamma."""
     return {
         "lr": trial.suggest_float("lr", *ranges.lr, log=True),
         "gamma": trial.suggest_float("gamma", *ranges.gamma),
+        **_network(trial, ranges),
     }
 
 
-def space_mt(trial: optuna.Trial, ranges: Ranges) -> dict[str, float]:
+def space_mt(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
     """MT (mean teacher, Tarvainen & Valpola 2017): learning rate, EMA decay, consistency weight."""
     lr = trial.suggest_float("lr", *ranges.lr, log=True)
     one_minus_alpha = trial.suggest_float("one_minus_alpha", *ranges.one_minus_alpha, log=True)
     beta = trial.suggest_float("beta", *ranges.beta)
-    return {"lr": lr, "alpha": 1.0 - one_minus_alpha, "beta": beta}
+    return {"lr": lr, "alpha": 1.0 - one_minus_alpha, "beta": beta, **_network(trial, ranges)}
 
 
-SPACES: dict[str, Callable[[optuna.Trial, Ranges], dict[str, float]]] = {
+SPACES: dict[str, Callable[[optuna.Trial, Ranges], dict[str, Any]]] = {
     "b0": space_b0, "b1": space_b1, "le": space_le, "mt": space_mt,
 }
 assert set(SPACES) == set(METHODS)
 
 
-def paper_point(method: str, preset: str, ranges: Ranges | None = None) -> dict[str, float]:
+def paper_point(method: str, preset: str, ranges: Ranges | None = None) -> dict[str, Any]:
     """The paper's settings for ``method`` on dataset ``preset``, as Optuna parameters.
 
-    Enqueued as every study's first trial (warm start). A value outside ``ranges`` is
-    clipped to the nearest end of its range: the user's ranges win, and an enqueued value
-    outside its distribution would make Optuna warn and sample outside the search space.
+    Enqueued as every study's first trial (warm start). The lr is the one the paper's run
+    script for that method and dataset used (:data:`tagtune.study.config.PAPER_LR`). A value
+    outside ``ranges`` is clipped to the nearest end of its range: the user's ranges win, and
+    an enqueued value outside its distribution would make Optuna warn and sample outside the
+    search space. Where the network is searched, the point has the paper's (or, if the
+    choices leave it out, the first choice).
     """
     if method not in SPACES:
         raise ConfigError("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -127,14 +151,17 @@ def paper_point(method: str, preset: str, ranges: Ranges | None = None) -> dict[
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     ranges = ranges or Ranges()
     paper = PRESETS[preset]
-    point = {"lr": PAPER_LR}
+    point = {"lr": paper_lr(preset, method)}
     if method == "le":
         point["gamma"] = float(paper["gamma"])
     if method == "mt":
         # Rounded so the study stores 0.001, not 0.0010000000000000009; 1 - it is alpha again.
         point["one_minus_alpha"] = round(1.0 - float(paper["alpha"]), 12)
         point["beta"] = float(paper["beta"])
-    return {k: min(max(v, getattr(ranges, k)[0]), getattr(ranges, k)[1]) for k, v in point.items()}
+    point = {k: min(max(v, getattr(ranges, k)[0]), getattr(ranges, k)[1]) for k, v in point.items()}
+    if ranges.arch:
+        point["arch"] = "paper" if "paper" in ranges.arch else ranges.arch[0]
+    return point
 
 
 def load_ranges(path: str | Path) -> Ranges:

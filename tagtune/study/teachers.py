@@ -43,7 +43,7 @@ from tagtune.study.data import Dataset
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
 TEACHER_FILE, META_FILE, LOCK_FILE, LOG_FILE = "teacher.pt", "meta.json", "lock", "trainings.jsonl"
-_UNUSED_BY_B0 = ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs")
+_UNUSED_BY_B0 = ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select")
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:

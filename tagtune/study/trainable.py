@@ -45,12 +45,17 @@ from tagtune.study.data import Dataset
 
 TRIAL_STATE = "trial_state.json"
 # Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
-STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate")
+STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial")
 
 
 def train_config(config: dict[str, Any]) -> TrainConfig:
-    """The validated TrainConfig inside a trial config (study keys removed)."""
-    return from_dict(TrainConfig, {k: v for k, v in config.items() if k not in STUDY_KEYS})
+    """The validated TrainConfig inside a trial config (study keys removed; a searched
+    network, the flat Optuna parameter ``arch``, put into ``model.arch``)."""
+    d = {k: v for k, v in config.items() if k not in STUDY_KEYS}
+    if "arch" in d:
+        model = d.get("model") or {}
+        d["model"] = {**(model if isinstance(model, dict) else {}), "arch": d.pop("arch")}
+    return from_dict(TrainConfig, d)
 
 
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None) -> None:

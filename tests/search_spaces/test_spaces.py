@@ -85,7 +85,10 @@ def test_spaces_are_computation_free(method):
 
 
 @pytest.mark.parametrize(("method", "preset", "config"), [
-    ("b0", "openmic", {"lr": 1e-3}),
+    # the lr of the paper's run script for the method and dataset (not 1e-3 everywhere)
+    ("b0", "openmic", {"lr": 5e-4}),
+    ("b1", "openmic", {"lr": 5e-4}),
+    ("b0", "sonyc", {"lr": 1e-3}),
     ("b1", "sonyc", {"lr": 1e-3}),
     ("le", "openmic", {"lr": 1e-3, "gamma": 10.0}),
     ("le", "sonyc", {"lr": 1e-3, "gamma": 95.0}),
@@ -121,7 +124,7 @@ def test_unknown_method_or_preset_is_a_config_error():
 def test_default_yaml_documents_the_defaults(tmp_path):
     assert load_ranges(DEFAULT_RANGES_FILE) == Ranges()
     text = DEFAULT_RANGES_FILE.read_text()
-    for name in ("lr", "gamma", "one_minus_alpha", "beta"):
+    for name in ("lr", "gamma", "one_minus_alpha", "beta", "arch"):
         assert f"  {name}:" in text
 
 
@@ -152,6 +155,9 @@ def test_yaml_overrides_only_the_keys_it_names(tmp_path):
     ("search:\n  beta: [true, 3]\n", "search.beta"),
     ("search:\n  beta: [one, 3]\n", "search.beta"),
     ("search:\n  beta: [0, .inf]\n", "search.beta"),
+    ("search:\n  arch: [residual, softmax]\n", "search.arch"),
+    ("search:\n  arch: [paper, paper]\n", "search.arch"),
+    ("search:\n  arch: paper\n", "search.arch"),
     ("search: [1, 2]\n", "search"),
     ("serach:\n  lr: [1.0e-4, 1.0e-2]\n", "search"),
     ("search:\n  lr: [1.0e-4, 1.0e-2\n", "search"),
@@ -176,3 +182,29 @@ def test_ranges_built_in_code_are_validated_too():
         Ranges(lr=(-1.0, 1.0))
     assert Ranges(lr=[1e-3, 1e-2]).lr == (1e-3, 1e-2)  # lists become tuples
     assert math.isclose(Ranges().one_minus_alpha[0], 1e-4)
+
+
+def test_the_network_is_searched_only_where_the_ranges_list_it(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from tagtune.study.trainable import train_config
+
+    f = tmp_path / "ranges.yaml"
+    f.write_text("search:\n  arch: [residual, paper]\n")
+    ranges = load_ranges(f)
+    assert ranges.arch == ("residual", "paper") and Ranges().arch == ()
+    seen = set()
+    for seed in range(12):
+        trial, config = _ask("le", ranges, seed=seed)
+        assert trial.distributions["arch"] == CategoricalDistribution(["residual", "paper"])
+        seen.add(config["arch"])
+        # The trial config's flat arch lands in model.arch, the study's other model keys kept.
+        cfg = train_config({"method": "le", "model": {"layers": 1, "hidden": 16}, "cell": "x", **config})
+        assert (cfg.model.arch, cfg.model.layers, cfg.model.hidden) == (config["arch"], 1, 16)
+    assert seen == {"residual", "paper"}
+    point = paper_point("mt", "sonyc", ranges)
+    assert point["arch"] == "paper" and point["lr"] == 1e-3
+    assert paper_point("b1", "openmic", Ranges(arch=("residual",)))["arch"] == "residual"
+    assert "arch" not in paper_point("b1", "openmic")
+    _, config = _ask("b1", ranges, point=paper_point("b1", "openmic", ranges))
+    assert config == {"lr": 5e-4, "arch": "paper"}

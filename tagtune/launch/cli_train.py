@@ -1,7 +1,10 @@
 """``tagtune train``: one run of one method on one data file.
 
 The config is resolved in layers, each overriding the one before: TrainConfig's
-defaults, ``--preset``, the ``--config`` YAML file, then the flags given.
+defaults, ``--preset``, the ``--config`` YAML file, then the flags given. ``openmic`` and
+``sonyc`` are the paper's settings on tagtune's default network; ``openmic-paper`` and
+``sonyc-paper`` its exact setup as its code ran it (its network, MT's EMA warm-up and
+student, lr halved every 30 of 100 epochs, and the run script's lr of the method).
 """
 
 from __future__ import annotations
@@ -13,22 +16,21 @@ import typer
 import yaml
 
 from tagtune.launch.cli import app, user_errors
-from tagtune.study.config import PRESETS, ConfigError, TrainConfig, from_dict, to_dict
+from tagtune.study.config import ConfigError, TrainConfig, from_dict, preset_config, to_dict
 
 
 def resolve_config(preset: str | None = None, config: Path | None = None,
                    **flags: Any) -> TrainConfig:
     """Defaults < preset < YAML file < flags (a flag of None is not given)."""
     d: dict[str, Any] = to_dict(TrainConfig())
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        d = _merged(d, PRESETS[preset])
     from_yaml = _read_yaml(config) if config is not None else {}
-    if flags.get("method") is None and "method" not in from_yaml:
+    method = flags.get("method") if flags.get("method") is not None else from_yaml.get("method")
+    if method is None:
         raise ConfigError("method", "not given: use --method or a config file that sets it")
+    if preset is not None:  # a -paper preset's lr depends on the method
+        d = _merged(d, preset_config(preset, method if isinstance(method, str) else None))
     d = _merged(d, from_yaml)
-    model_flags = {k: flags.pop(k) for k in ("layers", "hidden", "dropout") if k in flags}
+    model_flags = {k: flags.pop(k) for k in ("layers", "hidden", "dropout", "arch") if k in flags}
     d = _merged(d, {k: v for k, v in flags.items() if v is not None})
     d = _merged(d, {"model": {k: v for k, v in model_flags.items() if v is not None}})
     return from_dict(TrainConfig, d)
@@ -63,7 +65,9 @@ def train(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     method: Annotated[str | None, typer.Option(help="b0, b1, le or mt.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of TrainConfig fields.")] = None,
-    preset: Annotated[str | None, typer.Option(help="The paper's settings: openmic or sonyc.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="openmic or sonyc: the paper's settings; openmic-paper or sonyc-paper: its exact setup "
+             "(network, MT schedule, per-method lr).")] = None,
     gamma: Annotated[float | None, typer.Option(help="LE percentile, 0-100.")] = None,
     alpha: Annotated[float | None, typer.Option(help="MT teacher EMA decay, [0, 1).")] = None,
     beta: Annotated[float | None, typer.Option(help="MT consistency weight, >= 0.")] = None,
@@ -71,6 +75,10 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs per stage.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
     rampup_epochs: Annotated[int | None, typer.Option(help="MT ramp-up of beta (0: none).")] = None,
+    ema_warmup: Annotated[bool | None, typer.Option(
+        "--ema-warmup/--no-ema-warmup", help="MT: EMA decay min(1 - 1/(t+1), alpha) (default on).")] = None,
+    mt_select: Annotated[str | None, typer.Option(
+        help="MT: the network selected and exported, teacher or student.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience.")] = None,
     missing: Annotated[float | None, typer.Option(help="Remove this share of train labels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
@@ -78,6 +86,8 @@ def train(
     layers: Annotated[int | None, typer.Option(help="Model: embedding layers L.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Model: layer width H.")] = None,
     dropout: Annotated[float | None, typer.Option(help="Model: dropout rate.")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="Model: residual (tagtune's) or paper (the paper's code's; hidden = F).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one method on one data file; write config, history, metrics, model, predictions."""
@@ -85,6 +95,7 @@ def train(
 
     cfg = resolve_config(preset, config, method=method, gamma=gamma, alpha=alpha, beta=beta, lr=lr,
                          epochs=epochs, batch_size=batch_size, rampup_epochs=rampup_epochs,
+                         ema_warmup=ema_warmup, mt_select=mt_select, arch=arch,
                          patience=patience, missing=missing, seed=seed, threads=threads,
                          layers=layers, hidden=hidden, dropout=dropout)
     metrics = train_run(data, cfg, out, progress=progress)

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_KEY = "complete"  # set True by the trainable on a report after which nothing is left
 STEP_KEY = "training_iteration"
-RESERVED = ("method", "missing", "cell")  # set per cell; base_config may not hold them
+RESERVED = ("method", "missing", "cell", "optuna_trial")  # set per trial; not in base_config
 DEFAULT_METRIC, DEFAULT_MODE = "val/loss", "min"  # only when neither Tune nor the caller sets them
 
 
@@ -183,8 +183,9 @@ class CellSearcher(Searcher):
         self._open[trial_id] = _Open(cid, trial)
         self._trials[trial_id] = (cid, trial.number)
         # Searched values win over base_config's (which may carry a preset's gamma, ...).
+        # optuna_trial: the number optuna-dashboard shows, and the MLflow run's name (mt@0.40 #7).
         return {**self._base, "method": cell.method, "missing": cell.missing, "cell": cid,
-                **params}
+                "optuna_trial": trial.number, **params}
 
     # -- hearing back -------------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class CellSearcher(Searcher):
             return None
         c = self._cells[cid]
         return {**self._base, "method": c.method, "missing": c.missing, "cell": cid,
-                **best.user_attrs["config"]}
+                "optuna_trial": best.number, **best.user_attrs["config"]}
 
     def export(self, storage_url: str) -> list[str]:
         """Copy every cell's study into an Optuna RDB storage (e.g. ``sqlite:///abs/optuna.db``)

@@ -11,6 +11,7 @@ under ``tagtune study resume``. A study directory holds::
     summary.json          budgets per cell, replicate test metrics, MLflow location
     mlflow.db             the MLflow store (unless --mlflow-uri), mlartifacts/
     mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
+    study.log             Ray's, Tune's, Optuna's and MLflow's log lines (tagtune.launch.display)
     le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
 
 Launch input is checked before Ray starts (tagtune.launch.preflight); on a multi-node
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from tagtune.launch.display import DisplayCallback, StudyDisplay, library_logs
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -40,7 +43,13 @@ from tagtune.launch.preflight import (
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings, load_study
-from tagtune.launch.tracking import MlflowJournalCallback, final_sync, mlflow_experiment
+from tagtune.launch.tracking import (
+    MlflowJournalCallback,
+    cell_summaries,
+    final_sync,
+    mlflow_experiment,
+    record_cells,
+)
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
@@ -73,6 +82,10 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     methods the data cannot train, a trial larger than any node of a local Ray) is a
     one-line ConfigError/DataError before any trial starts. Stopped early (Ctrl-C), it
     raises StudyInterrupted: the state is saved, ``resume_study`` continues it.
+
+    ``verbose``: 0 = nothing on the terminal but errors; 1 = the live display
+    (tagtune.launch.display); 2 = Ray Tune's trial table instead, and the libraries' log
+    lines on the terminal. At 0 and 1 those lines go to ``STUDY_DIR/study.log``.
     """
     study_dir = settings.study_dir
     ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
@@ -81,14 +94,47 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     ds = load(settings.data)
     check_supported(settings.methods, ds.observation)
     _prepare_dir(study_dir, settings)
-    experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
-    _init_ray(settings)
+    with library_logs(study_dir, enabled=verbose < 2) as logs:
+        experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
+        _init_ray(settings)
+        if logs is not None:
+            logs.apply()  # ray.init installs Ray's own handlers
+        display = StudyDisplay(settings.methods, settings.missing) if verbose == 1 else None
+        out = _Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
+                                         "source": settings.data})
+        try:
+            return _run(settings, ds, ranges, experiment_id, out)
+        finally:
+            if out.display is not None:
+                out.display.stop()
+
+
+@dataclass
+class _Output:
+    """What a study shows and logs besides its results."""
+
+    verbose: int
+    display: StudyDisplay | None
+    dataset: dict[str, str]
+    """The data file as MLflow's dataset: name, digest (the fingerprint), source (the path)."""
+
+
+def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
+         out: _Output) -> StudyResult:
+    study_dir = settings.study_dir
     check_trial_fits(settings.cpus_per_trial, local=settings.address is None)
     check_shared_storage(study_dir)
-    searcher_summary = _search(settings, ds, ranges, experiment_id, verbose)
+    searcher_summary = _search(settings, ds, ranges, experiment_id, out)
     best = _best_per_cell(study_dir / "search", settings)
     (study_dir / "best.json").write_text(json.dumps(best, indent=2))
-    replicates = _replicate(settings, ds, best, experiment_id, verbose) if settings.replicates else []
+    cells = [f"{m}@{p:.2f}" for m in settings.methods for p in settings.missing]
+    # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
+    record_cells(study_dir, settings.tracking_uri, experiment_id,
+                 cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
+    replicates = _replicate(settings, ds, best, experiment_id, out) if settings.replicates else []
+    if settings.replicates:
+        record_cells(study_dir, settings.tracking_uri, experiment_id,
+                     cell_summaries(cells, best, replicates, out.dataset))
     # Anything an outage held back, and no run of a trial the study does not know.
     synced = final_sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
@@ -162,14 +208,16 @@ def _trainable(settings: StudySettings, ds: Dataset):
                                {"cpu": settings.cpus_per_trial})
 
 
-def _run_config(settings: StudySettings, phase: str, experiment_id: str, verbose: int) -> tune.RunConfig:
+def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _Output) -> tune.RunConfig:
+    tracking = MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase,
+                                     dataset=out.dataset)
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
-        callbacks=[MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase)],
+        callbacks=[tracking, DisplayCallback()],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        verbose=verbose,
+        verbose=1 if out.verbose >= 2 else 0,  # Tune's trial table: only with --verbose
     )
 
 
@@ -182,15 +230,27 @@ class StudyInterrupted(Exception):
                          f"continue with: tagtune study resume {study_dir}")
 
 
-def _fit_or_resume(settings, ds, phase, make_tuner, expected: int) -> tune.ResultGrid:
+def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output) -> tune.ResultGrid:
     """The phase's ``expected`` trials, all ended; StudyInterrupted if Tune returned early."""
     path = settings.study_dir / phase
+    ended: dict[str, str] = {}
+    best: dict[str, float] = {}
     if tune.Tuner.can_restore(path):
+        for trial in tune.ExperimentAnalysis(str(path)).trials:  # what the display starts from
+            last = trial.last_result or {}
+            if trial.status in ("TERMINATED", "ERROR"):
+                ended[trial.trial_id] = trial.config["cell"]
+            if math.isfinite(last.get(METRIC, math.inf)):
+                best[trial.config["cell"]] = min(last[METRIC], best.get(trial.config["cell"], math.inf))
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(settings, ds),
                                    resume_unfinished=True, resume_errored=True)
     else:
         tuner = make_tuner()
+    if out.display is not None:
+        out.display.start_phase(phase, expected, ended, best)
     results = tuner.fit()
+    if out.display is not None:
+        out.display.stop()
     # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials
     # still pending or running, or never created. Going on would pick "best" configs and
     # write a summary from half a search.
@@ -200,7 +260,7 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int) -> tune.Resul
 
 
 def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
-            verbose: int) -> dict:
+            out: _Output) -> dict:
     cells = [Cell(m, p) for m in settings.methods for p in settings.missing]
     searcher = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                             preset=settings.preset, seed=settings.seed,
@@ -216,10 +276,10 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
                 scheduler=CellASHA(max_t=settings.epochs, grace_period=settings.grace_period,
                                    reduction_factor=settings.reduction_factor),
             ),
-            run_config=_run_config(settings, "search", experiment_id, verbose),
+            run_config=_run_config(settings, "search", experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials)
+    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials, out)
     # The searcher Tune ran may be one it restored from disk: read its final state back from
     # the experiment directory, then keep each cell's Optuna study for the analysis.
     final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
@@ -290,7 +350,7 @@ class ListSearcher(Searcher):
         self.configs, self.next = state["configs"], state["next"]
 
 
-def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any]]:
+def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str, Any]]:
     configs = []
     for cell, b in best.items():
         for r in range(settings.replicates):
@@ -303,10 +363,10 @@ def _replicate(settings, ds, best, experiment_id, verbose) -> list[dict[str, Any
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
-            run_config=_run_config(settings, "replicate", experiment_id, verbose),
+            run_config=_run_config(settings, "replicate", experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs))
+    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs), out)
     rows = []
     for r in results:
         m = r.metrics or {}

@@ -1,5 +1,12 @@
 """MLflow tracking of a study: one run per trial and per replicate, nothing lost, nothing twice.
 
+Shaped for comparing runs in the MLflow UI: one parent run per cell (named by the cell, e.g.
+``mt@0.40``) holding the cell's best config, its validation score and the replicates' test
+mean and sd; its search trials (``mt@0.40 #7``, the Optuna trial number) and replicates
+(``mt@0.40 seed 2``) as child runs. A run's params are the ones its method reads (a B0 run has
+no gamma; :data:`tagtune.study.config.METHOD_PARAMS`); every run has the data file as its
+``mlflow.data`` dataset (digest = the file's fingerprint).
+
 Why not Ray's ``MLflowLoggerCallback``: it keeps the trial -> run map in memory, so a
 restarted driver opens a second run for every resumed trial, and an MLflow outage
 fails the logging for good. Here every event first goes to a journal in the study
@@ -23,12 +30,16 @@ from typing import Any
 from ray.tune import Callback
 
 from tagtune.launch.preflight import first_line, quick_mlflow_http
-from tagtune.study.config import ConfigError, to_dict
+from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.trainable import STUDY_KEYS, train_config
 
 log = logging.getLogger(__name__)
 JOURNAL = "mlflow-journal.jsonl"
 TRIAL_TAG = "tagtune.trial_id"
+CELL_TAG = "tagtune.cell_run"  # on a cell's parent run, value = the cell id
+PARENT_TAG = "mlflow.parentRunId"  # what the UI nests child runs by
+# The tag MLflow 3's UI reads to tell a model-training experiment from a GenAI one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,6 +75,22 @@ class Tracker:
         self.experiment_id = experiment_id
         self._runs: dict[str, str] = {}
         self._steps: dict[str, set[int]] = {}
+        self._parents: dict[str, str] = {}  # cell id -> its parent run
+
+    def parent_id(self, cell: str) -> str:
+        """The cell's parent run: found by its tag, created the first time."""
+        if cell in self._parents:
+            return self._parents[cell]
+        found = self.client.search_runs([self.experiment_id], f"tags.`{CELL_TAG}` = '{cell}'",
+                                        max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            method, _, proportion = cell.partition("@")
+            tags = {CELL_TAG: cell, "cell": cell, "method": method, "proportion": proportion}
+            run_id = self.client.create_run(self.experiment_id, run_name=cell, tags=tags).info.run_id
+        self._parents[cell] = run_id
+        return run_id
 
     def run_id(self, trial_id: str, event: dict | None = None) -> str:
         if trial_id in self._runs:
@@ -85,15 +112,19 @@ class Tracker:
         return run_id
 
     def apply(self, event: dict) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric
 
         run_id = self.run_id(event["trial_id"], event)
         op = event["op"]
         if op == "start":
-            have = self.client.get_run(run_id).data.params
-            params = [Param(k, str(v)[:6000]) for k, v in event["params"].items() if k not in have]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i:i + 100])
+            run = self.client.get_run(run_id)
+            self._log_params(run_id, run.data.params, event["params"])
+            cell = event["tags"].get("cell")
+            # Set here, not at create: a parent deduplicated by sync gets its children back.
+            if cell and run.data.tags.get(PARENT_TAG) != (parent := self.parent_id(cell)):
+                self.client.set_tag(run_id, PARENT_TAG, parent)
+            if event.get("dataset"):
+                self._log_dataset(run_id, event["dataset"])
         elif op == "result":
             step = int(event["step"])
             if step in self._steps[run_id]:
@@ -107,6 +138,66 @@ class Tracker:
         elif op == "end":
             self.client.set_terminated(run_id, status=event["status"])
 
+    def apply_cell(self, event: dict) -> None:
+        """A cell's summary onto its parent run: params once, metrics where they changed."""
+        from mlflow.entities import Metric
+
+        run_id = self.parent_id(event["cell"])
+        data = self.client.get_run(run_id).data
+        self._log_params(run_id, data.params, event.get("params", {}))
+        ms = [Metric(k, v, event["ts"], 0) for k, v in event.get("metrics", {}).items()
+              if data.metrics.get(k) != v]
+        if ms:
+            self.client.log_batch(run_id, metrics=ms)
+        for k, v in event.get("tags", {}).items():
+            if data.tags.get(k) != str(v):
+                self.client.set_tag(run_id, k, str(v))
+        if event.get("dataset"):
+            self._log_dataset(run_id, event["dataset"])
+        if event.get("status"):
+            self.client.set_terminated(run_id, status=event["status"])
+
+    def _log_params(self, run_id: str, have: dict[str, str], params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        # MLflow refuses to change a param: one already there is kept.
+        todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+        for i in range(0, len(todo), 100):
+            self.client.log_batch(run_id, params=todo[i:i + 100])
+
+    def _log_dataset(self, run_id: str, dataset: dict[str, str]) -> None:
+        """The data file as the run's ``mlflow.data`` input (MLflow keeps one per run)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type="local",
+                         source=json.dumps({"uri": dataset["source"]}))
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "train")])])
+
+
+def append(journal: Path, event: dict) -> None:
+    """One event onto the journal, on disk before anything is sent to MLflow."""
+    event["ts"] = int(time.time() * 1000)
+    with open(journal, "a") as f:
+        f.write(json.dumps(event) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_name(cell: str, config: dict[str, Any]) -> str:
+    """Readable in a narrow column: ``mt@0.40 #7`` (Optuna's trial number), ``mt@0.40 seed 2``."""
+    if config.get("phase") == "replicate":
+        return f"{cell} seed {config['seed']}"
+    number = config.get("optuna_trial")
+    return cell if number is None else f"{cell} #{number}"
+
+
+def run_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params: its resolved TrainConfig, only the fields its method reads, and the
+    study's keys; the same names across methods where they apply."""
+    resolved = to_dict(train_config(config))
+    own = {k: v for k, v in resolved.items() if applies(resolved["method"], k)}
+    return flatten({**own, **{k: config[k] for k in STUDY_KEYS if k in config}})
+
 
 class MlflowJournalCallback(Callback):
     """Ray Tune callback: journal every trial event, then write it to MLflow if it answers.
@@ -118,10 +209,11 @@ class MlflowJournalCallback(Callback):
     """
 
     def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_id: str, phase: str,
-                 name_prefix: str = "", retry_after_s: float = 10.0):
+                 name_prefix: str = "", retry_after_s: float = 10.0, dataset: dict | None = None):
         self.journal = Path(study_dir) / JOURNAL
         self.tracking_uri, self.experiment_id, self.phase = tracking_uri, experiment_id, phase
         self.name_prefix = name_prefix
+        self.dataset = dataset  # {name, digest, source}: the runs' mlflow.data input
         self.retry_after_s = retry_after_s
         self._tracker: Tracker | None = None
         self._behind = False  # an event did not reach MLflow: replay the journal when it answers
@@ -129,11 +221,7 @@ class MlflowJournalCallback(Callback):
         self.failures = 0
 
     def _emit(self, event: dict, trials) -> None:
-        event["ts"] = int(time.time() * 1000)
-        with open(self.journal, "a") as f:
-            f.write(json.dumps(event) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append(self.journal, event)
         if time.monotonic() < self._retry_at:
             return
         try:
@@ -155,15 +243,15 @@ class MlflowJournalCallback(Callback):
                             self.journal)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        # The full resolved config, so that every run has the same params whatever the method.
-        resolved = to_dict(train_config(trial.config))
-        study_keys = {k: trial.config[k] for k in STUDY_KEYS if k in trial.config}
-        tags = {"method": resolved["method"], "proportion": resolved["missing"],
-                "cell": study_keys.get("cell"), "seed": resolved["seed"], "phase": self.phase,
-                "trial_id": trial.trial_id}
-        name = f"{resolved['method']}__{study_keys.get('cell')}__{self.phase}__{trial.trial_id}"
-        self._emit({"op": "start", "trial_id": trial.trial_id, "name": self.name_prefix + name,
-                    "tags": tags, "params": flatten({**resolved, **study_keys})}, trials)
+        cfg = train_config(trial.config)
+        cell = trial.config.get("cell") or f"{cfg.method}@{cfg.missing:.2f}"
+        tags = {"method": cfg.method, "proportion": cfg.missing, "cell": cell, "seed": cfg.seed,
+                "phase": self.phase, "trial_id": trial.trial_id}
+        if trial.config.get("optuna_trial") is not None:
+            tags["optuna_trial"] = trial.config["optuna_trial"]
+        name = self.name_prefix + run_name(cell, {"phase": self.phase, **trial.config})
+        self._emit({"op": "start", "trial_id": trial.trial_id, "name": name, "tags": tags,
+                    "params": run_params(trial.config), "dataset": self.dataset}, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],
@@ -176,6 +264,54 @@ class MlflowJournalCallback(Callback):
         self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FAILED"}, trials)
 
 
+def cell_summaries(cells: list[str], best: dict[str, dict], replicates: list[dict] | None,
+                   dataset: dict | None = None) -> list[dict]:
+    """Journal events putting each cell's result on its parent run: after the search (``replicates``
+    None) the best config and its validation score; after the replicates also their test metrics'
+    mean and sd, and the parent ends (FINISHED)."""
+    import numpy as np
+
+    events = []
+    for cell in cells:
+        event: dict[str, Any] = {"op": "cell", "cell": cell, "dataset": dataset, "metrics": {},
+                                 "params": {}, "tags": {}}
+        b = best.get(cell)
+        if b is not None:
+            event["params"] = run_params({k: v for k, v in b["config"].items() if k != "phase"})
+            event["metrics"]["val/best_loss"] = float(b["value"])
+            number = b["config"].get("optuna_trial")
+            event["tags"]["best_trial"] = (run_name(cell, b["config"]) if number is not None
+                                           else b["trial_id"])
+        if replicates is not None:
+            rows = [r for r in replicates if r["cell"] == cell and r.get("error") is None]
+            keys = sorted({k for r in rows for k, v in r.items() if k.startswith("test")
+                           and isinstance(v, int | float) and math.isfinite(v)})
+            for k in keys:
+                values = np.array([r[k] for r in rows if k in r], dtype=float)
+                event["metrics"][k] = float(values.mean())
+                if len(values) > 1:
+                    event["metrics"][f"{k}_sd"] = float(values.std(ddof=1))
+            event["metrics"]["replicates"] = float(len(rows))
+            event["status"] = "FINISHED"
+        events.append(event)
+    return events
+
+
+def record_cells(study_dir: Path, tracking_uri: str, experiment_id: str, events: list[dict]) -> None:
+    """Journal the cells' summaries, then write them to MLflow if it answers (else the final sync
+    or ``tagtune mlflow sync`` does)."""
+    for event in events:
+        append(Path(study_dir) / JOURNAL, event)
+    try:
+        with quick_mlflow_http():
+            tracker = Tracker(tracking_uri, experiment_id)
+            for event in events:
+                tracker.apply_cell(event)
+    except Exception as e:  # noqa: BLE001 -- MLflow down: the journal keeps them
+        log.warning("MLflow unreachable (%s); cell summaries kept in %s", first_line(e, 200),
+                    Path(study_dir) / JOURNAL)
+
+
 def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> int:
     """Make the MLflow experiment hold exactly the study's trials; returns events replayed.
 
@@ -183,19 +319,21 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
     two experiment checkpoints can leave runs of trials that Tune never recorded (the resumed
     study hands their budget out again, under new ids): those runs are deleted, so that no
     trial counts twice, and so is any second run of one trial (the oldest is kept). Then the
-    journal is replayed for the known trials.
+    journal is replayed for the known trials (and the cells' summaries). A cell's parent run
+    created twice the same way is kept once (the oldest); the replay points every child to it.
     """
     tracker = Tracker(tracking_uri, experiment_id)
     client = tracker.client
-    kept: set[str] = set()
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''",
-                              max_results=50000, order_by=["attributes.start_time ASC"])
-    for run in runs:
-        trial_id = run.data.tags.get(TRIAL_TAG)
-        # A second run of one trial: a create_run that reached MLflow but whose answer was lost.
-        if trial_id not in trial_ids or trial_id in kept:
-            client.delete_run(run.info.run_id)
-        kept.add(trial_id)
+    for tag, known in ((TRIAL_TAG, trial_ids), (CELL_TAG, None)):
+        kept: set[str] = set()
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` != ''",
+                                  max_results=50000, order_by=["attributes.start_time ASC"])
+        for run in runs:
+            key = run.data.tags.get(tag)
+            # A second run of one trial or cell: a create_run whose answer was lost, then a retry.
+            if (known is not None and key not in known) or key in kept:
+                client.delete_run(run.info.run_id)
+            kept.add(key)
     return replay(Path(study_dir) / JOURNAL, tracker, trial_ids)
 
 
@@ -209,7 +347,10 @@ def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
             event = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash mid-write
             continue
-        if event.get("trial_id") in trial_ids:
+        if event.get("op") == "cell":
+            tracker.apply_cell(event)
+            n += 1
+        elif event.get("trial_id") in trial_ids:
             tracker.apply(event)
             n += 1
     return n
@@ -224,9 +365,14 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
         client = MlflowClient(tracking_uri)  # an unsupported URI fails here already
         with quick_mlflow_http():
             exp = client.get_experiment_by_name(name)
-            if exp is not None:
-                return exp.experiment_id
-            return client.create_experiment(name, artifact_location=(study_dir / "mlartifacts").as_uri())
+            if exp is None:
+                experiment_id = client.create_experiment(
+                    name, artifact_location=(study_dir / "mlartifacts").as_uri())
+            else:
+                experiment_id = exp.experiment_id
+            if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+            return experiment_id
     except mlflow.exceptions.MlflowException as e:
         raise ConfigError("mlflow_uri", f"MLflow store not usable ({first_line(e)})",
                           where=tracking_uri) from None

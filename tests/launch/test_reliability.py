@@ -20,9 +20,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tagtune.launch.tracking import numeric_metrics
+from tagtune.launch.tracking import CELL_TAG, PARENT_TAG, TRIAL_TAG, numeric_metrics
 from tagtune.study import data
-from tagtune.study.config import to_dict
+from tagtune.study.config import applies, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.trainable import train_config
 from tests.conftest import make_split
@@ -37,6 +37,7 @@ from tests.launch.processes import (
 # Bounded: a hung cluster fails the test (cleanup still runs) instead of stalling CI.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 EVERY = 2  # checkpoint every 2 epochs
+TRIAL_RUNS = f"tags.`{TRIAL_TAG}` != ''"  # the trials' runs, not the cells' parent runs
 
 
 def tagtune(*args: str) -> list[str]:
@@ -150,7 +151,7 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
     assert all(seg[0] > EVERY for seg in journal[victim][1:]), journal[victim]
 
     client = MlflowClient(summary["tracking_uri"])
-    runs = client.search_runs([summary["experiment_id"]], max_results=100)
+    runs = client.search_runs([summary["experiment_id"]], TRIAL_RUNS, max_results=100)
     assert Counter(r.data.tags["tagtune.trial_id"] for r in runs) == dict.fromkeys(results, 1)
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:
@@ -161,16 +162,25 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
 def mlflow_equals_results(client: MlflowClient, experiment_id: str, study_dir: Path) -> int:
     """Assert MLflow holds exactly Tune's results; returns the number of runs."""
     results = {**trial_results(study_dir / "search"), **trial_results(study_dir / "replicate")}
-    runs = client.search_runs([experiment_id], max_results=1000)
+    runs = client.search_runs([experiment_id], TRIAL_RUNS, max_results=1000)
     by_trial = {r.data.tags["tagtune.trial_id"]: r for r in runs}
     assert len(by_trial) == len(runs) and set(by_trial) == set(results)
+    # Parents included: one per cell, finished, every trial of the cell nested under it.
+    parents = {r.data.tags[CELL_TAG]: r for r in
+               client.search_runs([experiment_id], f"tags.`{CELL_TAG}` != ''", max_results=1000)}
+    assert set(parents) == {rs[0]["config"]["cell"] for rs in results.values()}
+    assert all(p.info.status == "FINISHED" and "val/best_loss" in p.data.metrics for p in parents.values())
     for tid, rs in results.items():
         run = by_trial[tid]
         assert run.info.status == "FINISHED"
         config = rs[0]["config"]
+        assert run.data.tags[PARENT_TAG] == parents[config["cell"]].info.run_id
         resolved = {**to_dict(train_config(config)), "cell": config["cell"], "phase": config["phase"]}
         for key in ("method", "missing", "seed", "lr", "gamma", "epochs", "cell", "phase"):
-            assert run.data.params[key] == str(resolved[key]), (tid, key)
+            if applies(config["method"], key):  # a B1 run has no gamma
+                assert run.data.params[key] == str(resolved[key]), (tid, key)
+            else:
+                assert key not in run.data.params, (tid, key)
         expected: dict[str, dict[int, float]] = {}
         for r in rs:
             for k, v in numeric_metrics(r).items():
@@ -209,7 +219,7 @@ def test_mlflow_outage_loses_nothing(tmp_path):
 
         server.start()
         client = MlflowClient(server.uri)
-        before = client.search_runs([summary["experiment_id"]], max_results=1000)
+        before = client.search_runs([summary["experiment_id"]], TRIAL_RUNS, max_results=1000)
         assert len(before) < 8  # 6 search trials + 2 replicates: some could not be logged
         done = subprocess.run(tagtune("mlflow", "sync", str(tmp_path / "studies" / "outage")),
                               env=base_env(), capture_output=True, text=True, timeout=300)

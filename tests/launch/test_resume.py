@@ -18,7 +18,7 @@ from ray import tune
 
 from tagtune.study.trainable import TRIAL_STATE
 from tests.launch.processes import base_env, read_results, restarts
-from tests.launch.test_reliability import slow_study
+from tests.launch.test_reliability import TRIAL_RUNS, slow_study
 
 # Bounded: a hung cluster fails the test (cleanup still runs) instead of stalling CI.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
@@ -81,10 +81,13 @@ def test_killed_study_resumes_without_duplicates(tmp_path):
         "b1@0.00": 3, "b1@0.40": 3, "mt@0.00": 3, "mt@0.40": 3}
     assert all(v["optuna"]["handed_out"] == 3 for v in summary["cells"].values())
     client = MlflowClient(summary["tracking_uri"])
-    runs = client.search_runs([summary["experiment_id"]], max_results=1000)
+    runs = client.search_runs([summary["experiment_id"]], TRIAL_RUNS, max_results=1000)
     trial_ids = Counter(r.data.tags["tagtune.trial_id"] for r in runs)
     assert max(trial_ids.values()) == 1, "a trial was logged twice"
     assert Counter(r.data.tags["phase"] for r in runs) == {"search": 12, "replicate": 4}
+    parents = client.search_runs([summary["experiment_id"]], "tags.`tagtune.cell_run` != ''")
+    assert sorted(r.info.run_name for r in parents) == ["b1@0.00", "b1@0.40", "mt@0.00", "mt@0.40"]
+    assert all(r.info.status == "FINISHED" for r in parents)
     assert all(r.info.status == "FINISHED" for r in runs)
     for r in runs:  # every epoch once, however the kill cut the logging
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
@@ -133,5 +136,7 @@ def test_ctrl_c_stops_with_how_to_resume_and_resume_finishes(tmp_path):
     assert (cell["trials"], cell["completed"], cell["optuna"]["handed_out"]) == (4, 4, 4)
     assert len(summary["replicates"]) == 1
     runs = MlflowClient(summary["tracking_uri"]).search_runs([summary["experiment_id"]])
-    assert max(Counter(r.data.tags["tagtune.trial_id"] for r in runs).values()) == 1
-    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
+    trials = [r for r in runs if "tagtune.trial_id" in r.data.tags]
+    assert max(Counter(r.data.tags["tagtune.trial_id"] for r in trials).values()) == 1
+    assert len(trials) == 5 and len(runs) == 6  # and the cell's parent run
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -91,13 +91,15 @@ def test_first_trial_of_every_cell_is_the_paper_point_and_configs_are_complete()
     s = searcher(budget=2, preset="sonyc", base_config={"epochs": 7, "gamma": 50.0})
     first = [s.suggest(f"t{i}") for i in range(3)]
     assert first[0] == {"epochs": 7, "gamma": 50.0, "method": "b1", "missing": 0.0,
-                        "cell": "b1@0.00", "lr": 1e-3}
+                        "cell": "b1@0.00", "optuna_trial": 0, "lr": 1e-3}
     assert first[1] == {"epochs": 7, "gamma": 95.0, "method": "le", "missing": 0.2,
-                        "cell": "le@0.20", "lr": 1e-3}  # searched gamma wins over base's
+                        "cell": "le@0.20", "optuna_trial": 0, "lr": 1e-3}  # searched gamma wins
     assert first[2] == {"epochs": 7, "gamma": 50.0, "method": "mt", "missing": 0.4,
-                        "cell": "mt@0.40", "lr": 1e-3, "alpha": 0.99, "beta": 3.0}
+                        "cell": "mt@0.40", "optuna_trial": 0, "lr": 1e-3, "alpha": 0.99, "beta": 3.0}
     second = [s.suggest(f"u{i}") for i in range(3)]
     assert all(b["lr"] != 1e-3 for b in second)
+    # The number optuna-dashboard shows for the cell's study (the MLflow run is named by it).
+    assert [b["optuna_trial"] for b in second] == [1, 1, 1]
 
 
 def test_complete_pruned_and_failed_trials_are_told_as_such(tmp_path):
@@ -180,7 +182,8 @@ def test_save_restore_mid_search_continues_exactly(tmp_path):
     # Same suggestions as without the interruption: the samplers' states came back too.
     assert head + tail == whole
     suggested = [c for c in tail if c != FINISHED]
-    assert len(suggested) == 7 and len({c["lr"] for c in head + suggested}) == 10
+    # 12 trials, 3 of them paper points: OpenMIC's B1 at 5e-4, LE and MT at 1e-3.
+    assert len(suggested) == 7 and len({c["lr"] for c in head + suggested}) == 11
     assert all(v["handed_out"] == 4 for v in resumed.summary().values())
     # Trials handed out before the save are still known: their end reaches Optuna.
     report(resumed, "t1", [0.05], complete=True)
@@ -209,7 +212,7 @@ def test_seed_makes_the_search_repeatable():
         return [s.suggest(f"t{i}")["lr"] for i in range(9)]
 
     assert lrs(1) == lrs(1)
-    assert lrs(1)[3:] != lrs(2)[3:] and lrs(1)[:3] == lrs(2)[:3] == [1e-3] * 3
+    assert lrs(1)[3:] != lrs(2)[3:] and lrs(1)[:3] == lrs(2)[:3] == [5e-4, 1e-3, 1e-3]
 
 
 def test_ray_tune_gives_every_cell_exactly_its_budget(ray_session, tmp_path):
@@ -248,5 +251,6 @@ def test_ray_tune_gives_every_cell_exactly_its_budget(ray_session, tmp_path):
         cell = summary[cid]
         assert cell["handed_out"] == 3 and cell["running"] == cell["failed"] == 0
         assert (cell["completed"], cell["pruned"]) == (len(done), 3 - len(done))
-        assert any(r.config["lr"] == 1e-3 for r in ours)  # the paper point ran
+        paper_lr = 5e-4 if cid.startswith("b1") else 1e-3  # the OpenMIC scripts' lr
+        assert any(r.config["lr"] == paper_lr for r in ours)  # the paper point ran
         assert cell["best_value"] == pytest.approx(min(r.metrics["val/loss"] for r in done))

@@ -26,15 +26,31 @@ def test_every_cell_gets_exactly_its_budget(tiny_study):
 def test_mlflow_has_one_run_per_trial_and_replicate(tiny_study):
     settings, result = tiny_study
     client = MlflowClient(result.tracking_uri)
-    runs = client.search_runs([result.experiment_id], max_results=1000)
+    everything = client.search_runs([result.experiment_id], max_results=1000)
+    runs = [r for r in everything if "tagtune.trial_id" in r.data.tags]
     phases = Counter(r.data.tags["phase"] for r in runs)
     n_cells = len(METHODS) * len(MISSING)
     assert phases == {"search": n_cells * TRIALS, "replicate": n_cells * 2}
     assert len({r.data.tags["tagtune.trial_id"] for r in runs}) == len(runs)
+    # One parent run per cell, named by it, holding its best config and replicates' results.
+    parents = {r.info.run_name: r for r in everything if "tagtune.cell_run" in r.data.tags}
+    assert len(everything) == len(runs) + n_cells and set(parents) == set(result.best)
+    for cell, parent in parents.items():
+        assert parent.info.status == "FINISHED"
+        assert parent.data.metrics["val/best_loss"] == result.best[cell]["value"]
+        assert parent.data.metrics["replicates"] == 2 and "test/f1_macro_sd" in parent.data.metrics
+    own = {"b0": set(), "b1": set(), "le": {"gamma"}, "mt": {"alpha", "beta"}}
     for r in runs:
         assert r.info.status == "FINISHED"
-        for p in ("lr", "method", "missing", "gamma", "alpha", "beta", "model.layers", "seed"):
+        assert r.data.tags["mlflow.parentRunId"] == parents[r.data.tags["cell"]].info.run_id
+        assert r.info.run_name.startswith(r.data.tags["cell"] + (" seed " if r.data.tags["phase"] ==
+                                                                "replicate" else " #"))
+        for p in ("lr", "method", "missing", "model.layers", "seed"):
             assert p in r.data.params
+        method = r.data.params["method"]
+        assert {"gamma", "alpha", "beta"} & set(r.data.params) == own[method], method
+        (inp,) = client.get_run(r.info.run_id).inputs.dataset_inputs
+        assert inp.dataset.digest == result.summary["fingerprint"]
         assert "val/loss" in r.data.metrics and "epoch" in r.data.metrics
         if r.data.tags["phase"] == "replicate":
             assert "test/f1_macro" in r.data.metrics

@@ -12,6 +12,8 @@ from tagtune.launch import tracking
 from tagtune.launch.tracking import TRIAL_TAG, MlflowJournalCallback, Tracker, sync
 from tests.launch.processes import free_port
 
+TRIALS = f"tags.`{TRIAL_TAG}` != ''"  # the trials' runs, not the cells' parent runs
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -54,7 +56,7 @@ def test_outage_is_journaled_then_caught_up(tmp_path, store, monkeypatch):
     cb.on_trial_complete(0, [t1, t2], t1)  # replays the journal: everything lands
 
     client = MlflowClient(uri)
-    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([exp])}
+    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([exp], TRIALS)}
     assert set(runs) == {"t1", "t2"}
     assert runs["t1"].info.status == "FINISHED" and runs["t2"].info.status == "RUNNING"
     for tid, steps in (("t1", [1, 2]), ("t2", [1])):
@@ -76,7 +78,84 @@ def test_sync_keeps_one_run_per_trial_and_drops_unknown_trials(tmp_path, store):
     cb.on_trial_result(0, [a], a, _result(1))
     assert cb.failures == 1  # and not tried again for the second event
     sync(tmp_path, uri, exp, {"a"})
-    runs = client.search_runs([exp])
+    runs = client.search_runs([exp], TRIALS)
     assert [r.info.run_id for r in runs] == [first_a]
+    assert len(client.search_runs([exp])) == 2  # and its cell's parent run
     assert [m.step for m in client.get_metric_history(first_a, "epoch")] == [1]
     assert tracking.JOURNAL in {p.name for p in tmp_path.iterdir()}
+
+
+def _start(cb, tid: str, config: dict) -> None:
+    t = SimpleNamespace(trial_id=tid, config=config)
+    cb.on_trial_start(0, [t], t)
+
+
+def test_runs_nest_under_their_cell_with_readable_names_own_params_and_the_dataset(tmp_path, store):
+    uri, exp = store
+    dataset = {"name": "tiny", "digest": "f1ngerpr1nt", "source": "/data/tiny.h5"}
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search", dataset=dataset)
+    _start(cb, "s7", {"method": "b0", "lr": 0.01, "cell": "b0@0.40", "missing": 0.4,
+                      "phase": "search", "optuna_trial": 7})
+    _start(cb, "s8", {"method": "le", "lr": 0.01, "gamma": 20.0, "cell": "le@0.40", "missing": 0.4,
+                      "phase": "search", "optuna_trial": 3})
+    replicate = MlflowJournalCallback(tmp_path, uri, exp, "replicate", dataset=dataset)
+    _start(replicate, "r2", {"method": "b0", "lr": 0.01, "cell": "b0@0.40", "missing": 0.4,
+                             "phase": "replicate", "replicate": 2, "seed": 2, "optuna_trial": 7})
+
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([exp])}
+    assert set(runs) == {"b0@0.40", "le@0.40", "b0@0.40 #7", "le@0.40 #3", "b0@0.40 seed 2"}
+    parents = {name: runs[name].info.run_id for name in ("b0@0.40", "le@0.40")}
+    for name in ("b0@0.40 #7", "b0@0.40 seed 2"):
+        assert runs[name].data.tags[tracking.PARENT_TAG] == parents["b0@0.40"]
+    assert runs["le@0.40 #3"].data.tags[tracking.PARENT_TAG] == parents["le@0.40"]
+    b0, le = runs["b0@0.40 #7"].data.params, runs["le@0.40 #3"].data.params
+    assert "gamma" not in b0 and "alpha" not in b0 and "beta" not in b0 and b0["lr"] == "0.01"
+    assert le["gamma"] == "20.0" and "alpha" not in le and "model.hidden" in le
+    inputs = client.get_run(runs["b0@0.40 #7"].info.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("tiny", "f1ngerpr1nt")]
+    assert "/data/tiny.h5" in inputs[0].dataset.source
+
+
+def test_cell_summary_lands_on_the_parent_once(tmp_path, store):
+    uri, exp = store
+    best = {"mt@0.40": {"value": 0.5, "trial_id": "x", "config": {
+        "method": "mt", "missing": 0.4, "cell": "mt@0.40", "phase": "search", "alpha": 0.99,
+        "optuna_trial": 4}}}
+    reps = [{"cell": "mt@0.40", "error": None, "test/f1_macro": v} for v in (0.4, 0.6)]
+    tracking.record_cells(tmp_path, uri, exp, tracking.cell_summaries(["mt@0.40"], best, None))
+    tracking.record_cells(tmp_path, uri, exp, tracking.cell_summaries(["mt@0.40"], best, reps))
+    sync(tmp_path, uri, exp, set())  # replaying the same summaries changes nothing
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([exp])
+    assert parent.info.run_name == "mt@0.40" and parent.info.status == "FINISHED"
+    m = parent.data.metrics
+    assert m["val/best_loss"] == 0.5 and m["test/f1_macro"] == pytest.approx(0.5)
+    assert m["test/f1_macro_sd"] == pytest.approx(0.1414, abs=1e-4) and m["replicates"] == 2
+    assert parent.data.params["alpha"] == "0.99" and "gamma" not in parent.data.params
+    assert parent.data.tags["best_trial"] == "mt@0.40 #4"
+    assert len(client.get_metric_history(parent.info.run_id, "test/f1_macro")) == 1
+
+
+def test_sync_keeps_one_parent_per_cell_and_repoints_its_children(tmp_path, store):
+    uri, exp = store
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search")
+    _start(cb, "a", {"method": "b1", "cell": "b1@0.00", "phase": "search", "optuna_trial": 0})
+    client = MlflowClient(uri)
+    (first,) = client.search_runs([exp], f"tags.`{tracking.CELL_TAG}` = 'b1@0.00'")
+    second = client.create_run(exp, run_name="b1@0.00", tags={tracking.CELL_TAG: "b1@0.00"})
+    (child,) = client.search_runs([exp], f"tags.`{TRIAL_TAG}` = 'a'")
+    client.set_tag(child.info.run_id, tracking.PARENT_TAG, second.info.run_id)
+    sync(tmp_path, uri, exp, {"a"})
+    runs = client.search_runs([exp])
+    assert sorted(r.info.run_name for r in runs) == ["b1@0.00", "b1@0.00 #0"]
+    child = client.get_run(child.info.run_id)
+    assert child.data.tags[tracking.PARENT_TAG] == first.info.run_id
+
+
+def test_experiment_is_tagged_as_model_training(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.mlflow_experiment(uri, "kind", tmp_path)
+    assert tracking.mlflow_experiment(uri, "kind", tmp_path) == exp
+    tags = MlflowClient(uri).get_experiment(exp).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -6,7 +6,11 @@ shuffle=True)``, ``nn.Dropout`` modules, ``nn.BCELoss``, ``torch.optim.Adam`` wi
 defaults (foreach) and ``weight_decay=1e-5``, ``loss.item()`` every step, a validation pass
 every epoch. The math is tagtune's: input BatchNorm over the features, L x (Linear ->
 BatchNorm1d -> ReLU -> Dropout) with a residual where widths match, per-class softmax
-attention over time pooling per-frame sigmoid probabilities.
+attention over time pooling per-frame sigmoid probabilities (``arch="residual"``); or the
+paper code's network (``arch="paper"``): bias-free Linears, no per-layer residual but the
+raw input added to the stack's output, a clamped sigmoid attention normalised over time,
+hardtanh, its uniform(+-sqrt(6/fan_in)) initialisation. MT's EMA warms up as the paper's
+code does (``global_step += 1`` then alpha = min(1 - 1/(global_step + 1), alpha)).
 
 ``bench/bench_speed.py`` times it against ``tagtune.study.train.fit`` and
 ``tests/study/test_fast.py`` checks that both reach statistically the same validation loss.
@@ -44,21 +48,36 @@ class AttentionMIL(nn.Module):
     """(B, T, F) -> (B, C) clip probabilities, decision-level single attention."""
 
     def __init__(self, n_features: int, n_classes: int, layers: int = 3, hidden: int = 128,
-                 dropout: float = 0.6):
+                 dropout: float = 0.6, arch: str = "residual"):
         super().__init__()
+        self.paper = arch == "paper"
         self.bn_in = nn.BatchNorm1d(n_features)
         blocks, width = [], n_features
         for _ in range(layers):
-            blocks.append(nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden),
-                                        nn.ReLU(), nn.Dropout(dropout)))
+            blocks.append(nn.Sequential(nn.Linear(width, hidden, bias=not self.paper),
+                                        nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout)))
             width = hidden
         self.blocks = nn.ModuleList(blocks)
         self.attention = nn.Linear(width, n_classes)
         self.classifier = nn.Linear(width, n_classes)
+        if self.paper:
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    bound = (6.0 / m.in_features) ** 0.5
+                    nn.init.uniform_(m.weight, -bound, bound)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, F = x.shape
         h = self.bn_in(x.reshape(B * T, F))
+        if self.paper:
+            for block in self.blocks:
+                h = block(h)
+            h = h + x.reshape(B * T, F)
+            att = torch.clamp(torch.sigmoid(self.attention(h).view(B, T, -1)), 1e-7, 1 - 1e-7)
+            cla = torch.sigmoid(self.classifier(h).view(B, T, -1))
+            return nn.functional.hardtanh((att / att.sum(dim=1, keepdim=True) * cla).sum(dim=1), 0.0, 1.0)
         for block in self.blocks:
             out = block(h)
             h = out + h if out.shape == h.shape else out
@@ -104,7 +123,7 @@ def validate(model, loader, criterion) -> tuple[float, dict[str, float]]:
 
 
 def train_stage(model, train, valid, epochs, method, lr=1e-3, weight_decay=1e-5, alpha=0.999,
-                beta=3.0, batch_size=64):
+                beta=3.0, batch_size=64, ema_warmup=True):
     """Train ``model`` for ``epochs``; returns the lowest validation loss (MT: the teacher's),
     and ``model`` ends with the weights of that epoch (MT: the student's last weights)."""
     loader = torch.utils.data.DataLoader(ClipDataset(*train), batch_size=batch_size,
@@ -120,6 +139,7 @@ def train_stage(model, train, valid, epochs, method, lr=1e-3, weight_decay=1e-5,
             param.requires_grad_(False)
     model.train()
     best_loss, best_state = float("inf"), None
+    global_step = 0
     for _ in range(epochs):
         running = 0.0
         for x, y, m in loader:
@@ -135,11 +155,13 @@ def train_stage(model, train, valid, epochs, method, lr=1e-3, weight_decay=1e-5,
                 loss = loss + beta * mse(p, p_teacher)
             loss.backward()
             optimizer.step()
+            global_step += 1
             if teacher is not None:
+                a = min(1 - 1 / (global_step + 1), alpha) if ema_warmup else alpha
                 with torch.no_grad():
                     for t_param, s_param in zip(teacher.parameters(), model.parameters(),
                                                 strict=True):
-                        t_param.mul_(alpha).add_(s_param, alpha=1 - alpha)
+                        t_param.mul_(a).add_(s_param, alpha=1 - a)
             running += loss.item()
         selected = teacher if teacher is not None else model  # MT selects the teacher
         val_loss, _ = validate(selected, valid_loader, criterion)
@@ -176,13 +198,14 @@ def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> n
 
 
 def run(train, valid, method: str, epochs: int = 1, seed: int = 0, layers: int = 3,
-        hidden: int = 128, dropout: float = 0.6, gamma: float = 10.0, **kw) -> float:
+        hidden: int = 128, dropout: float = 0.6, gamma: float = 10.0, arch: str = "residual",
+        **kw) -> float:
     """Train ``method`` on ``train = (X, Y, M)``; returns the selected validation loss."""
     torch.manual_seed(seed)
     n_features, n_classes = train[0].shape[2], train[1].shape[1]
 
     def new_model():
-        return AttentionMIL(n_features, n_classes, layers, hidden, dropout)
+        return AttentionMIL(n_features, n_classes, layers, hidden, dropout, arch)
 
     if method != "le":
         return train_stage(new_model(), train, valid, epochs, method, **kw)

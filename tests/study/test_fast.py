@@ -207,11 +207,14 @@ def _learnable(seed: int, n: int, T: int = 4, F_: int = 12, C: int = 4) -> Split
     return Split(X, Y * M, M, np.array([f"c{seed}_{i}" for i in range(n)]))
 
 
-def _final_losses(n_seeds: int, epochs: int, dropout_rate: float = 0.6, method: str = "b1"):
+def _final_losses(n_seeds: int, epochs: int, dropout_rate: float = 0.6, method: str = "b1",
+                  network: str = "residual"):
     """Selected validation losses of ``n_seeds`` runs of tagtune's fit and of the loop."""
     ds = Dataset(train=_learnable(0, 384), valid=_learnable(1, 256), test=_learnable(2, 16),
                  classes=("a", "b", "c", "d"), name="learnable")
-    arch = {"layers": 2, "hidden": 16, "dropout": dropout_rate}
+    # The paper network adds its raw input (F = 12) to the stack's output: H = F.
+    arch = {"layers": 2, "hidden": 12 if network == "paper" else 16, "dropout": dropout_rate,
+            "arch": network}
     conv = _conventional()
     tr, va = ds.train, ds.valid
     ours, theirs = [], []
@@ -234,8 +237,9 @@ def _same_mean(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
                f"{b.std(ddof=1):.4f}, p={p:.3f}, se={se:.4f}"
 
 
-def test_training_result_is_statistically_that_of_the_conventional_loop():
-    ours, theirs = _final_losses(n_seeds=6, epochs=6)
+@pytest.mark.parametrize("network", ["residual", "paper"])
+def test_training_result_is_statistically_that_of_the_conventional_loop(network):
+    ours, theirs = _final_losses(n_seeds=6, epochs=6, network=network)
     assert ours.std() > 0 and theirs.std() > 0  # seeds matter: a real spread to compare with
     ok, why = _same_mean(ours, theirs)
     assert ok, why
@@ -252,7 +256,8 @@ def test_training_result_equivalence_with_more_seeds_and_the_test_has_power():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("network", ["residual", "paper"])
 @pytest.mark.parametrize("method", ["b0", "le", "mt"])
-def test_training_result_equivalence_for_the_other_methods(method):
-    ok, why = _same_mean(*_final_losses(n_seeds=10, epochs=8, method=method))
+def test_training_result_equivalence_for_the_other_methods(method, network):
+    ok, why = _same_mean(*_final_losses(n_seeds=10, epochs=8, method=method, network=network))
     assert ok, why

@@ -34,6 +34,7 @@ from tagtune.study import fast, methods
 from tagtune.study.checkpoint import FitState, clone_state, load_payload, restore, save_state
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split, remove_labels
+from tagtune.study.dcase import Taxonomy, taxonomy_of
 from tagtune.study.methods import Batch, MethodState, le, masked_bce, mt
 from tagtune.study.metrics import evaluate
 from tagtune.study.model import AttentionMIL, build_model, predict
@@ -134,7 +135,7 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
 
     while True:
         while fs.stage_epoch < cfg.epochs and not fs.stopped:
-            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch)
+            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch, taxonomy_of(ds))
         if fs.stage == len(stages) - 1:
             break
         # LE's stage boundary: the selected teacher enhances the labels of a fresh student.
@@ -198,7 +199,7 @@ def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
 
 
 def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
-           cfg: TrainConfig, on_epoch: OnEpoch | None) -> None:
+           cfg: TrainConfig, on_epoch: OnEpoch | None, taxonomy: Taxonomy | None) -> None:
     """Train one epoch, validate, update the selection, log, call back."""
     lr = lr_at(cfg, fs.stage_epoch + 1, fs.stages[fs.stage])
     for group in fs.optimizer.param_groups:
@@ -207,7 +208,7 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
     fs.stage_epoch += 1
 
     selected, other = _selected(fs, cfg)
-    val_loss, val_metrics = _validate(selected, valid, valid_split)
+    val_loss, val_metrics = _validate(selected, valid, valid_split, taxonomy)
     logs: dict[str, Any] = {
         "epoch": fs.stage * cfg.epochs + fs.stage_epoch,
         "stage": fs.stage_name,
@@ -217,7 +218,7 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
         **val_metrics,
     }
     if other is not None:  # MT: the other network, for comparison, under a suffix
-        loss_o, metrics_o = _validate(other, valid, valid_split)
+        loss_o, metrics_o = _validate(other, valid, valid_split, taxonomy)
         suffix = other_suffix(cfg)
         logs |= {f"val/loss{suffix}": loss_o, **{k + suffix: v for k, v in metrics_o.items()}}
     if fs.masked_fraction is not None:
@@ -279,11 +280,12 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
     return {k: float(v) / len(starts) for k, v in sums.items()}
 
 
-def _validate(model: AttentionMIL, data: _Data, split: Split) -> tuple[float, dict[str, float]]:
+def _validate(model: AttentionMIL, data: _Data, split: Split,
+              taxonomy: Taxonomy | None) -> tuple[float, dict[str, float]]:
     """Validation loss (BCE over observed labels) and metrics, in eval mode."""
     scores = predict(model, data.X)
     loss = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
-    return loss, evaluate(split, scores, "val")
+    return loss, evaluate(split, scores, "val", taxonomy)
 
 
 def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
@@ -314,7 +316,8 @@ def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
         for net, suffix in nets:
             scores = predict(net, data.X)
             out[f"{prefix}/loss{suffix}"] = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
-            out |= {k + suffix: v for k, v in evaluate(split, scores, prefix).items()}
+            metrics = evaluate(split, scores, prefix, taxonomy_of(ds))
+            out |= {k + suffix: v for k, v in metrics.items()}
     return out
 
 

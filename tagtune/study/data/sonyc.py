@@ -9,21 +9,31 @@ The release layout this reads::
                                     latitude, ...) is ignored
     <root>/dcase-ust-taxonomy.yaml  coarse: {1: engine, ...}
                                     fine: {1: {1: small-sounding-engine, ..., X: engine-of-...}}
-    <root>/features/<stem>.npz      OpenL3 per clip (``openl3.process_file`` output): key
-      (or <root>/openl3/)           ``embedding`` (T, F), (11, 512) in the release setting;
-                                    ``features_dir=`` names another directory
+    <root>/features/<stem>.npz      OpenL3 per clip (``openl3 audio --output-dir`` output,
+      (or openl3/, embeddings/)     what the 2020 baseline loads: audio_filename without its
+                                    extension + ``.npz``, key ``embedding`` (T, F), (11, 512)
+                                    with its settings); ``features_dir=`` names another
+                                    directory (the baseline's script writes embeddings/)
 
-Targets (the paper's protocol, as in the DCASE baseline):
+Targets (the paper's protocol, as in the DCASE 2020 baseline's ``classify.py``):
 - train: crowd rows only (annotator_id > 0). A tag is present if ANY crowd annotator
-  marked it 1, observed if at least one crowd annotator annotated it (not -1). Train
-  clips without any crowd row are dropped.
+  marked it 1, observed if at least one crowd annotator annotated it (not -1). The
+  baseline instead sums the values (-1 included) and calls a sum > 0 present, with no
+  notion of unobserved; the two agree wherever the used rows hold no -1, and
+  ``meta["not_annotated_cells"]`` counts those per split. Train clips without any crowd
+  row are dropped (the baseline keeps them with every tag 0); their count is in
+  ``meta["dropped_clips"]``.
 - validate / test: the verified row (annotator_id == 0) only; clips without one are
-  dropped (the crowd's OR is too noisy to evaluate against). Two verified rows for a clip
-  are an error.
+  dropped (the baseline cannot score them either). Two verified rows for a clip are an
+  error.
 - fine level (23 tags): where a group's uncertain "X" tag is positive after aggregation,
   the annotators knew the coarse class but not the fine one, so that group's fine tags are
-  unobserved (M False); the X tags themselves are not classes.
+  unobserved (M False), as the baseline masks their loss; the X tags are not classes. The
+  verified positives so hidden are kept, by clip key, in ``meta["dcase_hidden_positives"]``
+  for the official metric (:mod:`tagtune.study.dcase`), which scores them.
 - coarse level (8 tags): the release's coarse presence columns, same rules, no X masking.
+- ``meta["taxonomy"]``: the taxonomy file's content (string keys), so that a converted file
+  still knows its classes are SONYC-UST's.
 
 Features are standardised per feature dimension with the mean and standard deviation over
 the TRAIN clips and frames only, then applied to every split (no statistic of valid or
@@ -32,6 +42,7 @@ test reaches the model). Clip keys are the audio file names without ``.wav``.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +55,35 @@ from tagtune.study.data.core import DataError, Dataset, Split
 
 ANNOTATIONS = "annotations.csv"
 TAXONOMY = "dcase-ust-taxonomy.yaml"
-FEATURE_DIRS = ("features", "openl3")
+FEATURE_DIRS = ("features", "openl3", "embeddings")
 LEVELS = ("fine", "coarse")
 SPLIT_NAMES = {"train": "train", "validate": "valid", "test": "test"}
 PRESENCE = (1, 0, -1)
+HIDDEN_POSITIVES = "dcase_hidden_positives"
+
+
+# dcase-ust-taxonomy.yaml of SONYC-UST v2 (the same 23 + 8 tags as v1), as meta["taxonomy"].
+UST_TAXONOMY = {
+    "coarse": {"1": "engine", "2": "machinery-impact", "3": "non-machinery-impact",
+               "4": "powered-saw", "5": "alert-signal", "6": "music", "7": "human-voice",
+               "8": "dog"},
+    "fine": {
+        "1": {"1": "small-sounding-engine", "2": "medium-sounding-engine",
+              "3": "large-sounding-engine", "X": "engine-of-uncertain-size"},
+        "2": {"1": "rock-drill", "2": "jackhammer", "3": "hoe-ram", "4": "pile-driver",
+              "X": "other-unknown-impact-machinery"},
+        "3": {"1": "non-machinery-impact"},
+        "4": {"1": "chainsaw", "2": "small-medium-rotating-saw", "3": "large-rotating-saw",
+              "X": "other-unknown-powered-saw"},
+        "5": {"1": "car-horn", "2": "car-alarm", "3": "siren", "4": "reverse-beeper",
+              "X": "other-unknown-alert-signal"},
+        "6": {"1": "stationary-music", "2": "mobile-music", "3": "ice-cream-truck",
+              "X": "music-from-uncertain-source"},
+        "7": {"1": "person-or-small-group-talking", "2": "person-or-small-group-shouting",
+              "3": "large-crowd", "4": "amplified-speech", "X": "other-unknown-human-voice"},
+        "8": {"1": "dog-barking-whining"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -76,14 +112,16 @@ def read_sonyc(root: str | Path, level: str = "fine",
     table = _read_annotations(root / ANNOTATIONS, [t.column for t in tags])
     feat_dir = _features_dir(root, features_dir)
 
-    parts, dropped, x_masked = {}, {}, 0
+    parts, dropped, unannotated, x_masked, hidden = {}, {}, {}, 0, {}
     for release_name, name in SPLIT_NAMES.items():
-        keys, Y, M, n_dropped = _targets(table, release_name, tags, root / ANNOTATIONS)
+        keys, Y, M, n_dropped, n_minus = _targets(table, release_name, tags, root / ANNOTATIONS)
         if level == "fine":
-            Y, M, masked = _mask_uncertain(Y, M, tags)
+            Y, M, masked, hidden_here = _mask_uncertain(Y, M, tags, keys)
             x_masked += masked
+            if name != "train":  # the verified truth the official metric scores against
+                hidden |= hidden_here
         parts[name] = (keys, Y, M)
-        dropped[name] = n_dropped
+        dropped[name], unannotated[name] = n_dropped, n_minus
 
     X = {}
     shape = None
@@ -102,7 +140,9 @@ def read_sonyc(root: str | Path, level: str = "fine",
         source=str(root),
         observation="partial",
         meta={"level": level, "features_dir": str(feat_dir), "dropped_clips": dropped,
-              "x_masked_labels": int(x_masked), "standardised": "train mean/std per feature"},
+              "not_annotated_cells": unannotated, "x_masked_labels": int(x_masked),
+              "standardised": "train mean/std per feature",
+              "taxonomy": taxonomy_json(coarse, fine), HIDDEN_POSITIVES: hidden},
     )
 
 
@@ -114,6 +154,11 @@ def read_taxonomy(path: Path) -> tuple[list[Tag], list[Tag]]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataError(path, "file", f"not valid YAML ({_short(e)})") from e
+    return parse_taxonomy(doc, path)
+
+
+def parse_taxonomy(doc, path: str | Path) -> tuple[list[Tag], list[Tag]]:
+    """:func:`read_taxonomy` of a parsed document (YAML's integer keys or JSON's strings)."""
     if not isinstance(doc, dict):
         raise DataError(path, "file", "expected a mapping with keys coarse and fine")
     for key in ("coarse", "fine"):
@@ -133,6 +178,13 @@ def read_taxonomy(path: Path) -> tuple[list[Tag], list[Tag]]:
             label = _label(path, f"fine.{g}.{c}", codes[c])
             fine.append(Tag(f"{g}-{c}_{label}", g, uncertain=c == "X"))
     return coarse, fine
+
+
+def taxonomy_json(coarse: list[Tag], fine: list[Tag]) -> dict:
+    """The taxonomy as ``meta["taxonomy"]`` keeps it: the YAML's layout, string keys."""
+    return {"coarse": {t.group: t.name.split("_", 1)[1] for t in coarse},
+            "fine": {t.group: {f.name.split("_", 1)[0].split("-", 1)[1]: f.name.split("_", 1)[1]
+                               for f in fine if f.group == t.group} for t in coarse}}
 
 
 def _code(path: Path, field: str, key, allow_x: bool = False) -> str:
@@ -215,15 +267,20 @@ def _targets(df: pd.DataFrame, split: str, tags: list[Tag], path: Path):
     V = use[[t.column for t in tags]].to_numpy()
     clips = use["audio_filename"].to_numpy()
     # Crowd OR (train); a single verified row (validate/test) passes through unchanged.
+    # The baselines sum the values instead (1, 0 and -1) and call a sum > 0 present: the
+    # two agree wherever no used row holds a -1, which the count returned here tells.
     Y = pd.DataFrame(V == 1).groupby(clips).any()
     M = pd.DataFrame(V != -1).groupby(clips).any()
-    keys = np.array([Path(c).stem if c.endswith(".wav") else c for c in Y.index], dtype=str)
+    keys = np.array([os.path.splitext(c)[0] for c in Y.index], dtype=str)
     dropped = rows["audio_filename"].nunique() - len(keys)
-    return keys, Y.to_numpy(np.float32), M.to_numpy(bool), int(dropped)
+    return keys, Y.to_numpy(np.float32), M.to_numpy(bool), int(dropped), int((V == -1).sum())
 
 
-def _mask_uncertain(Y: np.ndarray, M: np.ndarray, tags: list[Tag]):
-    """Hide a group's fine tags where its X tag is positive; drop the X columns."""
+def _mask_uncertain(Y: np.ndarray, M: np.ndarray, tags: list[Tag], keys: np.ndarray):
+    """Hide a group's fine tags where its X tag is positive; drop the X columns.
+
+    Also returns, by clip key, the codes (``1-1`` ...) of the positives so hidden: the
+    official metric scores a fine tag that is true beside an X tag, so it needs them."""
     M = M.copy()
     masked = 0
     for j, t in enumerate(tags):
@@ -234,7 +291,11 @@ def _mask_uncertain(Y: np.ndarray, M: np.ndarray, tags: list[Tag]):
         masked += int(M[np.ix_(x_pos, group)].sum())
         M[np.ix_(x_pos, group)] = False
     keep = [i for i, t in enumerate(tags) if not t.uncertain]
-    return Y[:, keep], M[:, keep], masked
+    hidden_cells = (Y[:, keep] == 1) & ~M[:, keep]
+    codes = [tags[i].name.split("_", 1)[0] for i in keep]
+    hidden = {str(keys[n]): [codes[c] for c in np.flatnonzero(hidden_cells[n])]
+              for n in np.flatnonzero(hidden_cells.any(1))}
+    return Y[:, keep], M[:, keep], masked, hidden
 
 
 def _features_dir(root: Path, features_dir: str | Path | None) -> Path:
@@ -247,7 +308,7 @@ def _features_dir(root: Path, features_dir: str | Path | None) -> Path:
         if (root / name).is_dir():
             return root / name
     raise DataError(root / FEATURE_DIRS[0], "features_dir",
-                    "no such directory (looked for features/ and openl3/)")
+                    "no such directory (looked for features/, openl3/ and embeddings/)")
 
 
 def _load_features(d: Path, keys: np.ndarray, shape: tuple | None) -> np.ndarray:

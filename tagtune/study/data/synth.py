@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tagtune.study.data.core import DataError, Dataset, Split
+from tagtune.study.data.sonyc import UST_TAXONOMY
 
 OPENMIC_CLASSES = (
     "accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
@@ -209,6 +210,8 @@ def synthesize(preset: str = "openmic-like", seed: int = 0, n_clips: int | None 
         splits[name] = Split(clips.X[idx], clips.Y_full[idx] * M, M, keys, clips.Y_full[idx],
                              where=f"synth:{preset}:{name}")
     meta = json.loads(json.dumps({**asdict(cfg), "preset": preset, "seed": seed}))
+    if cfg.classes == SONYC_FINE_CLASSES:  # SONYC-UST's classes: the official metric applies
+        meta["taxonomy"] = UST_TAXONOMY
     return Dataset(**splits, classes=cfg.classes, name=f"synth-{preset}",
                    source=f"synth:{preset} seed={seed}", observation="partial", meta=meta)
 

@@ -157,7 +157,8 @@ class MlflowServer:
                 # No job runner: MLflow 3 starts ~8 huey worker processes for server-side jobs
                 # (none used here) -- on 2 cores they slow everything else in the test.
                 env={**base_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                # Its artifact store (./mlartifacts) next to its database, not in the cwd.
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.db.parent)
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:

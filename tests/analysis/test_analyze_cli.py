@@ -1,0 +1,96 @@
+"""``tagtune analyze`` succeeding through the CLI on a copy of the tiny study: what it prints,
+the files it writes, ``--metric``, and ``--mlflow-uri`` against a real MLflow server."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from tagtune.analysis.export import COMBINED, cell_filename
+from tagtune.launch.cli import app
+from tests.conftest import TINY_STUDY
+from tests.launch.processes import MlflowServer
+
+pytestmark = pytest.mark.timeout(300)
+CELLS = [f"{m}@{p:.2f}" for m in TINY_STUDY["methods"] for p in TINY_STUDY["missing"]]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def study_dir(tiny_study, tmp_path):
+    _, result = tiny_study
+    return shutil.copytree(result.study_dir, tmp_path / result.study_dir.name)
+
+
+def printed(stdout: str) -> dict[str, str]:
+    """``name:  value`` lines of the summary, by name."""
+    return {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in stdout.splitlines()
+            if not line.startswith("- ") and ":" in line}
+
+
+def test_analyze_prints_where_everything_is(study_dir, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("analyze", study_dir, "--out", out)
+    assert r.exit_code == 0, r.output
+    shown = printed(r.stdout)
+    assert shown["report"] == str(out / "report.html") and (out / "report.html").is_file()
+    assert str(out / "trials.csv") in shown["table"]
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert shown["figures"] == f"{out / 'figures'} ({len(pngs)})" and len(pngs) >= 4
+    assert shown["configs"] == str(out / "best")
+    assert sorted(p.name for p in (out / "best").iterdir()) == sorted(
+        [cell_filename(c) for c in CELLS] + [COMBINED])
+    assert shown["tracking"].startswith("MLflow run ") and f"sqlite:///{study_dir}" in shown["tracking"]
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == len(CELLS) * (TINY_STUDY["trials"] + TINY_STUDY["replicates"])
+    conclusions = [line[2:] for line in r.stdout.splitlines() if line.startswith("- ")]
+    # One "best mean" line per proportion, on the default headline metric (full truth here).
+    best = [c for c in conclusions if "has the best mean F1 macro" in c]
+    assert len(best) == len(TINY_STUDY["missing"])
+    assert "missing" not in shown  # a finished study: nothing reported missing
+
+
+def test_metric_flag_sets_the_headline(tiny_study, study_dir, tmp_path):
+    _, result = tiny_study
+    metric = "test/auprc_macro"
+    r = invoke("analyze", study_dir, "--out", tmp_path / "out", "--metric", metric, "--no-mlflow")
+    assert r.exit_code == 0, r.output
+    assert printed(r.stdout)["tracking"] == "MLflow logging turned off"
+    means = pd.DataFrame(result.replicates).groupby(["missing", "method"])[metric].mean()
+    for p in TINY_STUDY["missing"]:
+        method = means[p].idxmax()
+        line = f"At {100 * p:.0f}% missing, {method.upper()} has the best mean AUPRC macro: " \
+               f"{means[p][method]:.3f}"
+        assert any(c.startswith(f"- {line}") for c in r.stdout.splitlines()), (line, r.stdout)
+    assert "AUPRC macro (test, observed labels)" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_mlflow_uri_of_a_real_server_receives_the_analysis(tiny_study, study_dir, tmp_path):
+    settings, _ = tiny_study
+    server = MlflowServer(tmp_path / "server" / "mlflow.db")
+    server.db.parent.mkdir()
+    try:
+        server.start()
+        r = invoke("analyze", study_dir, "--out", tmp_path / "out", "--mlflow-uri", server.uri)
+        assert r.exit_code == 0, r.output
+        client = MlflowClient(server.uri)
+        exp = client.get_experiment_by_name(settings.name)
+        (run,) = client.search_runs([exp.experiment_id], filter_string="tags.phase = 'analysis'")
+        assert printed(r.stdout)["tracking"].startswith(f"MLflow run {run.info.run_id} ")
+        assert server.uri in printed(r.stdout)["tracking"]
+        figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert figures == {f"figures/{p.name}" for p in (tmp_path / "out" / "figures").glob("*.png")}
+        assert "report.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    finally:
+        server.stop()
+    # The study's own store got no analysis run: the flag chose where it went.
+    own = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    exp = own.get_experiment_by_name(settings.name)
+    assert own.search_runs([exp.experiment_id], filter_string="tags.phase = 'analysis'") == []

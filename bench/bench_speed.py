@@ -21,7 +21,10 @@ heads), counted analytically -- training step 3x the forward (forward, input gra
 weight gradient), MT's teacher 1x, every validation or scoring forward 1x -- divided by
 tagtune's epoch time.
 
-    python bench/bench_speed.py            # full size, b0 b1 le mt at 1 and 2 threads
+Both networks (``--archs residual,paper``): tagtune's and the paper code's, each against
+the conventional loop running the same network.
+
+    python bench/bench_speed.py            # full size, b0 b1 le mt at 1 and 2 threads, both networks
     python bench/bench_speed.py --quick    # 2,000 clips, one repeat
 """
 
@@ -76,7 +79,8 @@ def epoch_flops(method: str, n_train: int, n_valid: int) -> float:
     return 3 * forward_flops(train_frames) + valid
 
 
-def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int) -> dict:
+def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,
+           arch: str = "residual") -> dict:
     """One timing, in this (fresh) process."""
     import torch
 
@@ -84,10 +88,11 @@ def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int) -> 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     ds, warm = make_data(n_train, n_valid), make_data(256, 64, seed=1)
     if impl == "ours":
-        from tagtune.study.config import TrainConfig
+        from tagtune.study.config import ModelConfig, TrainConfig
         from tagtune.study.train import fit
 
-        cfg = TrainConfig(method=method, epochs=1, threads=threads)
+        cfg = TrainConfig(method=method, epochs=1, threads=threads,
+                          model=ModelConfig(layers=LAYERS, hidden=HIDDEN, arch=arch))
 
         def run(d):
             return fit(d, cfg)
@@ -98,24 +103,25 @@ def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int) -> 
             tr, va = d.train, d.valid
             torch.manual_seed(0)
             return conventional.run((tr.X, tr.Y, tr.M.astype("float32")),
-                                    (va.X, va.Y, va.M.astype("float32")), method, epochs=1)
+                                    (va.X, va.Y, va.M.astype("float32")), method, epochs=1,
+                                    layers=LAYERS, hidden=HIDDEN, arch=arch)
 
     run(warm)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run(ds)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     stages = 2 if method == "le" else 1
-    return {"impl": impl, "method": method, "threads": threads, "wall": wall / stages,
+    return {"impl": impl, "method": method, "arch": arch, "threads": threads, "wall": wall / stages,
             "cpu": cpu / stages, "torch_threads": torch.get_num_threads()}
 
 
-def spawn(impl: str, method: str, threads: int, n_train: int, n_valid: int) -> dict:
+def spawn(impl: str, method: str, threads: int, n_train: int, n_valid: int, arch: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--worker", impl, method, str(threads), str(n_train),
-           str(n_valid)]
+           str(n_valid), arch]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"worker {impl} {method} {threads} failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"worker {impl} {method} {threads} {arch} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -124,38 +130,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 training clips, one repeat")
     ap.add_argument("--methods", default="b0,b1,le,mt")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--archs", default="residual,paper", help="networks: residual, paper")
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; quick 1)")
     ap.add_argument("--json", type=Path, help="also write every run here")
-    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        impl, method, threads, n_train, n_valid = args.worker
-        print(json.dumps(worker(impl, method, int(threads), int(n_train), int(n_valid))))
+        impl, method, threads, n_train, n_valid, arch = args.worker
+        print(json.dumps(worker(impl, method, int(threads), int(n_train), int(n_valid), arch)))
         return
     n_train, n_valid = (2_000, 400) if args.quick else (N_TRAIN, N_VALID)
     repeats = args.repeats or (1 if args.quick else 3)
     methods, threads = args.methods.split(","), [int(t) for t in args.threads.split(",")]
+    archs = args.archs.split(",")
     runs = []
     print(f"{n_train} train / {n_valid} valid clips of {T} x {F}, {C} classes, L={LAYERS}, "
           f"H={HIDDEN}, batch {BATCH}; best of {repeats} (ratio of medians in brackets)")
-    print(f"{'method':6s} {'threads':>7s} {'ours s/ep':>10s} {'conv s/ep':>10s} "
+    print(f"{'net':8s} {'method':6s} {'threads':>7s} {'ours s/ep':>10s} {'conv s/ep':>10s} "
           f"{'ratio':>13s} {'GFLOP/s':>8s} {'cpu ratio':>10s}")
-    for method in methods:
-        for t in threads:
-            cell = {"ours": [], "conv": []}
-            for _ in range(repeats):
-                for impl in ("conv", "ours"):
-                    r = spawn(impl, method, t, n_train, n_valid)
-                    cell[impl].append(r)
-                    runs.append(r)
-            wall = {k: [r["wall"] for r in v] for k, v in cell.items()}
-            cpu = {k: min(r["cpu"] for r in v) for k, v in cell.items()}
-            ours, conv = min(wall["ours"]), min(wall["conv"])
-            med = statistics.median(wall["conv"]) / statistics.median(wall["ours"])
-            stages = 2 if method == "le" else 1
-            gflops = epoch_flops(method, n_train, n_valid) / stages / ours / 1e9
-            print(f"{method:6s} {t:7d} {ours:10.3f} {conv:10.3f} {conv / ours:6.2f}x "
-                  f"({med:4.2f}x) {gflops:8.1f} {cpu['conv'] / cpu['ours']:9.2f}x", flush=True)
+    for arch, method, t in [(a, m, t) for a in archs for m in methods for t in threads]:
+        cell = {"ours": [], "conv": []}
+        for _ in range(repeats):
+            for impl in ("conv", "ours"):
+                r = spawn(impl, method, t, n_train, n_valid, arch)
+                cell[impl].append(r)
+                runs.append(r)
+        wall = {k: [r["wall"] for r in v] for k, v in cell.items()}
+        cpu = {k: min(r["cpu"] for r in v) for k, v in cell.items()}
+        ours, conv = min(wall["ours"]), min(wall["conv"])
+        med = statistics.median(wall["conv"]) / statistics.median(wall["ours"])
+        stages = 2 if method == "le" else 1
+        gflops = epoch_flops(method, n_train, n_valid) / stages / ours / 1e9
+        print(f"{arch:8s} {method:6s} {t:7d} {ours:10.3f} {conv:10.3f} {conv / ours:6.2f}x "
+              f"({med:4.2f}x) {gflops:8.1f} {cpu['conv'] / cpu['ours']:9.2f}x", flush=True)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
 

@@ -53,15 +53,17 @@ class _TrainForward(torch.autograd.Function):
         masks = _masks(N * T * weights[0].shape[0], L, model.p, generator) if dropout else None
         saved = []
         for i in range(L):
-            z = torch.mm(h, weights[i].t())
+            # A layer's input is d * k (its dropout scale): k goes into the weight instead, a
+            # pass over (frames x H) less; the saved input is d, its gradients get the k back.
+            z = torch.mm(h, (weights[i] * k if i and k != 1.0 else weights[i]).t())
             y, mean, invstd = torch.native_batch_norm(z, gammas[i], betas[i], bns[i].running_mean,
                                                       bns[i].running_var, True, bns[i].momentum,
                                                       bns[i].eps)
-            d = y.relu_() if masks is None else y.relu_().mul_(masks[i].view_as(y))
+            h = y.relu_() if masks is None else y.relu_().mul_(masks[i].view_as(y))
             if save:
-                saved.append((h, z, d, mean, invstd))
-            h = d * k if k != 1.0 else d
-        h = h + x2  # the one skip, from the raw input
+                saved.append((z, h, mean, invstd))
+        # The one skip, from the raw input: x2 + d * k in one pass.
+        h = torch.add(x2, h, alpha=k) if L else h + x2
         W, b = torch.cat([params[-4], params[-2]]), torch.cat([params[-3], params[-1]])
         C = params[-4].shape[0]
         a, att, total, cla, out = _head(h, W, b, N, T, C)
@@ -86,7 +88,7 @@ class _TrainForward(torch.autograd.Function):
         linear_grads, bn_grads = [], []
         gz = None
         for i in range(len(weights) - 1, -1, -1):
-            h_in, z, d, mean, invstd = ctx.layers.pop()  # freed once used
+            z, d, mean, invstd = ctx.layers.pop()  # freed once used
             # d > 0 exactly where the unit is kept and its ReLU passes; k goes into gamma.
             gy = _threshold_backward(gh, d, 0.0)
             gz, gw_bn, gb_bn = _batch_norm_backward(
@@ -95,7 +97,8 @@ class _TrainForward(torch.autograd.Function):
             bn_grads += [gb_bn, gw_bn]
             if i == 0:
                 break
-            linear_grads.append(torch.mm(gz.t(), h_in))
+            d_in = ctx.layers[-1][1]  # the layer's input is d_in * k
+            linear_grads.append(torch.mm(gz.t(), d_in).mul_(k) if k != 1.0 else torch.mm(gz.t(), d_in))
             gh = torch.mm(gz, weights[i])
         if k != 1.0:
             torch._foreach_mul_(bn_grads, k)

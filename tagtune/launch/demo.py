@@ -16,18 +16,20 @@ from tagtune.study import data
 from tagtune.study.data.synth import synthesize
 
 OUT = Path("demo-out").absolute()
+# The demo's size; the test suite runs it smaller through main's keyword arguments.
+SIZE = dict(n_clips=4000, missing=(0.0, 0.4, 0.8), trials=4, replicates=2, epochs=12,
+            grace_period=3, checkpoint_every=4)
 
 
-def main() -> None:
+def main(out: Path = OUT, **size) -> None:
     t0 = time.perf_counter()
-    path = OUT / "synth-openmic-like.h5"
+    size = {**SIZE, **size}
+    n_clips = size.pop("n_clips")
+    path = out / "synth-openmic-like.h5"
     if not path.exists():
-        data.save(synthesize("openmic-like", seed=0, n_clips=4000), path)
-    settings = StudySettings(
-        data=str(path), name="demo", storage=str(OUT), methods=("b0", "b1", "le", "mt"),
-        missing=(0.0, 0.4, 0.8), trials=4, replicates=2, epochs=12, grace_period=3,
-        checkpoint_every=4, train={"lr_decay_epochs": []},
-    )
+        data.save(synthesize("openmic-like", seed=0, n_clips=n_clips), path)
+    settings = StudySettings(data=str(path), name="demo", storage=str(out),
+                             methods=("b0", "b1", "le", "mt"), train={"lr_decay_epochs": []}, **size)
     result = run_study(settings, verbose=1)
     print()
     print("replicate test F1 macro (full truth), mean over seeds:")

@@ -116,7 +116,8 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
             metric: str | None = None, log_mlflow: bool = True) -> AnalysisResult:
     """Analyse a (finished or partial) study; see the module docstring for what it writes.
 
-    ``metric``: the headline test metric (default: F1 macro on the full truth where the data
+    ``metric``: the headline test metric (default: :func:`headline_metric`'s choice -- the
+    DCASE macro AUPRC on SONYC-UST's classes, else F1 macro; on the full truth where the data
     has it, else on the observed test labels). A directory that is not a study, or one where
     no trial has reported yet, is a ConfigError (one line).
     """

@@ -19,7 +19,10 @@ from scipy import stats
 REFERENCES = ("b1", "b0")  # the paper's baselines: masked loss, missing = negative
 MIN_WILCOXON_PAIRS = 5
 _NAMES = {"f1_macro": "F1 macro", "auprc_macro": "AUPRC macro", "auprc_micro": "AUPRC micro",
-          "map": "mAP", "loss": "loss (BCE)"}
+          "map": "mAP", "loss": "loss (BCE)"} | {
+    f"dcase_{level}_{m}": f"DCASE {level} {label}" for level in ("fine", "coarse")
+    for m, label in (("micro_auprc", "micro AUPRC"), ("macro_auprc", "macro AUPRC"),
+                     ("micro_f1", "micro F1"))}
 
 
 def metric_name(metric: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tagtune.launch.cli import app
-from tagtune.study.data import DataError, load
+from tagtune.study.data import DataError, load, save
 from tagtune.study.data.sonyc import read_sonyc, read_taxonomy
 
 COARSE = ["engine", "machinery-impact", "non-machinery-impact", "powered-saw", "alert-signal",
@@ -325,3 +326,51 @@ def test_cli_convert_broken_release_exits_2_with_one_line(release, tmp_path):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "00_000005.npz" in lines[0]
+
+
+def test_meta_keeps_the_taxonomy_and_the_verified_positives_an_x_tag_hides(release):
+    """05_000102's verified row has 7-X and 7-1: 7-1 is hidden in M but kept for the DCASE
+    metric; the train clip 00_000002 (crowd 1-X beside 1-2) is not scored, so not kept."""
+    from tagtune.study.dcase import taxonomy_of
+
+    root, _ = release
+    fine, coarse = read_sonyc(root), read_sonyc(root, level="coarse")
+    doc = yaml.safe_load(TAXONOMY)
+    assert fine.meta["taxonomy"] == json.loads(json.dumps(doc))
+    assert fine.meta["dcase_hidden_positives"] == {"05_000102": ["7-1"]}
+    assert coarse.meta["dcase_hidden_positives"] == {}
+    assert (taxonomy_of(fine).level, taxonomy_of(coarse).level) == ("fine", "coarse")
+    assert label(fine, "valid", "05_000102", "7-1_person-or-small-group-talking") == (0.0, False)
+
+
+def test_not_annotated_cells_count_the_minus_ones_of_the_rows_used(release):
+    """Where this is 0 the crowd OR and the baselines' "sum > 0" give the same targets.
+    Fine: train crowd rows hold 5-3, 8-1, 6-1, 6-1; the verified 05_000103 row holds 3-1.
+    Coarse: a coarse column is -1 only where its whole group is (8 on row 13, 3 on 05_000103)."""
+    root, _ = release
+    assert read_sonyc(root).meta["not_annotated_cells"] == {"train": 4, "valid": 1, "test": 0}
+    coarse = read_sonyc(root, level="coarse").meta["not_annotated_cells"]
+    assert coarse == {"train": 1, "valid": 1, "test": 0}
+
+
+def test_the_baselines_embeddings_directory_is_found(tmp_path):
+    root = tmp_path / "r"
+    write_release(root, features="embeddings")
+    assert read_sonyc(root).meta["features_dir"] == str(root / "embeddings")
+
+
+def test_dcase_metrics_of_a_converted_release_score_the_hidden_positive(release, tmp_path):
+    """Round trip through the generic file, then the official fine metrics on validate, whose
+    05_000102 has 7-X and a hidden 7-1: predicting 7-1 there is a TP, not nothing."""
+    from tagtune.study.dcase import dcase_metrics, taxonomy_of
+
+    root, _ = release
+    ds = load(save(read_sonyc(root), tmp_path / "s.h5"))
+    tax = taxonomy_of(ds)
+    valid = ds.valid
+    scores = np.where(valid.Y == 1, 0.9, 0.1)
+    i, j = valid.keys.tolist().index("05_000102"), ds.classes.index("7-1_person-or-small-group-talking")
+    scores[i, j] = 0.9
+    assert dcase_metrics(valid, scores, tax)["dcase_fine_micro_f1"] == 1.0
+    scores[i, j] = 0.1  # the hidden 7-1 missed: one FN (group 7 predicted nothing)
+    assert dcase_metrics(valid, scores, tax)["dcase_fine_micro_f1"] < 1.0

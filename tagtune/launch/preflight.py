@@ -6,7 +6,9 @@ cannot see fails every trial on those nodes one by one (Ray Tune no longer syncs
 to the head node: multi-node storage must be shared). Here:
 
 - ``check_address``: a TCP connection to the Ray cluster's GCS with a short timeout;
-- ``check_mlflow``: an HTTP tracking server must answer ``/health`` within a few seconds;
+- ``check_mlflow``: an HTTP tracking server must answer ``/health`` within a few seconds
+  and accept the client's credentials (refused credentials and a server that is down are
+  told apart);
 - ``check_trial_fits``: a trial's CPUs must fit on one node (a local Ray cannot grow);
 - ``check_shared_storage``: on a cluster of more than one node, a marker file written in
   the study directory must be visible from every alive node (one tiny task per node,
@@ -33,7 +35,10 @@ from tagtune.study.config import ConfigError
 TIMEOUT_S = 5.0
 # MLflow's client reads these per request (mlflow.environment_variables).
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+              # Not a "View run ... at http://..." line per trial on the study's (the job's) output:
+              # summary.json and the study's last lines say where the runs are.
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def first_line(e: BaseException, limit: int = 150) -> str:
@@ -77,7 +82,8 @@ def enable_token_auth() -> None:
 
 
 def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:
-    """An HTTP tracking server must answer now (file and database stores are checked later)."""
+    """An HTTP tracking server must answer now, and take this client's credentials (file and
+    database stores are checked later)."""
     if urlparse(uri).scheme not in ("http", "https"):
         return
     try:
@@ -87,11 +93,41 @@ def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:
         if e.code >= 500:
             raise ConfigError("mlflow_uri", f"the tracking server answers HTTP {e.code}",
                               where=uri) from None
-        # 401/403/404: something answers (an auth proxy, an older server): MLflow will say more.
+        # 401/403/404: something answers (an auth proxy, an older server): the login says more.
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise ConfigError("mlflow_uri", f"no MLflow server answers ({first_line(reason)})",
                           where=uri) from None
+    check_mlflow_login(uri, timeout)
+
+
+def check_mlflow_login(uri: str, timeout: float = TIMEOUT_S) -> None:
+    """The tracking server must accept the credentials MLflow's client sends (MLflow 3's
+    basic-auth app: ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, else
+    ``~/.mlflow/credentials``; or ``MLFLOW_TRACKING_TOKEN``). Left to the study, a refusal
+    is a traceback from deep inside MLflow's client."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:  # the cheapest call that needs a login: any logged-in user may search experiments
+        r = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
+                         timeout=timeout, params={"max_results": 1})
+    except Exception as e:  # noqa: BLE001 -- requests' and MLflow's errors alike: no answer
+        raise ConfigError("mlflow_uri", f"the tracking server does not answer ({first_line(e)})",
+                          where=uri) from None
+    if r.status_code == 401:
+        if creds.username or creds.token:
+            who = f"user {creds.username!r}" if creds.username else "MLFLOW_TRACKING_TOKEN"
+            problem = (f"the tracking server refused the credentials ({who}); check "
+                       "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials")
+        else:
+            problem = ("the tracking server asks for credentials: set MLFLOW_TRACKING_USERNAME and "
+                       "MLFLOW_TRACKING_PASSWORD (or write ~/.mlflow/credentials)")
+        raise ConfigError("mlflow_uri", problem, where=uri)
+    if r.status_code == 403:
+        raise ConfigError("mlflow_uri", f"the tracking server refuses user {creds.username!r} "
+                          "access (its permissions)", where=uri)
 
 
 @contextlib.contextmanager
@@ -160,5 +196,5 @@ def check_trial_fits(cpus_per_trial: int, local: bool) -> None:
     logging.getLogger(__name__).warning("%s: trials wait until a node that large joins", problem)
 
 
-__all__ = ["check_address", "check_mlflow", "check_shared_storage", "check_trial_fits", "enable_token_auth",
-           "first_line", "quick_mlflow_http"]
+__all__ = ["check_address", "check_mlflow", "check_mlflow_login", "check_shared_storage", "check_trial_fits",
+           "enable_token_auth", "first_line", "quick_mlflow_http"]

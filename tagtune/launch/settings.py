@@ -51,7 +51,8 @@ class StudySettings:
     storage: str = "studies"
     """Directory holding the study (shared storage on a multi-node cluster)."""
     address: str | None = None
-    """Ray cluster address (auto, ray://host:port); None = start a local Ray."""
+    """Ray cluster: host:port, ray://host:port, or auto (the one `ray start` runs on this
+    machine); None = a fresh local Ray of this study's own, whatever else runs here."""
     num_cpus: int | None = None
     """CPUs of the local Ray (None = all of this machine's)."""
     mlflow_uri: str | None = None

@@ -196,9 +196,12 @@ def _init_ray(settings: StudySettings) -> None:
             raise ConfigError("address", f"cannot reach the Ray cluster ({problem})",
                               where=settings.address) from None
     else:
-        # Explicit num_cpus: a fresh local instance, never a stale cluster left behind.
-        ray.init(num_cpus=settings.num_cpus or default_num_cpus(), include_dashboard=False,
-                 log_to_driver=False)
+        # address="local": a fresh instance of our own. Without it, ray.init joins whatever
+        # Ray's temp dir names in ray_current_cluster -- a running `ray start`, or a dead head
+        # whose file was never removed (then it fails: num_cpus is refused when joining).
+        # Joining a running cluster is asked for with --address auto.
+        ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
+                 include_dashboard=False, log_to_driver=False)
 
 
 def _trainable(settings: StudySettings, ds: Dataset):

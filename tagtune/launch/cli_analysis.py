@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from tagtune.launch.cli import app, user_errors
+from tagtune.launch.cli_common import user_errors
+
+app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 
 
 @app.command("analyze")

@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tagtune.launch.cli import data_app, user_errors
+from tagtune.launch.cli_common import user_errors
 from tagtune.study import data
 from tagtune.study.data.describe import class_table, split_table
 
+data_app = typer.Typer(no_args_is_help=True, help="Read, convert, generate and describe datasets.")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert a dataset release to tagtune's generic file.")
 data_app.add_typer(convert_app, name="convert")
 

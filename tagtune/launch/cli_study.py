@@ -9,13 +9,12 @@ from typing import Annotated
 
 import typer
 
-from tagtune.launch.cli import app, fail, user_errors
+from tagtune.launch.cli_common import fail, user_errors
 from tagtune.study.config import ConfigError
 
+# Both added to the `tagtune` command by tagtune.launch.cli.
 study_app = typer.Typer(help="Run a study: every (method, proportion) cell searched, then replicated.")
-app.add_typer(study_app, name="study")
 mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow store of a study.")
-app.add_typer(mlflow_app, name="mlflow")
 
 
 def _csv(text: str | None, cast=str) -> tuple | None:
@@ -51,9 +50,14 @@ def study(
     share_le_teacher: Annotated[bool | None, typer.Option(
         help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress table.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
 ) -> None:
-    """Run a study (or `tagtune study resume DIR`)."""
+    """Run a study (or `tagtune study resume DIR`).
+
+    The terminal shows one live display (trials done / running / pending, each cell's best validation loss, time left); Ray's, Tune's and Optuna's log lines go to STUDY_DIR/study.log.
+    """  # noqa: E501 -- one line: Typer keeps a line break inside a paragraph
     if ctx.invoked_subcommand is not None:
         return
     from tagtune.launch.settings import StudySettings, load_settings
@@ -74,7 +78,7 @@ def study(
         if data is None:
             raise fail("study: --data is required (or --config)")
         settings = StudySettings(**{k: v for k, v in overrides.items() if v is not None})
-    _report(settings.study_dir, run_study, settings, verbose=0 if quiet else 1)
+    _report(settings.study_dir, run_study, settings, verbose=_verbosity(quiet, verbose))
 
 
 @study_app.command("resume")
@@ -82,12 +86,14 @@ def study(
 def resume(
     study_dir: Annotated[Path, typer.Argument(help="The study directory.")],
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress table.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
 ) -> None:
     """Continue an interrupted study; finished trials are neither rerun nor logged twice."""
     from tagtune.launch.study import resume_study
 
-    _report(study_dir, resume_study, study_dir, verbose=0 if quiet else 1,
+    _report(study_dir, resume_study, study_dir, verbose=_verbosity(quiet, verbose),
             address=address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -107,6 +113,12 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study direct
         n = sync(settings.study_dir, settings.tracking_uri, experiment_id,
                  study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
+
+
+def _verbosity(quiet: bool, verbose: bool) -> int:
+    if quiet and verbose:
+        raise fail("study: --quiet and --verbose exclude each other")
+    return 0 if quiet else 2 if verbose else 1
 
 
 def _report(study_dir: Path, run, *args, **kwargs) -> None:
@@ -133,5 +145,6 @@ def _print_result(result) -> None:
     if not result.mlflow_synced:
         print(f"warning: MLflow did not answer at the end; once it is back run: "
               f"tagtune mlflow sync {result.study_dir}", file=sys.stderr)
-    if result.tracking_uri.startswith("sqlite"):
-        print(f"open UI:   mlflow ui --backend-store-uri {result.tracking_uri}", file=out)
+    print(f"log:       {result.study_dir / 'study.log'}", file=out)
+    print(f"open UI:   tagtune ui {result.study_dir}  (add --optuna for Optuna's dashboard)", file=out)
+    print(f"analyse:   tagtune analyze {result.study_dir}", file=out)

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from tagtune.launch.cli import app, user_errors
+from tagtune.launch.cli_common import user_errors
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, preset_config, to_dict
 
+app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 
 def resolve_config(preset: str | None = None, config: Path | None = None,
                    **flags: Any) -> TrainConfig:

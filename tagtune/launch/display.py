@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from ray.tune import Callback
@@ -47,7 +47,7 @@ class StudyDisplay:
     def __init__(self, methods: tuple[str, ...], missing: tuple[float, ...],
                  console: Console | None = None):
         self.methods, self.missing = methods, missing
-        self.console = console or Console()
+        self.console = console or Console(file=sys.stdout)  # this stdout, not one redirected later
         self.phase, self.total, self.t0 = "", 0, time.monotonic()
         self.running: dict[str, str] = {}  # trial id -> cell
         self.ended: dict[str, str] = {}  # trial id -> cell (complete, stopped early or failed)
@@ -66,7 +66,8 @@ class StudyDisplay:
         self.running, self.ended, self.failed = {}, dict(ended or {}), 0
         self.best = dict(best or {}) if phase == "search" else self.best
         self._done_before = len(self.ended)
-        self._live = Live(console=self.console, get_renderable=self.render, refresh_per_second=2)
+        self._live = Live(console=self.console, get_renderable=self.render, refresh_per_second=2,
+                          redirect_stdout=False)
         self._live.start()
         _current = self
 
@@ -90,6 +91,8 @@ class StudyDisplay:
         if self._live is not None:
             self._live.stop()  # leaves the final state on the terminal
             self._live = None
+            if not self.console.is_terminal:  # printed once, without a line end
+                self.console.line()
         if _current is self:
             _current = None
 
@@ -110,7 +113,7 @@ class StudyDisplay:
         pending = max(self.total - done - running, 0)
         eta = self.eta()
         head = Text.assemble(
-            (f"{self.phase:<9}", "bold"), f"{done}/{self.total} done  {running} running  "
+            (f"{self.phase:<10}", "bold"), f"{done}/{self.total} done  {running} running  "
             f"{pending} pending" + (f"  {self.failed} failed" if self.failed else ""),
             f"   elapsed {_clock(time.monotonic() - self.t0)}",
             f"   ~{_clock(eta)} left" if eta is not None else "   estimating time left")
@@ -179,6 +182,8 @@ class LibraryLogs:
 
     def apply(self) -> None:
         """Point the loggers here; again after ``ray.init``, which sets up Ray's own handler."""
+        import mlflow  # noqa: F401 -- importing MLflow sets up its loggers: ours must come after
+
         for name in LIBRARIES:
             logger = logging.getLogger(name)
             if name not in self.saved:
@@ -190,6 +195,13 @@ class LibraryLogs:
         if self.file not in tagtune.handlers:
             tagtune.addHandler(self.file)
         logging.captureWarnings(True)
+
+    @contextmanager
+    def stdout(self) -> Iterator[None]:
+        """What the block prints goes to the log file: Ray Tune prints its experiment's header
+        (and a TensorBoard hint) whatever its verbosity."""
+        with open(self.path, "a") as f, redirect_stdout(f):
+            yield
 
     def restore(self) -> None:
         for name, (handlers, propagate, level) in self.saved.items():

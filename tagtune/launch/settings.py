@@ -14,6 +14,7 @@ from tagtune.study.config import METHODS, ConfigError, typed
 from tagtune.study.trainable import train_config
 
 DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
+DEFAULT_GRACE_PERIOD = 5
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class StudySettings:
     """Seeds each cell's best config is retrained with and tested (the paper: 5)."""
     epochs: int = 100
     """Epochs per trial (per LE stage); the scheduler's max_t."""
-    grace_period: int = 5
-    """ASHA: epochs every trial gets before it can be stopped."""
+    grace_period: int | None = None
+    """ASHA: epochs every trial gets before it can be stopped (None: 5, or epochs if fewer)."""
     reduction_factor: float = 3.0
     """ASHA: keep the best 1/reduction_factor at each rung."""
     cpus_per_trial: int = 1
@@ -68,6 +69,8 @@ class StudySettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _typed(f.name, str(f.type), getattr(self, f.name)))
+        if self.grace_period is None:  # not set by the user: `--epochs 2` alone must work
+            object.__setattr__(self, "grace_period", min(DEFAULT_GRACE_PERIOD, self.epochs))
         object.__setattr__(self, "methods", tuple(m.lower() for m in self.methods))
         bad = [m for m in self.methods if m not in METHODS]
         _check(not bad, "methods", f"unknown method {bad[0] if bad else ''!r}; use {', '.join(METHODS)}")

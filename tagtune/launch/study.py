@@ -20,6 +20,7 @@ cluster the study directory must be on storage every node sees.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from tagtune.launch.display import DisplayCallback, StudyDisplay, library_logs
+from tagtune.launch.display import DisplayCallback, LibraryLogs, StudyDisplay, library_logs
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -101,7 +102,7 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
             logs.apply()  # ray.init installs Ray's own handlers
         display = StudyDisplay(settings.methods, settings.missing) if verbose == 1 else None
         out = _Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
-                                         "source": settings.data})
+                                         "source": settings.data}, logs)
         try:
             return _run(settings, ds, ranges, experiment_id, out)
         finally:
@@ -117,6 +118,8 @@ class _Output:
     display: StudyDisplay | None
     dataset: dict[str, str]
     """The data file as MLflow's dataset: name, digest (the fingerprint), source (the path)."""
+    logs: LibraryLogs | None = None
+    """Where the libraries' output goes (None: the terminal)."""
 
 
 def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
@@ -251,7 +254,8 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output)
         tuner = make_tuner()
     if out.display is not None:
         out.display.start_phase(phase, expected, ended, best)
-    results = tuner.fit()
+    with out.logs.stdout() if out.logs is not None else contextlib.nullcontext():
+        results = tuner.fit()
     if out.display is not None:
         out.display.stop()
     # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials
@@ -358,7 +362,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str
     for cell, b in best.items():
         for r in range(settings.replicates):
             configs.append({**b["config"], "phase": "replicate", "replicate": r,
-                            "seed": settings.seed + r, "cell": cell})
+                            "seed": settings.seed + 10 * r, "cell": cell})
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(

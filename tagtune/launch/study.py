@@ -362,7 +362,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str
     for cell, b in best.items():
         for r in range(settings.replicates):
             configs.append({**b["config"], "phase": "replicate", "replicate": r,
-                            "seed": settings.seed + 10 * r, "cell": cell})
+                            "seed": settings.seed + r, "cell": cell})
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(

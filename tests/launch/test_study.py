@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 from mlflow.tracking import MlflowClient
+from ray import tune
 
 from tests.conftest import TINY_STUDY
 
@@ -66,3 +67,19 @@ def test_replicates_use_the_best_config_with_their_seeds(tiny_study):
         assert 0.0 <= row["test/f1_macro"] <= 1.0
     seeds = Counter((row["cell"], row["seed"]) for row in result.replicates)
     assert set(seeds.values()) == {1}
+    # Each replicate trial ran its cell's best config from best.json, replicate r with seed + r.
+    best = json.loads((result.study_dir / "best.json").read_text())
+    trials = tune.ExperimentAnalysis(str(result.study_dir / "replicate")).trials
+    assert len(trials) == len(best) * settings.replicates
+    ran = Counter()
+    for t in trials:
+        cfg, r = t.config, t.config["replicate"]
+        assert cfg["phase"] == "replicate" and cfg["seed"] == settings.seed + r
+        searched = best[cfg["cell"]]["config"]
+        assert {k: v for k, v in cfg.items() if k not in ("phase", "replicate", "seed")} == {
+            k: v for k, v in searched.items() if k not in ("phase", "seed")}, cfg["cell"]
+        ran[cfg["cell"], r] += 1
+    assert ran == Counter({(cell, r): 1 for cell in best for r in range(settings.replicates)})
+    # The summary's rows are those trials: same cells, same seeds.
+    assert sorted((row["cell"], row["seed"]) for row in result.replicates) == sorted(
+        (t.config["cell"], t.config["seed"]) for t in trials)

@@ -28,7 +28,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_speed.py
 	$(BIN)/python bench/bench_study.py
 
-# The paper's finding on openmic-like data (B0 worst; LE/MT >= B1); ~20 min on 2 cores.
+# The paper's comparison, B0/B1/LE/MT on openmic-like and sonyc-like data, before / paper / default
+# setups (bench/science_check.py): ~2.6 h on 2 quiet cores (120 runs, 5.3 core-hours; --estimate).
 science: $(STAMP)
 	$(BIN)/python bench/science_check.py
 

@@ -63,6 +63,22 @@ def test_cluster_extra_is_what_the_recipe_installs():
     assert {"~/.ray/auth_token", "~/.mlflow/credentials"} <= set(recipe["file_mounts"])
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--host", "0.0.0.0"], "host: bind the cluster's private address"),
+    (["--host", "127.0.0.1"], "credentials: none for the admin user"),
+])
+def test_mlflow_server_refuses_an_open_server(tmp_path, monkeypatch, capsys, args, says):
+    from tagtune.launch import mlflow_server
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(SystemExit) as e:
+        mlflow_server.main([*args, "--dir", str(tmp_path / "mlflow")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and line.startswith("error: mlflow_server: ") and says in line, line
+
+
 # --- a local study: its own Ray, whatever Ray's temp dir says ----------------------------------
 
 

@@ -53,10 +53,34 @@ def _checkpointed_epochs(search: Path) -> dict[str, int]:
     return out
 
 
+def _resumable(search: Path, epochs: int) -> dict[str, int]:
+    """The unfinished trials of Tune's saved state whose checkpoint leaves epochs to run."""
+    return {tid: e for tid, e in _checkpointed_epochs(search).items() if e < epochs}
+
+
+def _running_at(journal: Path, step: int) -> bool:
+    """Whether a trial has reported ``step`` as its last result and has not ended."""
+    last, ended = {}, set()
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # the line being written
+            continue
+        if event["op"] == "result":
+            last[event["trial_id"]] = event["step"]
+        elif event["op"] == "end":
+            ended.add(event["trial_id"])
+    return any(s == step and tid not in ended for tid, s in last.items())
+
+
 def test_killed_study_resumes_without_duplicates(tmp_path):
+    epochs = 4
     config = slow_study(tmp_path, "killed", methods=["b1", "mt"], missing=[0.0, 0.4], trials=3,
-                        replicates=1, epochs=4, grace_period=1, checkpoint_every=1)
-    env = base_env()
+                        replicates=1, epochs=epochs, grace_period=1, checkpoint_every=1)
+    # Tune snapshots its experiment (what resume reads) at most every 10 s by default, longer
+    # than this whole search: snapshot at every step instead, so that the kill finds the trials
+    # running at that moment with their checkpoints.
+    env = base_env(TUNE_GLOBAL_CHECKPOINT_S="0")
     driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -64,13 +88,17 @@ def test_killed_study_resumes_without_duplicates(tmp_path):
     journal = study_dir / "mlflow-journal.jsonl"
     deadline = time.monotonic() + 240
     try:
-        while _ended(journal) < 4 and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.1)
+        # Half-way, while a trial is between ASHA's rungs (epochs 1 and 3) with a checkpoint of
+        # epoch 2 behind it: it is still running, mid-way, when the kill lands.
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                _ended(journal) >= 4 and _running_at(journal, 2)):
+            time.sleep(0.02)
     finally:
         _kill_tree(driver)
     ended_before = _ended(journal)
     assert 4 <= ended_before < 12, "the kill must land half-way through the search"
-    checkpointed = _checkpointed_epochs(study_dir / "search")
+    checkpointed = _resumable(study_dir / "search", epochs)
+    assert checkpointed, "the kill must land with a trial mid-way, past a checkpoint"
 
     done = subprocess.run(_tagtune("study", "resume", str(study_dir), "--quiet"), env=env,
                           capture_output=True, text=True, timeout=400)
@@ -93,13 +121,14 @@ def test_killed_study_resumes_without_duplicates(tmp_path):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
         assert len(steps) == len(set(steps))
 
-    # A trial cut by the kill with a checkpoint continued right after it, not from epoch 1
-    # (one whose checkpoint was its last epoch has nothing left to report).
+    # Every trial cut by the kill past a checkpoint was restarted (a new worker process) and
+    # continued right after that checkpoint, not from epoch 1.
+    found = {}
     for trial_dir in (study_dir / "search").iterdir():
         results = read_results(trial_dir) if trial_dir.is_dir() else []
         if results and results[0]["trial_id"] in checkpointed:
-            for _, first_epoch in restarts(results):
-                assert first_epoch == checkpointed[results[0]["trial_id"]] + 1, results[0]["trial_id"]
+            found[results[0]["trial_id"]] = [first for _, first in restarts(results)]
+    assert found == {tid: [e + 1] for tid, e in checkpointed.items()}
 
 
 def test_ctrl_c_stops_with_how_to_resume_and_resume_finishes(tmp_path):

@@ -32,7 +32,7 @@ from tagtune.analysis.table import (
     trials_table,
 )
 from tagtune.analysis.tracking import log_analysis, tracking_uri
-from tagtune.study.config import output_dir
+from tagtune.study.config import applies, output_dir
 from tagtune.study.trainable import train_config
 
 
@@ -64,6 +64,12 @@ class AnalysisResult:
     """The best-config YAML files written into ``best_dir``: one per cell, then the combined one."""
     mlflow_run_id: str | None = None
     mlflow_note: str = ""
+    answer: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """One row per proportion: the best method, its margin over B1 [95% CI], clear (Holm)."""
+
+    def answer_text(self) -> str:
+        """The answer table as fixed-width text (what ``tagtune analyze`` prints first)."""
+        return self.answer.to_string(index=False) if not self.answer.empty else ""
 
 
 def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
@@ -72,9 +78,8 @@ def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
         cfg = train_config(b["config"])
         rows.append({"cell": cell, "method": cfg.method, "proportion": cfg.missing,
                      "validation_loss": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
-                     "gamma": cfg.gamma if cfg.method == "le" else math.nan,
-                     "alpha": cfg.alpha if cfg.method == "mt" else math.nan,
-                     "beta": cfg.beta if cfg.method == "mt" else math.nan})
+                     **{k: getattr(cfg, k) if applies(cfg.method, k) else math.nan
+                        for k in ("gamma", "alpha", "beta")}})
     return pd.DataFrame(rows, columns=["cell", "method", "proportion", "validation_loss",
                                        "trial_id", "lr", "gamma", "alpha", "beta"])
 
@@ -145,7 +150,8 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
         table=table, table_files=table_files, completeness=done, summary=summary,
         summary_wide=stats.wide_summary(summary), comparisons=pairs,
         conclusions=stats.conclusions(summary, pairs, metric) if len(summary) else [],
-        missing=_missing(study, done))
+        missing=_missing(study, done),
+        answer=stats.answer_table(summary, pairs, metric) if len(summary) else pd.DataFrame())
     best_df = _best_frame(best)
     _figures(r, reps, search, best_df, study)
     if best:

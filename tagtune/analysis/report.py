@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from tagtune.analysis import stats
 from tagtune.analysis.stats import method_name, metric_label, percent, statement
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -57,7 +58,7 @@ def _figure(name: str, path: Path) -> str:
 def _settings_table(settings) -> pd.DataFrame:
     keys = ("name", "data", "methods", "missing", "trials", "replicates", "epochs",
             "grace_period", "reduction_factor", "seed", "preset", "train")
-    return pd.DataFrame({"setting": keys, "value": [str(getattr(settings, k)) for k in keys]})
+    return pd.DataFrame({"setting": keys, "value": [str(settings.raw.get(k, "—")) for k in keys]})
 
 
 def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -65,8 +66,8 @@ def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
     t["method"] = t["method"].map(method_name)
     t["reference"] = t["reference"].map(method_name)
     t["proportion"] = t["proportion"].map(percent)
-    return t.rename(columns={"proportion": "removed", "diff": "mean diff",
-                             "p_wilcoxon": "Wilcoxon p"})
+    return t.rename(columns={"proportion": "removed", "diff": "mean diff", "p_boot": "bootstrap p",
+                             "p_holm": "Holm p", "p_wilcoxon": "Wilcoxon p"})
 
 
 def _best_table(best: pd.DataFrame) -> pd.DataFrame:
@@ -84,12 +85,20 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
              f"<p>Study directory <code>{_esc(r.study_dir)}</code>. Headline metric: "
              f"<b>{_esc(metric_label(r.metric))}</b> (<code>{_esc(r.metric)}</code>), on the "
              "replicates of each cell's best config (selected by validation loss).</p>"]
+    n = int(r.comparisons["p_holm"].notna().sum()) if not r.comparisons.empty else 0
+    parts += ["<h2>The answer</h2>",
+              _table(r.answer) if not r.answer.empty else
+              "<p>No replicate has finished: there are no test results to compare yet.</p>",
+              f"<p>Per proportion of training labels removed, the method with the best mean; its "
+              f"margin over the baseline is the mean paired difference on the same seeds with a "
+              f"percentile bootstrap 95% CI; <b>clear</b> = bootstrap p-value, Holm-corrected "
+              f"over the {n} comparisons of this report with at least {stats.MIN_VERDICT_PAIRS} "
+              f"seeds, below {stats.ALPHA} (fewer seeds: no verdict).</p>"]
     if r.missing:
         parts.append("<div class='warn'><b>Incomplete study: analysed from what finished.</b>"
                      + _list(r.missing) + "</div>")
-    parts += ["<h2>Conclusions</h2>",
-              _list(r.conclusions) if r.conclusions else
-              "<p>No replicate has finished: there are no test results to compare yet.</p>"]
+    if r.conclusions:
+        parts += ["<h2>Clear differences (after Holm's correction)</h2>", _list(r.conclusions)]
 
     parts.append("<h2>Dataset</h2>")
     if dataset.get("table") is not None:
@@ -109,8 +118,10 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
 
     parts.append("<h2>Paired comparisons with the baselines</h2><p>Per proportion, each method "
                  "minus B1 (and minus B0) on the same seeds: mean difference, percentile "
-                 "bootstrap 95% CI (10,000 resamples, seeded), Wilcoxon signed-rank p-value "
-                 "from 5 pairs on. 'No clear difference' when the CI covers 0.</p>")
+                 "bootstrap 95% CI (scipy.stats.bootstrap, 10,000 resamples, seeded), the "
+                 "bootstrap p-value and its Holm-adjusted value over every comparison here "
+                 "(multiple testing), Wilcoxon signed-rank p-value from 5 pairs on. 'No clear "
+                 f"difference' when the Holm-adjusted p is {stats.ALPHA} or more.</p>")
     if not r.comparisons.empty:
         parts.append(_list([statement(row, r.metric) for _, row in r.comparisons.iterrows()]))
         parts.append(_table(_comparisons(r.comparisons)))

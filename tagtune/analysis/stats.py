@@ -3,9 +3,15 @@
 A comparison pairs two methods' replicates of the same proportion by seed (replicate r of
 every cell uses the same seed, so the same label removal), takes the per-seed differences
 d = method - reference, and reports their mean with a percentile bootstrap 95% confidence
-interval (seeded, so a report is reproducible) and, from 5 pairs on, a Wilcoxon
-signed-rank p-value (fewer pairs cannot reach p < 0.05 two-sided). The verdict is read off
-the interval: it covers 0 -> "no clear difference".
+interval (scipy.stats.bootstrap, seeded, so a report is reproducible), the bootstrap's
+two-sided p-value for "mean 0" (the interval of level 1 - p just touches 0) and, from 5 pairs
+on, a Wilcoxon signed-rank p-value (fewer pairs cannot reach p < 0.05 two-sided).
+
+Every comparison of a report is one family: the bootstrap p-values are Holm-corrected over
+all of them, and the verdict reads the corrected one: below 0.05 -> "better"/"worse", else
+"no clear difference". Uncorrected, that verdict is the interval's (does it cover 0?). A
+comparison of fewer than 5 seeds gets no verdict ("too few seeds") and stays out of the
+family: a percentile bootstrap of 2 pairs of one sign has p = 0.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from scipy import stats
 
 REFERENCES = ("b1", "b0")  # the paper's baselines: masked loss, missing = negative
 MIN_WILCOXON_PAIRS = 5
+MIN_VERDICT_PAIRS = 5  # seeds a comparison needs for a verdict (the paper ran 5 replicates)
+ALPHA = 0.05  # family-wise error rate of a report's comparisons (Holm)
 _NAMES = {"f1_macro": "F1 macro", "auprc_macro": "AUPRC macro", "auprc_micro": "AUPRC micro",
           "map": "mAP", "loss": "loss (BCE)"} | {
     f"dcase_{level}_{m}": f"DCASE {level} {label}" for level in ("fine", "coarse")
@@ -76,15 +84,38 @@ def wide_summary(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return wide
 
 
+def bootstrap(d: np.ndarray, n_boot: int = 10_000, level: float = 0.95,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Percentile bootstrap of the mean of ``d`` (resampling the pairs): the interval's ends and
+    the two-sided p-value of "mean 0", 2 x the share of resampled means beyond 0 (at most 1)."""
+    d = np.asarray(d, dtype=float)
+    if np.all(d == d[0]):  # every resample is the same mean; scipy warns on such data
+        return float(d[0]), float(d[0]), 1.0 if d[0] == 0 else 0.0
+    res = stats.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=level,
+                          method="percentile", rng=np.random.default_rng(seed))
+    means = res.bootstrap_distribution
+    p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), p
+
+
 def bootstrap_ci(d: np.ndarray, n_boot: int = 10_000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``d`` (resampling the pairs)."""
-    d = np.asarray(d, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval of the mean of ``d`` (see :func:`bootstrap`)."""
+    lo, hi, _ = bootstrap(d, n_boot, level, seed)
+    return lo, hi
+
+
+def holm(p: np.ndarray | list[float]) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values ``p`` (NaN stays NaN, outside the family)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    known = np.flatnonzero(~np.isnan(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    m, running = len(order), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out
 
 
 def wilcoxon_p(d: np.ndarray) -> float:
@@ -97,9 +128,10 @@ def wilcoxon_p(d: np.ndarray) -> float:
 
 def paired_comparisons(reps: pd.DataFrame, metric: str, references=REFERENCES,
                        n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """Every other method against each reference, per proportion, paired on seed."""
-    cols = ["method", "reference", "proportion", "n", "diff", "ci_low", "ci_high", "p_wilcoxon",
-            "verdict"]
+    """Every other method against each reference, per proportion, paired on seed; the
+    verdicts Holm-corrected over all of them (see the module docstring)."""
+    cols = ["method", "reference", "proportion", "n", "diff", "ci_low", "ci_high", "p_boot",
+            "p_holm", "p_wilcoxon", "verdict"]
     if metric not in reps:  # no replicate reported it (none finished yet)
         return pd.DataFrame(columns=cols)
     up = higher_is_better(metric)
@@ -115,17 +147,20 @@ def paired_comparisons(reps: pd.DataFrame, metric: str, references=REFERENCES,
             if pairs.empty:
                 continue
             d = (pairs[metric] - pairs[f"{metric}_ref"]).to_numpy()
-            lo, hi = bootstrap_ci(d, n_boot, seed=seed) if len(d) >= 2 else (math.nan, math.nan)
-            if len(d) < 2:
-                verdict = "too few pairs"
-            elif lo <= 0 <= hi:
-                verdict = "no clear difference"
-            else:
-                verdict = "better" if (lo > 0) == up else "worse"
+            lo, hi, p_boot = bootstrap(d, n_boot, seed=seed) if len(d) >= 2 else (math.nan,) * 3
             rows.append({"method": method, "reference": ref, "proportion": p, "n": len(d),
-                         "diff": float(d.mean()), "ci_low": lo, "ci_high": hi,
-                         "p_wilcoxon": wilcoxon_p(d), "verdict": verdict})
-    return pd.DataFrame(rows, columns=cols)
+                         "diff": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_boot": p_boot,
+                         "p_wilcoxon": wilcoxon_p(d)})
+    out = pd.DataFrame(rows, columns=cols)
+    # Below MIN_VERDICT_PAIRS no verdict, so no test in the family: with 2 pairs of one sign
+    # every bootstrap resample has that sign (p = 0), which says nothing.
+    tested = out["p_boot"].where(out["n"] >= MIN_VERDICT_PAIRS)
+    out["p_holm"] = holm(tested.to_numpy()) if len(out) else []
+    out["verdict"] = [
+        "too few pairs" if r.n < 2 else "too few seeds" if r.n < MIN_VERDICT_PAIRS
+        else "no clear difference" if not r.p_holm < ALPHA
+        else "better" if (r.diff > 0) == up else "worse" for r in out.itertuples()]
+    return out
 
 
 def statement(row: pd.Series | dict, metric: str, digits: int = 3) -> str:
@@ -139,13 +174,22 @@ def statement(row: pd.Series | dict, metric: str, digits: int = 3) -> str:
     if row["verdict"] == "too few pairs":
         return f"{a} vs {b} {where}: {diff} on {seeds}; too few pairs for an interval."
     ci = f"95% CI [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+    if row["verdict"] == "too few seeds":
+        return (f"{a} vs {b} {where}: {diff}, {ci} on {seeds}: too few for a verdict "
+                f"({MIN_VERDICT_PAIRS} needed).")
     test = (f"Wilcoxon p = {row['p_wilcoxon']:.2g}" if not math.isnan(row["p_wilcoxon"])
             else "a rough interval, too few for a Wilcoxon test" if row["n"] < MIN_WILCOXON_PAIRS
             else "Wilcoxon test undefined: every difference is 0")
+    test = f"Holm-adjusted p {holm_text(row['p_holm'])}, {test}"
     if row["verdict"] == "no clear difference":
         return f"{a} vs {b} {where}: no clear difference ({diff}, {ci}; {seeds}, {test})."
     verb = "beats" if row["verdict"] == "better" else "loses to"
     return f"{a} {verb} {b} {where}: {diff}, {ci} ({seeds}, {test})."
+
+
+def holm_text(p: float) -> str:
+    """``< 0.001`` or ``= 0.042``: a bootstrap p-value of 0 means below 1 / resamples."""
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
 def best_per_proportion(summary: pd.DataFrame, metric: str, digits: int = 3) -> list[str]:
@@ -161,19 +205,54 @@ def best_per_proportion(summary: pd.DataFrame, metric: str, digits: int = 3) -> 
     return out
 
 
+def answer_table(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str,
+                 digits: int = 3) -> pd.DataFrame:
+    """The answer, one row per proportion: the method with the best mean, that mean, its margin
+    over B1 (B0 if the study has no B1) with the 95% interval, and whether it is clear (Holm)."""
+    present = set(summary["method"])
+    ref = next((r for r in REFERENCES if r in present), None)
+    margin = f"margin over {method_name(ref)} [95% CI]" if ref else "margin [95% CI]"
+    pick = "idxmax" if higher_is_better(metric) else "idxmin"
+    rows = []
+    for p, g in summary.groupby("proportion"):
+        best = g.loc[getattr(g["mean"], pick)()]
+        sd = "n/a" if math.isnan(best["sd"]) else f"{best['sd']:.{digits}f}"
+        row = {"removed": percent(p), "best": method_name(best["method"]),
+               "mean ± sd (n)": f"{best['mean']:.{digits}f} ± {sd} (n={int(best['n'])})",
+               margin: "—", "clear": "—"}
+        hit = pairs[(pairs["method"] == best["method"]) & (pairs["reference"] == ref)
+                    & (pairs["proportion"] == p)]
+        if best["method"] == ref:
+            row[margin] = f"{method_name(ref)} itself is best"
+        elif len(hit) and hit.iloc[0]["verdict"] == "too few pairs":
+            row[margin], row["clear"] = f"{hit.iloc[0]['diff']:+.{digits}f}", "too few seeds"
+        elif len(hit):
+            h = hit.iloc[0]
+            row[margin] = (f"{h['diff']:+.{digits}f} [{h['ci_low']:+.{digits}f}, "
+                           f"{h['ci_high']:+.{digits}f}]")
+            yes = h["verdict"] in ("better", "worse")
+            row["clear"] = (f"too few seeds ({h['n']} of {MIN_VERDICT_PAIRS})"
+                            if h["verdict"] == "too few seeds"
+                            else f"{'yes' if yes else 'no'} (Holm p {holm_text(h['p_holm'])})")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["removed", "best", "mean ± sd (n)", margin, "clear"])
+
+
 def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list[str]:
-    """The report's headline: the best method per proportion, then every comparison whose
-    interval excludes 0, then how many showed no clear difference."""
-    lines = best_per_proportion(summary, metric)
+    """What follows the answer table: every comparison that is clear after Holm's correction,
+    then how many are not."""
     clear = pairs[pairs["verdict"].isin(["better", "worse"])]
-    lines += [statement(r, metric) for _, r in clear.iterrows()]
+    lines = [statement(r, metric) for _, r in clear.iterrows()]
     rest = len(pairs) - len(clear)
     if rest:
         lines.append(f"The other {rest} comparison{'s' if rest != 1 else ''} with the baselines "
-                     "show no clear difference (the 95% CI covers 0) or have too few seeds.")
+                     f"show no clear difference (Holm-adjusted p >= {ALPHA} over the "
+                     f"{int(pairs['p_holm'].notna().sum())} tested) or have too few seeds "
+                     f"(below {MIN_VERDICT_PAIRS}).")
     return lines
 
 
-__all__ = ["REFERENCES", "best_per_proportion", "bootstrap_ci", "conclusions",
-           "higher_is_better", "metric_label", "metric_name", "paired_comparisons", "percent",
-           "statement", "summary_table", "wide_summary", "wilcoxon_p"]
+__all__ = ["ALPHA", "REFERENCES", "answer_table", "best_per_proportion", "bootstrap",
+           "bootstrap_ci", "conclusions", "higher_is_better", "holm", "holm_text", "metric_label",
+           "metric_name", "paired_comparisons", "percent", "statement", "summary_table",
+           "wide_summary", "wilcoxon_p"]

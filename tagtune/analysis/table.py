@@ -1,8 +1,8 @@
 """What a study wrote, as one tidy table: one row per search trial and per replicate.
 
-Read from files only (no Ray started, no ``launch`` internals): ``study.yaml`` through the
-settings loader, each trial's ``params.json`` and ``result.json`` (one JSON line per report)
-under ``search/`` and ``replicate/``, the trials each phase's Tune snapshot
+Read from files only (no Ray started, nothing of ``launch`` imported): ``study.yaml``
+(:mod:`tagtune.analysis.studyfile`), each trial's ``params.json`` and ``result.json`` (one
+JSON line per report) under ``search/`` and ``replicate/``, the trials each phase's Tune snapshot
 (``experiment_state-*.json``) recorded, and the tracking journal's ``end`` events, which say
 which trials ended (with neither an end event nor a final status in Tune's snapshot, a trial
 was still running when the study stopped).
@@ -23,14 +23,14 @@ from typing import Any
 
 import pandas as pd
 
-from tagtune.study.config import ConfigError, to_dict
+from tagtune.analysis.studyfile import StudyRecord, read_study_yaml
+from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.trainable import train_config
 
 PHASES = ("search", "replicate")
 JOURNAL = "mlflow-journal.jsonl"  # written by tagtune.launch.tracking
 SELECTION = "val/best_loss"  # what the study's model selection minimised
-# Hyperparameters that only mean something for one method (NaN elsewhere, not the preset's).
-METHOD_PARAMS = {"gamma": "le", "alpha": "mt", "beta": "mt", "rampup_epochs": "mt"}
+
 METRIC_PREFIXES = ("train/", "val/", "val_full/", "test/", "test_full/")
 ID_COLUMNS = ["study", "phase", "cell", "method", "proportion", "seed", "replicate", "trial_id",
               "status", "stopped_early", "epochs_run", "budget", "time_s"]
@@ -41,7 +41,7 @@ class StudyFiles:
     """A study directory as found on disk; ``settings`` is its study.yaml."""
 
     dir: Path
-    settings: Any
+    settings: StudyRecord
     best: dict[str, dict[str, Any]] | None
     summary: dict[str, Any] | None
     missing_files: list[str] = field(default_factory=list)
@@ -54,12 +54,11 @@ class StudyFiles:
 
 def open_study(study_dir: str | Path) -> StudyFiles:
     """Read a study directory's settings and summaries; a ConfigError if it is not one."""
-    from tagtune.launch.settings import load_settings
 
     d = Path(study_dir).absolute()
     if not (d / "study.yaml").is_file():
         raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
-    settings = load_settings(d / "study.yaml")
+    settings = read_study_yaml(d / "study.yaml")
     found = {name: _read_json(d / name) for name in ("best.json", "summary.json")}
     missing = [name for name in ("best.json", "summary.json", "optuna.db", *PHASES)
                if not (d / name).exists()]
@@ -138,7 +137,7 @@ def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
             continue  # identity columns
         elif isinstance(v, list):
             out[k] = json.dumps(v)  # one cell per value: CSV- and Parquet-friendly
-        elif k in METHOD_PARAMS and METHOD_PARAMS[k] != resolved["method"]:
+        elif not applies(resolved["method"], k):  # e.g. gamma for B1: NaN, not the preset's
             out[k] = math.nan
         else:
             out[k] = v

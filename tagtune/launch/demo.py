@@ -41,12 +41,15 @@ def main(out: Path = OUT, **size) -> None:
     print()
     print(f"study:    {result.study_dir}")
     print(f"mlflow:   {result.tracking_uri}")
-    print(f"open UI:  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
+    print(f"log:      {result.study_dir / 'study.log'}  (Ray's, Tune's and Optuna's own lines)")
+    print(f"open UI:  .venv/bin/tagtune ui {result.study_dir}  (--optuna: Optuna's dashboard too)")
     from tagtune.analysis import analyze
 
     analysis = analyze(result.study_dir)
     print(f"report:   {analysis.report}")
-    print("what the report concludes:")
+    print("the answer (per proportion: best method, its margin over B1, clear after Holm?):")
+    print("\n".join(f"  {line}" for line in analysis.answer_text().splitlines()))
+    print("clear differences:")
     for line in analysis.conclusions:
         print(f"  - {line}")
     print(f"wall time {time.perf_counter() - t0:.0f} s")

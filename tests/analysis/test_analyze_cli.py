@@ -50,10 +50,10 @@ def test_analyze_prints_where_everything_is(study_dir, tmp_path):
     assert shown["tracking"].startswith("MLflow run ") and f"sqlite:///{study_dir}" in shown["tracking"]
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == len(CELLS) * (TINY_STUDY["trials"] + TINY_STUDY["replicates"])
-    conclusions = [line[2:] for line in r.stdout.splitlines() if line.startswith("- ")]
-    # One "best mean" line per proportion, on the default headline metric (full truth here).
-    best = [c for c in conclusions if "has the best mean F1 macro" in c]
-    assert len(best) == len(TINY_STUDY["missing"])
+    # The answer first: a header, then one row per proportion, before where the files are.
+    answer = r.stdout.split("\nreport:", 1)[0].strip().splitlines()
+    assert answer[0].split()[:2] == ["removed", "best"] and "margin over B1" in answer[0]
+    assert [row.split()[0] for row in answer[1:]] == [f"{100 * p:.0f}%" for p in TINY_STUDY["missing"]]
     assert "missing" not in shown  # a finished study: nothing reported missing
 
 
@@ -64,11 +64,10 @@ def test_metric_flag_sets_the_headline(tiny_study, study_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert printed(r.stdout)["tracking"] == "MLflow logging turned off"
     means = pd.DataFrame(result.replicates).groupby(["missing", "method"])[metric].mean()
-    for p in TINY_STUDY["missing"]:
-        method = means[p].idxmax()
-        line = f"At {100 * p:.0f}% missing, {method.upper()} has the best mean AUPRC macro: " \
-               f"{means[p][method]:.3f}"
-        assert any(c.startswith(f"- {line}") for c in r.stdout.splitlines()), (line, r.stdout)
+    rows = r.stdout.split("\nreport:", 1)[0].strip().splitlines()[1:]  # the answer table's
+    for p, row in zip(TINY_STUDY["missing"], rows, strict=True):
+        method = means[p].idxmax()  # best on the metric asked for
+        assert row.split()[:3] == [f"{100 * p:.0f}%", method.upper(), f"{means[p][method]:.3f}"], row
     assert "AUPRC macro (test, observed labels)" in (tmp_path / "out" / "report.html").read_text()
 
 

@@ -117,7 +117,8 @@ def test_statements_in_words(reps):
     assert lose.startswith("B0 loses to B1 at 0% missing: -0.050 F1 macro")
     few = stats.paired_comparisons(reps[reps["seed"] < 3], METRIC)
     text = stats.statement(pair(few, "mt", "b1", 0.4), METRIC)
-    assert "only 3 seeds" in text and "too few for a Wilcoxon test" in text
+    assert pair(few, "mt", "b1", 0.4)["verdict"] == "too few seeds"  # every pair > 0, yet only 3
+    assert "only 3 seeds: too few for a verdict (5 needed)" in text and "95% CI [+0.0" in text
     single = stats.paired_comparisons(reps[reps["seed"] == 0], METRIC)
     assert pair(single, "mt", "b1", 0.4)["verdict"] == "too few pairs"
 
@@ -132,14 +133,60 @@ def test_lower_is_better_for_a_loss():
     assert "MT has the best mean" in stats.best_per_proportion(stats.summary_table(t, loss), loss)[0]
 
 
-def test_conclusions_name_the_best_method_and_the_clear_differences(reps):
+def test_answer_table_leads_with_the_best_method_its_margin_and_whether_it_is_clear(reps):
+    summary = stats.summary_table(reps, METRIC)
+    pairs = stats.paired_comparisons(reps, METRIC)
+    answer = stats.answer_table(summary, pairs, METRIC)
+    assert list(answer.columns) == ["removed", "best", "mean ± sd (n)", "margin over B1 [95% CI]",
+                                    "clear"]
+    b1_best, mt_best = answer.iloc[0], answer.iloc[1]
+    assert (b1_best["removed"], b1_best["best"]) == ("0%", "B1")
+    assert b1_best["margin over B1 [95% CI]"] == "B1 itself is best"
+    assert (mt_best["removed"], mt_best["best"]) == ("40%", "MT")
+    r = pair(pairs, "mt", "b1", 0.4)
+    assert mt_best["margin over B1 [95% CI]"] == f"+0.030 [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    assert mt_best["clear"] == "yes (Holm p < 0.001)"
+    # Without B1 in the study, the margin is over B0.
+    no_b1 = stats.summary_table(reps[reps.method != "b1"], METRIC)
+    other = stats.answer_table(no_b1, stats.paired_comparisons(reps[reps.method != "b1"], METRIC), METRIC)
+    assert "margin over B0 [95% CI]" in other.columns
+
+
+def test_conclusions_are_the_clear_differences_after_holm(reps):
     summary = stats.summary_table(reps, METRIC)
     lines = stats.conclusions(summary, stats.paired_comparisons(reps, METRIC), METRIC)
-    assert lines[0].startswith("At 0% missing, B1 has the best mean F1 macro: 0.450 ± ")
-    assert lines[1].startswith("At 40% missing, MT has the best mean F1 macro")
+    assert lines[0].startswith("B0 loses to B1 at 0% missing")
     assert any(line.startswith("MT beats B1 at 40% missing") for line in lines)
+    assert "Holm-adjusted p < 0.001" in lines[0]
     assert not any(line.startswith("MT vs B1 at 0% missing") for line in lines)
-    assert lines[-1].startswith("The other 2 comparisons")
+    assert lines[-1].startswith("The other 2 comparisons") and "over the 6 tested" in lines[-1]
+
+
+def test_holm_adjusts_step_down_and_leaves_nan_out():
+    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan])
+    np.testing.assert_allclose(adjusted[:3], [0.03, 0.06, 0.06])  # 3 x 0.01, then max(2 x 0.03, 0.04)
+    assert math.isnan(adjusted[3])
+
+
+def test_holm_turns_a_lone_clear_difference_into_no_clear_one():
+    # One borderline win (bootstrap p ~ 0.02) among four flat comparisons: clear alone, not
+    # within the family of five (Holm multiplies the smallest p by 5).
+    borderline = [0.03, 0.02, 0.025, -0.015, 0.015, 0.02]
+    flat = [0.01, -0.01, 0.02, -0.02, 0.005, -0.005]
+    rows_ = []
+    for p in (0.0, 0.1, 0.2, 0.4, 0.8):
+        for s in range(6):
+            base = 0.5 + 0.01 * s
+            lift = borderline[s] if p == 0.4 else flat[s]
+            rows_.append({"method": "b1", "proportion": p, "seed": s, METRIC: base})
+            rows_.append({"method": "mt", "proportion": p, "seed": s, METRIC: base + lift})
+    t = pd.DataFrame(rows_)
+    alone = stats.paired_comparisons(t[t.proportion == 0.4], METRIC)
+    family = stats.paired_comparisons(t, METRIC)
+    r_alone, r_family = pair(alone, "mt", "b1", 0.4), pair(family, "mt", "b1", 0.4)
+    assert r_alone["p_boot"] == r_family["p_boot"] < stats.ALPHA
+    assert r_alone["verdict"] == "better"
+    assert r_family["p_holm"] >= stats.ALPHA and r_family["verdict"] == "no clear difference"
 
 
 def test_headline_metric_prefers_full_truth_then_observed(reps):

@@ -7,6 +7,7 @@ it (no extra MLflow run in its store).
 
 from __future__ import annotations
 
+import html as htmllib
 import json
 import re
 import shutil
@@ -97,7 +98,16 @@ def test_report_is_self_contained_and_names_every_cell(analysed):
     assert "Incomplete study" not in html and r.missing == []
     assert r.summary["n"].tolist() == [2] * len(CELLS)
     for line in r.conclusions:
-        assert line in html.replace("&#x27;", "'")
+        assert line in htmllib.unescape(html)
+    # It opens with the answer: one row per proportion, the best mean's method, before any detail.
+    assert html.index("<h2>The answer</h2>") < html.index("<table") < html.index("<h2>", html.index(
+        "<h2>The answer</h2>") + 1)
+    best = r.summary.loc[r.summary.groupby("proportion")["mean"].idxmax()]
+    assert r.answer["best"].tolist() == [m.upper() for m in best["method"]]
+    assert r.answer["removed"].tolist() == [f"{100 * p:.0f}%" for p in MISSING]
+    assert "Holm" in html
+    # 2 replicates a cell: a margin and its interval, but no verdict (5 seeds needed).
+    assert {c.split(" (")[0] for c in r.answer["clear"]} <= {"too few seeds", "—"}
     for m in ("LE", "MT"):
         assert any(s.startswith((f"{m} beats B1", f"{m} vs B1", f"{m} loses to B1"))
                    for s in html.split("<li>"))

@@ -1,0 +1,39 @@
+"""Data flows one way: ``analysis`` reads what a study wrote without importing ``launch``; the
+CLI's command modules import none of each other, nor ``tagtune.launch.cli`` (no circle)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CHECK = """
+import sys
+import tagtune.analysis, tagtune.analysis.pipeline, tagtune.analysis.export, tagtune.analysis.table
+launch = sorted(m for m in sys.modules if m.startswith("tagtune.launch"))
+assert not launch, f"analysis imported {launch}"
+for name in ("cli_study", "cli_analysis", "cli_data", "cli_train", "cli_ui"):
+    __import__(f"tagtune.launch.{name}")  # each on its own, first: a circle would fail here
+    others = [m for m in sys.modules if m.startswith("tagtune.launch.cli") and m.split(".")[-1]
+              not in ("cli_common", "cli_study", "cli_analysis", "cli_data", "cli_train", "cli_ui")]
+    assert not others, f"{name} imported {others}"
+import tagtune.launch.cli
+print("ok")
+"""
+
+
+def test_analysis_imports_nothing_of_launch_and_cli_modules_no_circle():
+    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_no_analysis_module_imports_launch_even_inside_a_function():
+    import ast
+    from pathlib import Path
+
+    import tagtune.analysis
+
+    for path in Path(tagtune.analysis.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n.startswith("tagtune.launch") for n in names), (path.name, node.lineno)

@@ -98,7 +98,7 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
         parts.append("<div class='warn'><b>Incomplete study: analysed from what finished.</b>"
                      + _list(r.missing) + "</div>")
     if r.conclusions:
-        parts += ["<h2>Clear differences (after Holm's correction)</h2>", _list(r.conclusions)]
+        parts += ["<h2>Differences (after Holm's correction)</h2>", _list(r.conclusions)]
 
     parts.append("<h2>Dataset</h2>")
     if dataset.get("table") is not None:

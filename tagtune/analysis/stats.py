@@ -243,8 +243,11 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list
     then how many are not."""
     clear = pairs[pairs["verdict"].isin(["better", "worse"])]
     lines = [statement(r, metric) for _, r in clear.iterrows()]
-    rest = len(pairs) - len(clear)
-    if rest:
+    rest, tested = len(pairs) - len(clear), int(pairs["p_holm"].notna().sum())
+    if rest and not tested:
+        lines.append(f"No comparison with the baselines has the {MIN_VERDICT_PAIRS} seeds a verdict "
+                     f"needs ({rest} with fewer): their intervals are in the table below.")
+    elif rest:
         lines.append(f"The other {rest} comparison{'s' if rest != 1 else ''} with the baselines "
                      f"show no clear difference (Holm-adjusted p >= {ALPHA} over the "
                      f"{int(pairs['p_holm'].notna().sum())} tested) or have too few seeds "

@@ -160,6 +160,10 @@ def test_conclusions_are_the_clear_differences_after_holm(reps):
     assert "Holm-adjusted p < 0.001" in lines[0]
     assert not any(line.startswith("MT vs B1 at 0% missing") for line in lines)
     assert lines[-1].startswith("The other 2 comparisons") and "over the 6 tested" in lines[-1]
+    few = reps[reps["seed"] < 3]  # 3 seeds: no verdict anywhere, and it says so
+    assert stats.conclusions(stats.summary_table(few, METRIC), stats.paired_comparisons(few, METRIC),
+                             METRIC) == ["No comparison with the baselines has the 5 seeds a verdict "
+                                         "needs (6 with fewer): their intervals are in the table below."]
 
 
 def test_holm_adjusts_step_down_and_leaves_nan_out():

@@ -190,9 +190,3 @@ def read_results(trial_dir: Path) -> list[dict]:
                 pass
     return out
 
-
-def restarts(results: list[dict]) -> list[tuple[list[int], int]]:
-    """Where a trial was restored: (epochs reported before, first epoch after) wherever its
-    results come from a new worker process (a trial keeps its actor while it lives)."""
-    return [([r["epoch"] for r in results[:i]], results[i]["epoch"])
-            for i in range(1, len(results)) if results[i]["pid"] != results[i - 1]["pid"]]

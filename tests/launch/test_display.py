@@ -79,3 +79,13 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
     assert quiet.exit_code == 0, out[-3000:]
     labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyse:")
     assert [line.split()[0] for line in out.splitlines()] == [label.split()[0] for label in labels], out
+
+
+def test_help_says_what_tagtune_does_and_version_is_there():
+    from importlib.metadata import version
+
+    r = CliRunner().invoke(app, ["--help"])
+    assert r.exit_code == 0 and "Compare methods for audio tagging with missing labels" in r.output
+    assert "thin wrapper" not in r.output
+    v = CliRunner().invoke(app, ["--version"])
+    assert v.exit_code == 0 and v.output.strip() == f"tagtune {version('tagtune')}"

@@ -78,7 +78,9 @@ def journal_restarts(study_dir: Path) -> dict[str, list[list[int]]]:
         if event["op"] == "start":
             out.setdefault(event["trial_id"], []).append([])
         elif event["op"] == "result":
-            out[event["trial_id"]][-1].append(event["step"])
+            # The trainable's epoch, not Tune's step: Tune restores its iteration counter from
+            # the checkpoint, so a trial restarted from scratch would still look continued.
+            out[event["trial_id"]][-1].append(int(event["metrics"]["epoch"]))
     return {tid: [seg for seg in segs if seg] for tid, segs in out.items()}
 
 

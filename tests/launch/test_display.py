@@ -74,7 +74,8 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
     log = (tmp_path / "shown" / LOG_FILE).read_text()
     assert "A new study created" in log and "Configuration for experiment" in log
 
-    quiet = CliRunner().invoke(app, [*common, "--epochs", "1", "--name", "quiet", "--quiet"])
+    quiet = CliRunner().invoke(app, [*common[:-4], "--replicates", "0", "--storage", str(tmp_path),
+                                     "--epochs", "1", "--name", "quiet", "--quiet"])
     out = quiet.output + "".join(capfd.readouterr())
     assert quiet.exit_code == 0, out[-3000:]
     labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyse:")

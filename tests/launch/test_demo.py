@@ -24,6 +24,10 @@ def test_demo_runs_a_study_and_says_where_everything_is(ray_session, tmp_path, c
     assert f"mlflow:   sqlite:///{study_dir / 'mlflow.db'}" in text
     assert f"report:   {study_dir / 'analysis' / 'report.html'}" in text
     assert (study_dir / "analysis" / "report.html").is_file() and (study_dir / "best.json").is_file()
-    said = text.split("what the report concludes:\n", 1)[1].splitlines()
-    assert said[0].startswith("  - At 0% missing, ")  # the analysis' first conclusion
+    said = text.split("clear after Holm?):\n", 1)[1].splitlines()
+    assert said[0].split()[:2] == ["removed", "best"]  # the answer table leads the conclusions
+    assert said[1].split()[0] == "0%"  # one row per proportion
+    assert "search    4/4 done" in text  # the live display, as `tagtune study` shows it
+    assert not [n for n in ("A new study created", "Configuration for experiment", "TensorBoard")
+                if n in text]  # Ray's, Tune's and Optuna's lines went to study.log
     assert re.search(r"^wall time \d+ s$", text, flags=re.M)

@@ -5,6 +5,16 @@ run exactly where it stopped: networks, optimizer, the best model so far, the st
 early-stopping counters, LE's teacher and enhanced mask, the random streams and the
 history. Resuming and training on gives bitwise the weights and history of an
 uninterrupted run.
+
+Across devices (a state written on a GPU resumed on a CPU, or back): tensors are read onto
+the CPU and copied into the networks of wherever the run resumes; the optimizer's moments are
+carried over exactly (the CPU's one flat buffer, :class:`~tagtune.study.fast.FlatAdam`, cut
+into torch Adam's per-parameter state, or joined back); the batch order stream is a CPU
+generator on both, so it resumes exactly. The dropout noise stream cannot cross: a CUDA
+generator (Philox: seed and offset) and a CPU one (Mersenne Twister) have different states, so
+there the noise restarts from a seed of its own, (seed, stage, epochs done) -- the run goes on
+correctly, but is not bitwise the uninterrupted run (it would not be anyway: the two devices
+round differently).
 """
 
 from __future__ import annotations
@@ -14,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from tagtune.study.config import ConfigError, TrainConfig, to_dict
+from tagtune.study.config import ConfigError, TrainConfig, from_dict, to_dict
 from tagtune.study.model import AttentionMIL
 
 STATE_FILE = "state.pt"
@@ -99,6 +110,7 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
         "rng": {
             "batches": fs.batches.get_state(),
             "noise": fs.noise.get_state(),
+            "noise_device": fs.noise.device.type,
             "torch": torch.get_rng_state(),
         },
         "history": fs.history,
@@ -110,16 +122,22 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
 
 
 def load_payload(directory: str | Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Read a saved state; refuse one written with a different config (threads aside)."""
+    """Read a saved state onto the CPU; refuse one written with a different config (threads,
+    device and the deterministic switch aside: they change where and how, not what)."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise ConfigError("resume", f"no {STATE_FILE} in {directory}")
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(path, weights_only=True, map_location="cpu")
     if payload.get("version") != VERSION:
         raise ConfigError("resume", f"{path}: unsupported state version {payload.get('version')}")
     saved, now = dict(payload["cfg"]), to_dict(cfg)
-    saved.pop("threads", None)
-    now.pop("threads", None)
+    try:  # fields added since the state was written take their defaults
+        saved = to_dict(from_dict(TrainConfig, saved))
+    except ConfigError:
+        pass  # an unknown or invalid field: reported as a difference below
+    for name in _HOW:
+        saved.pop(name, None)
+        now.pop(name, None)
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError("resume", f"{path} was written with a different config ({', '.join(diff)})")
@@ -129,15 +147,60 @@ def load_payload(directory: str | Path, cfg: TrainConfig) -> dict[str, Any]:
 def restore(fs: FitState, payload: dict[str, Any]) -> None:
     """Load ``payload`` into ``fs``, whose networks and optimizer were built for its stage."""
     fs.model.load_state_dict(payload["model"])
-    fs.optimizer.load_state_dict(payload["optimizer"])
+    params = [p for p in fs.model.parameters() if p.requires_grad]
+    flat = len(fs.optimizer.param_groups[0]["params"]) == 1
+    fs.optimizer.load_state_dict(optimizer_state(payload["optimizer"], params, flat))
     if fs.teacher is not None:
         fs.teacher.load_state_dict(payload["teacher"])
     for name in ("stage_epoch", "stopped", "best_loss", "best_logs", "best_model", "best_other",
                  "steps", "bad_epochs", "le_teacher", "train_M", "masked_fraction", "history"):
         setattr(fs, name, payload[name])
+    fs.train_M = fs.train_M.to(params[0].device)
     fs.batches.set_state(payload["rng"]["batches"])
-    fs.noise.set_state(payload["rng"]["noise"])
+    if payload["rng"].get("noise_device", "cpu") == fs.noise.device.type:
+        fs.noise.set_state(payload["rng"]["noise"])
+    else:
+        fs.noise.manual_seed(crossed_noise_seed(payload["cfg"]["seed"], fs.stage, fs.stage_epoch))
     torch.set_rng_state(payload["rng"]["torch"])
 
 
-__all__ = ["STATE_FILE", "FitState", "clone_state", "load_payload", "restore", "save_state"]
+_HOW = ("threads", "device", "deterministic")
+
+
+def crossed_noise_seed(seed: int, stage: int, stage_epoch: int) -> int:
+    """The dropout noise stream's seed after a resume on another kind of device."""
+    state = np.random.SeedSequence([seed, 3, stage, stage_epoch, 1]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def optimizer_state(saved: dict[str, Any], params: list[Tensor], flat: bool) -> dict[str, Any]:
+    """``saved`` (an Adam state dict) in the form of the optimizer resuming it: over one flat
+    parameter holding ``params`` (``flat``: FlatAdam, the CPU path) or over ``params`` one by one
+    (torch Adam, the generic path); converted exactly where it was written in the other form."""
+    group, state = saved["param_groups"][0], saved["state"]
+    ids = group["params"]
+    if (len(ids) == 1) == flat or len(params) == 1:
+        return saved
+    sizes = [p.numel() for p in params]
+    if flat:  # per parameter -> one buffer, in the parameters' order (FlatAdam's)
+        if len(ids) != len(params):
+            raise ConfigError("resume", f"optimizer state for {len(ids)} parameters, "
+                              f"the model has {len(params)}")
+        moments = {k: torch.cat([state[i][k].reshape(-1) for i in ids]) for k in ("exp_avg", "exp_avg_sq")}
+        new = {0: {"step": state[ids[0]]["step"].clone(), **moments}} if state else {}
+        return {"state": new, "param_groups": [{**group, "params": [0]}]}
+    one = state.get(ids[0])  # one buffer -> per parameter
+    per: dict[int, dict[str, Tensor]] = {}
+    if one:
+        if one["exp_avg"].numel() != sum(sizes):
+            raise ConfigError("resume", f"optimizer state of {one['exp_avg'].numel()} values, "
+                              f"the model has {sum(sizes)}")
+        pieces = {k: one[k].split(sizes) for k in ("exp_avg", "exp_avg_sq")}
+        for i, p in enumerate(params):
+            per[i] = {"step": one["step"].clone(),
+                      **{k: v[i].reshape(p.shape).clone() for k, v in pieces.items()}}
+    return {"state": per, "param_groups": [{**group, "params": list(range(len(params)))}]}
+
+
+__all__ = ["STATE_FILE", "FitState", "clone_state", "crossed_noise_seed", "load_payload", "optimizer_state",
+           "restore", "save_state"]

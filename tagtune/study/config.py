@@ -11,7 +11,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt")
+METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt", "lemt", "llr", "hill", "splc", "pbce", "wan", "epr")
+"""The paper's four, then the newer missing-label methods (tagtune.study.methods: one module each)."""
 ARCHS: tuple[str, ...] = ("residual", "paper")
 """``residual``: softmax attention, a residual around every embedding layer (tagtune's);
 ``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
@@ -25,6 +26,13 @@ METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "b0": (), "b1": (),
     "le": ("gamma", "le_teacher_lr"),
     "mt": ("alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select"),
+    "lemt": ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select"),
+    "llr": ("delta_rel",),
+    "hill": ("hill_lambda", "margin", "focal_gamma"),
+    "splc": ("splc_tau", "margin", "focal_gamma"),
+    "pbce": ("pbce_gamma",),
+    "wan": (),
+    "epr": ("epr_k",),
 }
 
 
@@ -96,7 +104,8 @@ class TrainConfig:
     """One training run of one method."""
 
     method: str = "b1"
-    """b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean teacher)."""
+    """b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean teacher); beyond the
+    paper: lemt, llr, hill, splc, pbce, wan, epr (see tagtune.study.methods)."""
     lr: float = 1e-3
     """Initial Adam learning rate (also the LE student's: it starts fresh)."""
     weight_decay: float = 1e-5
@@ -128,12 +137,35 @@ class TrainConfig:
     """MT: weight of the consistency loss."""
     rampup_epochs: int = 0
     """MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
+    delta_rel: float = 0.002
+    """LL-R: share of a batch's (clip, class) entries rejected grows by this every epoch after the
+    first (Kim et al. 2022; their scripts' 0.1-0.5%, here 0.2%)."""
+    hill_lambda: float = 1.5
+    """Hill: lambda of the negative term (lambda - p) p^2 (Zhang et al. 2021: 1.5, never changed)."""
+    margin: float = 1.0
+    """Hill, SPLC: margin m subtracted from a positive's logit (focal margin loss; the authors': 1)."""
+    focal_gamma: float = 2.0
+    """Hill, SPLC: focusing exponent of the focal margin loss (the authors': 2)."""
+    splc_tau: float = 0.6
+    """SPLC: a missing label scored above tau counts as a positive from the second epoch on (0.6)."""
+    pbce_gamma: float = 1.0
+    """Partial BCE: exponent of g(p) = alpha p^gamma + beta, alpha and beta set by g(0.1) = 5 and
+    g(1) = 1 (Durand et al. 2019: gamma 1)."""
+    epr_k: float | None = None
+    """EPR: expected number of positives per clip (None: the mean number of observed positives
+    per training clip)."""
     missing: float = 0.0
     """Proportion of observed training labels removed before training (the paper's Fig. 5)."""
     seed: int = 0
     """Seeds the model, the dropout noise, the batch order and the label removal."""
     threads: int = 1
     """torch intra-op threads (the CPU budget of the run)."""
+    device: str = "auto"
+    """Where to train: cpu, cuda (in a study: the GPU Ray assigned the trial), or auto (the GPU
+    when torch sees one). Checkpoints resume on either; see tagtune.study.device."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms for the run: GPU results repeat bitwise, slower (the
+    CPU path is deterministic either way)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -157,7 +189,16 @@ class TrainConfig:
         _check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         _check(self.rampup_epochs >= 0, "rampup_epochs", f"must be >= 0, got {self.rampup_epochs}")
         _check(0 <= self.missing < 1, "missing", f"must be in [0, 1), got {self.missing}")
+        _check(0 <= self.delta_rel <= 1, "delta_rel", f"must be in [0, 1], got {self.delta_rel}")
+        _check(self.hill_lambda >= 1, "hill_lambda", f"must be >= 1, got {self.hill_lambda}")
+        _check(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
+        _check(self.focal_gamma >= 0, "focal_gamma", f"must be >= 0, got {self.focal_gamma}")
+        _check(0 < self.splc_tau < 1, "splc_tau", f"must be in (0, 1), got {self.splc_tau}")
+        _check(abs(self.pbce_gamma) < float("inf"), "pbce_gamma", f"must be finite, got {self.pbce_gamma}")
+        _check(self.epr_k is None or self.epr_k > 0, "epr_k", f"must be > 0, got {self.epr_k}")
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        _check(self.device in ("auto", "cpu", "cuda"), "device",
+               f"unknown device {self.device!r}; use one of auto, cpu, cuda")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -184,6 +225,10 @@ PAPER_LR: dict[str, dict[str, float]] = {
     "openmic": {"b0": 5e-4, "b1": 5e-4, "le": 1e-3, "mt": 1e-3},
     "sonyc": {"b0": 1e-3, "b1": 1e-3, "le": 1e-3, "mt": 1e-3},
 }
+# The methods beyond the paper start at its LE/MT lr, 1e-3: their authors' lrs were tuned for
+# image CNNs fine-tuned with SGD or OneCycle, not for this small network with Adam.
+for _lrs in PAPER_LR.values():
+    _lrs.update({m: 1e-3 for m in METHODS if m not in _lrs})
 
 
 def paper_lr(preset: str, method: str) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import yaml
 
+from tagtune.study import methods
 from tagtune.study.config import TrainConfig, output_dir, to_dict
 from tagtune.study.data import load
 from tagtune.study.train import evaluate_fit, fit
@@ -32,7 +33,7 @@ def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     ds = load(data_path)
     out = output_dir(out_dir)  # before the fit: a wrong --out must not cost a training run
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    stages = 2 if cfg.method == "le" else 1
+    stages = len(methods.stages(cfg.method))
     if progress:
         from rich.progress import Progress
 
@@ -50,7 +51,8 @@ def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     metrics = {**evaluate_fit(result, ds), "best/epoch": result.best["epoch"]}
     _write_json(out / "history.json", result.history)
     _write_json(out / "metrics.json", metrics)
-    torch.save({"state_dict": result.model.state_dict(), "config": to_dict(cfg),
+    state = {k: v.cpu() for k, v in result.model.state_dict().items()}  # loadable without a GPU
+    torch.save({"state_dict": state, "config": to_dict(cfg),
                 "n_features": ds.train.F, "classes": list(ds.classes)}, out / "model.pt")
     with open(out / "predictions.npz", "wb") as f:
         np.savez(f, keys=ds.test.keys, scores=result.predict(ds.test.X), classes=np.array(ds.classes))

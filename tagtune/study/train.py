@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tagtune.study import device as devices
 from tagtune.study import fast, methods
 from tagtune.study.checkpoint import FitState, clone_state, load_payload, restore, save_state
 from tagtune.study.config import ConfigError, TrainConfig
@@ -82,13 +83,14 @@ class _Data:
     M: Tensor
 
     @classmethod
-    def of(cls, s: Split) -> _Data:
+    def of(cls, s: Split, device: torch.device = torch.device("cpu")) -> _Data:
         # Views of Split's read-only arrays, not copies (OpenMIC's X: ~25 ms a fit); torch
-        # warns that it could write to them, and nothing here does.
+        # warns that it could write to them, and nothing here does. On a GPU: copied there
+        # once a fit, and every batch is indexed there.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            X, Y = torch.from_numpy(s.X), torch.from_numpy(s.Y)
-        return cls(X, Y, torch.tensor(s.M, dtype=torch.float32))
+            X, Y = torch.from_numpy(s.X).to(device), torch.from_numpy(s.Y).to(device)
+        return cls(X, Y, torch.tensor(s.M, dtype=torch.float32, device=device))
 
 
 def stream_seed(seed: int, stream: str, stage: int) -> int:
@@ -105,6 +107,14 @@ def lr_at(cfg: TrainConfig, stage_epoch: int, stage: str = "main") -> float:
 
 def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
         resume: str | Path | None = None, le_teacher: Any = None) -> FitResult:
+    """:func:`_fit` on ``cfg.device`` (tagtune.study.device), deterministic algorithms if asked."""
+    with devices.deterministic(cfg.deterministic):
+        return _fit(ds, cfg, devices.resolve(cfg.device), on_epoch=on_epoch, resume=resume,
+                    le_teacher=le_teacher)
+
+
+def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpoch | None = None,
+         resume: str | Path | None = None, le_teacher: Any = None) -> FitResult:
     """Train ``cfg.method`` on ``ds`` and return the selected model and the history.
 
     ``on_epoch(logs, save)`` is called after every epoch; ``save(dir)`` writes the
@@ -120,7 +130,7 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
     if le_teacher is not None and cfg.method != "le":
         raise ConfigError("le_teacher", f"only for method le, not {cfg.method}")
     method = methods.get(cfg.method)
-    train, valid = _Data.of(ds.train), _Data.of(ds.valid)
+    train, valid = _Data.of(ds.train, device), _Data.of(ds.valid, device)
     stages = getattr(method, "STAGES", ("main",))
     first = len(stages) - 1 if le_teacher is not None else 0
     if resume is not None:
@@ -149,16 +159,20 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
 def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Dataset,
                      cfg: TrainConfig) -> FitState:
     """Fresh networks, optimizer and random streams for ``stages[stage]``."""
-    model = _network(ds, cfg, stage)
-    batches, noise = torch.Generator(), torch.Generator()
+    device = train.X.device
+    model = _network(ds, cfg, stage).to(device)
+    model.generic = devices.generic(device)
+    # The batch order is drawn on the CPU on every device (the same order for a seed; a
+    # checkpoint's stream resumes anywhere); the noise where the masks are made.
+    batches, noise = torch.Generator(), torch.Generator(device=device)
     batches.manual_seed(stream_seed(cfg.seed, "batches", stage))
     noise.manual_seed(stream_seed(cfg.seed, "noise", stage))
     teacher = None
-    if cfg.method == "mt":
+    if getattr(methods.get(cfg.method), "EMA_TEACHER", False):  # MT, LE+MT
         teacher = mt.make_teacher(model)
     return FitState(
         stages=stages, stage=stage, model=model, teacher=teacher,
-        optimizer=fast.adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        optimizer=_adam(model, cfg),
         batches=batches, noise=noise, train_M=train.M,
     )
 
@@ -168,6 +182,13 @@ def _next_stage(fs: FitState, train: _Data, ds: Dataset, cfg: TrainConfig) -> Fi
     nxt = _new_stage_state(fs.stages, fs.stage + 1, train, ds, cfg)
     nxt.history = fs.history
     return nxt
+
+
+def _adam(model: AttentionMIL, cfg: TrainConfig) -> torch.optim.Optimizer | fast.FlatAdam:
+    """The CPU path's FlatAdam, or torch's fused Adam (the generic path: the GPU's kernel)."""
+    if model.generic:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return fast.adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _network(ds: Dataset, cfg: TrainConfig, stage: int) -> AttentionMIL:
@@ -188,8 +209,8 @@ def _as_state(teacher: Any, ds: Dataset, cfg: TrainConfig) -> dict[str, Tensor]:
 def _enhance(fs: FitState, train: _Data, cfg: TrainConfig) -> None:
     """LE: the student's training mask, from the stage-1 teacher's scores."""
     teacher = _network_from(fs.le_teacher, fs.model)
-    M, fs.masked_fraction = le.enhanced_mask(teacher, train.X, train.Y, train.M, cfg.gamma)
-    fs.train_M = M
+    M, fs.masked_fraction = le.enhanced_mask(teacher, train.X, train.Y.cpu(), train.M.cpu(), cfg.gamma)
+    fs.train_M = M.to(train.X.device)
 
 
 def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
@@ -254,10 +275,11 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
     fs.model.train()
     if fs.teacher is not None:
         fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
-    state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher)
+    state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher,
+                        positives_per_clip=float(train.Y.sum(1).mean()))
     after_step = getattr(method, "after_step", None)
     N, B = train.X.shape[0], cfg.batch_size
-    perm = torch.randperm(N, generator=fs.batches)
+    perm = torch.randperm(N, generator=fs.batches).to(train.X.device)
     starts = list(range(0, N, B))
     if len(starts) > 1 and N - starts[-1] == 1:
         starts.pop()  # a lone clip cannot be batch-normalised when T = 1; it is seen next epoch
@@ -284,7 +306,7 @@ def _validate(model: AttentionMIL, data: _Data, split: Split,
               taxonomy: Taxonomy | None) -> tuple[float, dict[str, float]]:
     """Validation loss (BCE over observed labels) and metrics, in eval mode."""
     scores = predict(model, data.X)
-    loss = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
+    loss = float(masked_bce(torch.from_numpy(scores), data.Y.cpu(), data.M.cpu()))
     return loss, evaluate(split, scores, "val", taxonomy)
 
 

@@ -19,7 +19,8 @@ What every report carries, identical keys for every method:
   time axis. For LE it is 0 during stage 1 (the teacher, when the trial trains it) and
   counts the student's epochs in stage 2, so ASHA compares LE's student after k epochs
   with B1 after k epochs: like with like, shared teacher or not. ``epoch`` stays one
-  counter across both stages.
+  counter across both stages. LE+MT (two stages too) reports the same way; its stage 1
+  is never shared (it depends on the searched alpha and beta).
 - ``val/best_loss``: the best validation loss of the current stage so far, i.e. the
   model-selection criterion: what the scheduler and the searcher optimise (inf while
   LE trains its teacher, which is never the selected model);
@@ -42,6 +43,7 @@ from ray import tune
 
 from tagtune.study.config import TrainConfig, from_dict
 from tagtune.study.data import Dataset
+from tagtune.study.methods import stages
 
 TRIAL_STATE = "trial_state.json"
 # Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
@@ -64,7 +66,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
 
     cfg = train_config(config)
     every = int(config.get("checkpoint_every", 5))
-    total = cfg.epochs * (2 if cfg.method == "le" else 1)
+    total = cfg.epochs * len(stages(cfg.method))
     # The trainable's own state (the stage's best loss, the last report) rides in the
     # checkpoint next to the fit loop's, so a resumed trial reports exactly as before.
     state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.study.config import ConfigError, ModelConfig, TrainConfig, replace
+from tagtune.study.config import METHODS, ConfigError, ModelConfig, TrainConfig, replace
 from tagtune.study.data import Dataset, positives_only
 from tagtune.study.train import FitResult, evaluate_fit, fit, lr_at
 from tests.conftest import make_split
@@ -37,19 +37,25 @@ def _same_history(a: list[dict], b: list[dict]) -> bool:
     return norm(a) == norm(b)
 
 
-@pytest.mark.parametrize("method", ["b0", "b1", "le", "mt"])
+@pytest.mark.parametrize("method", METHODS)
 def test_logs_have_the_same_keys_for_every_method(tiny_dataset, method):
     r = fit(tiny_dataset, _cfg(method))
     student = [k + "_student" for k in BASE_KEYS if k.startswith("val")]  # MT's other network
-    extra = {"b0": [], "b1": [], "le": ["le/masked_fraction"],
-             "mt": ["train/consistency", *student]}[method]
+    mean_teacher = ["train/consistency", *student]
+    # the extra keys of the student stage (LE's, LE+MT's) or of the only one; then of LE's teacher stage
+    extra = {"b0": [], "b1": [], "le": ["le/masked_fraction"], "mt": mean_teacher,
+             "lemt": ["le/masked_fraction", *mean_teacher], "llr": ["train/rejected_share"],
+             "hill": [], "splc": ["train/relabelled_share"], "pbce": [], "wan": [],
+             "epr": ["train/epr_regulariser"]}[method]
+    teacher_extra = {"lemt": mean_teacher}.get(method, [])
     for logs in r.history:
-        expected = BASE_KEYS + ([] if logs["stage"] == "teacher" else extra)
+        expected = BASE_KEYS + (teacher_extra if logs["stage"] == "teacher" else extra)
         assert set(logs) == set(expected)
         assert all(np.isfinite(logs[k]) for k in ("train/loss", "val/loss"))
     assert [h["epoch"] for h in r.history] == list(range(1, len(r.history) + 1))
     stages = [h["stage"] for h in r.history]
-    assert stages == (["teacher"] * 2 + ["student"] * 2 if method == "le" else ["main"] * 2)
+    two = method in ("le", "lemt")
+    assert stages == (["teacher"] * 2 + ["student"] * 2 if two else ["main"] * 2)
     if method == "le":
         assert "le/masked_fraction" not in r.history[0]
         assert 0.8 < r.history[-1]["le/masked_fraction"] < 1.0  # gamma 10: ~90% masked
@@ -134,10 +140,10 @@ def test_missing_labels_are_removed_before_training(tiny_dataset):
     assert a.history[0]["train/loss"] != b.history[0]["train/loss"]
 
 
-def test_positives_only_supports_b0_and_le_only(tiny_dataset):
+def test_positives_only_refuses_the_methods_that_need_negatives(tiny_dataset):
     ds = positives_only(tiny_dataset)
     assert fit(ds, _cfg("le", epochs=1)).history[-1]["stage"] == "student"
-    for method in ("b1", "mt"):
+    for method in ("b1", "mt", "pbce"):
         with pytest.raises(ConfigError, match="positives-only"):
             fit(ds, _cfg(method))
 
@@ -151,13 +157,19 @@ def test_t1_and_a_lone_last_clip(tiny_dataset):
 
 
 @pytest.mark.parametrize(("method", "at"), [("b0", 2), ("b1", 1), ("mt", 2), ("le", 2),
-                                            ("le", 3)])
+                                            ("le", 3), ("lemt", 2), ("lemt", 3), ("llr", 2),
+                                            ("hill", 2), ("splc", 1), ("pbce", 2), ("wan", 2),
+                                            ("epr", 2)])
 def test_resume_continues_exactly(tiny_dataset, tmp_path, method, at):
-    """Train 4 epochs == train, save at epoch ``at``, resume, train the rest (LE: 2 + 2
+    """Train 4 epochs == train, save at epoch ``at``, resume, train the rest (LE, LE+MT: 2 + 2
     epochs, saved at the stage boundary and inside the student stage)."""
     # alpha 0.9: MT's EMA warm-up (steps 1-8 here) straddles the save, so a lost step count shows.
-    cfg = _cfg(method, epochs=2 if method == "le" else 4, lr_decay_epochs=(1, 3), alpha=0.9,
-               patience=3, rampup_epochs=2 if method == "mt" else 0)
+    # LL-R's rate and SPLC's relabelling depend on the epochs done: a resumed run that lost
+    # them would reject (relabel) differently from the save on (delta_rel 0.1, tau 0.3: some do).
+    two = method in ("le", "lemt")
+    cfg = _cfg(method, epochs=2 if two else 4, lr_decay_epochs=(1, 3), alpha=0.9,
+               patience=3, rampup_epochs=2 if method in ("mt", "lemt") else 0, delta_rel=0.1,
+               splc_tau=0.3)
 
     def on_epoch(logs, save):
         if logs["epoch"] == at:
@@ -170,9 +182,9 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path, method, at):
     assert _same_history(resumed.history, whole.history)
     assert _same_history([resumed.best], [whole.best])
     assert _same_weights(resumed.model, whole.model)
-    if method == "mt":
+    if method in ("mt", "lemt"):
         assert _same_weights(resumed.other, whole.other)
-    if method == "le":
+    if two:
         assert _same_weights(resumed.le_teacher, whole.le_teacher)
 
 

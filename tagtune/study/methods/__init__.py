@@ -1,14 +1,25 @@
-"""The four methods of Gururani & Lerch (2021), one module each, one step signature.
+"""The methods: the four of Gururani & Lerch (2021) and newer ones, one module each, one step signature.
 
 Every method module defines ``step(batch, state) -> (loss, logs)``: the loss of one
 mini-batch (the fit loop does backward and the optimizer step) and a dict of detached
 scalars to average over the epoch. A method that must act after the optimizer step
-(MT's EMA teacher) also defines ``after_step(state)``.
+(MT's EMA teacher) also defines ``after_step(state)``. Every module declares ``OBSERVATIONS``,
+the kinds of training labels it can learn from (partial, complete, positives-only).
 
 - :mod:`~tagtune.study.methods.b0`: missing labels are negatives.
 - :mod:`~tagtune.study.methods.b1`: loss masked to the observed labels.
 - :mod:`~tagtune.study.methods.le`: label enhancing (Fonseca et al. 2020).
 - :mod:`~tagtune.study.methods.mt`: mean teacher (Tarvainen & Valpola 2017).
+
+Beyond the paper:
+
+- :mod:`~tagtune.study.methods.lemt`: LE with MT's consistency in both stages (the paper's future work).
+- :mod:`~tagtune.study.methods.llr`: large-loss rejection, LL-R (Kim et al. 2022).
+- :mod:`~tagtune.study.methods.hill`: Hill loss (Zhang et al. 2021).
+- :mod:`~tagtune.study.methods.splc`: self-paced loss correction, SPLC (Zhang et al. 2021).
+- :mod:`~tagtune.study.methods.pbce`: normalised partial BCE (Durand et al. 2019).
+- :mod:`~tagtune.study.methods.wan`: weak assume-negative, WAN (Cole et al. 2021).
+- :mod:`~tagtune.study.methods.epr`: expected positive regularisation, EPR (Cole et al. 2021).
 """
 
 from __future__ import annotations
@@ -21,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagtune.study.config import ConfigError, TrainConfig
+from tagtune.study.config import METHODS, ConfigError, TrainConfig
 
-NEED_NEGATIVES = ("b1", "mt")
-"""Methods whose loss is masked to the observed labels: with positives-only labels (no
-observed negative) they would learn that every tag is always present."""
+ALL = ("partial", "complete", "positives-only")
+"""Every kind of observation (tagtune.study.data.core.OBSERVATIONS)."""
+WITH_NEGATIVES = ("partial", "complete")
+"""For a loss restricted to the observed labels: with positives-only labels (no observed
+negative) it would learn that every tag is always present."""
 
 
 @dataclass
@@ -57,6 +70,8 @@ class MethodState:
     """Epochs completed in this stage, fractional within an epoch (MT's ramp-up)."""
     step: int = 0
     """Optimizer steps taken in this stage, the one just taken included (MT's EMA warm-up)."""
+    positives_per_clip: float = 0.0
+    """Mean number of observed positives per training clip (EPR's k by default)."""
 
 
 def bce(p: Tensor, Y: Tensor) -> Tensor:
@@ -74,17 +89,29 @@ def masked_bce(p: Tensor, Y: Tensor, M: Tensor) -> Tensor:
     return (per_entry * M).sum() / M.sum().clamp_min(1.0)
 
 
+def supports(method: str, observation: str) -> bool:
+    """Whether ``method`` can learn from training labels observed as ``observation``."""
+    return observation in get(method).OBSERVATIONS
+
+
 def check_supported(methods: tuple[str, ...] | list[str], observation: str) -> None:
     """A ConfigError for methods the data's kind of observation cannot train."""
-    bad = [m for m in methods if m in NEED_NEGATIVES]
-    if observation == "positives-only" and bad:
+    bad = [m for m in methods if not supports(m, observation)]
+    if bad:
+        ok = [m for m in METHODS if supports(m, observation)]
         raise ConfigError("method", f"{', '.join(bad)} need observed negatives; "
-                          "positives-only data supports b0 and le")
+                          f"{observation} data supports {', '.join(ok)}")
+
+
+def stages(method: str) -> tuple[str, ...]:
+    """The training stages of ``method``: ``("main",)``, or LE's and LE+MT's two."""
+    return getattr(get(method), "STAGES", ("main",))
 
 
 def get(method: str) -> ModuleType:
-    """The module of ``method`` (``b0``, ``b1``, ``le``, ``mt``)."""
+    """The module of ``method`` (one of tagtune.study.config.METHODS)."""
     return importlib.import_module(f"tagtune.study.methods.{method}")
 
 
-__all__ = ["NEED_NEGATIVES", "Batch", "MethodState", "bce", "check_supported", "get", "masked_bce"]
+__all__ = ["ALL", "WITH_NEGATIVES", "Batch", "MethodState", "bce", "check_supported", "get",
+           "masked_bce", "stages", "supports"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tagtune.study.methods import Batch, MethodState, bce
+from tagtune.study.methods import ALL, Batch, MethodState, bce
+
+OBSERVATIONS = ALL
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:

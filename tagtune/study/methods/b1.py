@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tagtune.study.methods import Batch, MethodState, masked_bce
+from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
+
+OBSERVATIONS = WITH_NEGATIVES
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tagtune.study.methods import Batch, MethodState, b0, b1
+from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
 from tagtune.study.model import predict
+
+OBSERVATIONS = ALL
 
 STAGES = ("teacher", "student")
 

@@ -42,7 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagtune.study.methods import Batch, MethodState, masked_bce
+from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
+
+OBSERVATIONS = WITH_NEGATIVES
+EMA_TEACHER = True
+"""The fit loop gives this method an EMA teacher (``MethodState.teacher``)."""
 
 
 def make_teacher(student: nn.Module) -> nn.Module:

@@ -1,0 +1,38 @@
+"""LE + MT: label enhancing with mean-teacher consistency in both stages -- the future work of
+Gururani & Lerch (2021, Sec. 6), built from :mod:`~tagtune.study.methods.le` and
+:mod:`~tagtune.study.methods.mt`.
+
+Two stages, as LE. Stage 1 (``teacher``: LE's teacher, not MT's) trains a student with B0's
+loss -- every missing label a negative -- plus beta(t) times MT's consistency with an EMA
+teacher of it; the network selected at the end of the stage (``mt_select``: the EMA teacher
+by default) scores the missing labels, and LE's gamma-percentile rule masks the suspect ones.
+Stage 2 (``student``) trains a fresh student and a fresh EMA teacher (its copy) with the
+masked BCE on the enhanced labels plus the consistency term: MT's step on LE's labels.
+
+Everything MT does carries over per stage: the EMA and its warm-up (``ema_warmup``; the step
+count restarts with each stage's fresh teacher), beta's ramp-up, both networks validated and
+the other one logged under a suffix. Hyperparameters: gamma, alpha, beta.
+
+In a study the stage-1 network is not shared between trials (LE's is, through
+tagtune.study.teachers): it depends on alpha and beta, which the trials search. Its lr is
+``le_teacher_lr`` where set (a study sets it, as for LE), else ``lr``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tagtune.study.methods import ALL, Batch, MethodState, le, mt
+
+OBSERVATIONS = ALL
+STAGES = le.STAGES
+EMA_TEACHER = True
+after_step = mt.after_step
+
+
+def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
+    """MT's step; in stage 1 on B0's targets (every entry observed, missing labels as 0)."""
+    if state.stage == "teacher":
+        batch = Batch(batch.X, batch.Y, torch.ones_like(batch.M))
+    return mt.step(batch, state)

@@ -6,7 +6,8 @@ piece of arithmetic is MT's ``alpha = 1 - one_minus_alpha``: the EMA decay is se
 a log scale of its distance to 1 (0.9, 0.99, 0.999 are equally far apart there), but the
 trainable takes alpha, as in the paper.
 
-Parameter names are plain (``lr``, ``gamma``, ``one_minus_alpha``, ``beta``, ``arch``), not
+Parameter names are plain (``lr``, ``gamma``, ``one_minus_alpha``, ``beta``, ``delta_rel``,
+``margin``, ``splc_tau``, ``pbce_gamma``, ``arch``: the TrainConfig field names), not
 method-prefixed: every Optuna study of tagtune covers one cell, i.e. one method, so no
 parameter is conditional inside a study, and plain names keep ``lr`` comparable across
 the cells' studies in the analysis.
@@ -29,9 +30,15 @@ from typing import Any
 import optuna
 import yaml
 
-from tagtune.study.config import ARCHS, METHODS, PAPER_LR, PRESETS, ConfigError, paper_lr
+from tagtune.study.config import ARCHS, METHODS, PAPER_LR, PRESETS, ConfigError, TrainConfig, paper_lr
 
 DEFAULT_RANGES_FILE = Path(__file__).with_name("default.yaml")
+AUTHORS: dict[str, float] = {f.name: f.default for f in fields(TrainConfig)
+                             if f.name in ("delta_rel", "margin", "splc_tau", "pbce_gamma")}
+"""The newer methods' authors' values, enqueued first: LL-R delta_rel 0.2% a epoch (Kim et al.
+2022), Hill's margin 1 (Zhang et al. 2021), SPLC's tau 0.6, partial BCE's gamma 1 (Durand et al.
+2019)."""
+_SEARCHED = {"llr": ("delta_rel",), "hill": ("margin",), "splc": ("splc_tau",), "pbce": ("pbce_gamma",)}
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,15 @@ class Ranges:
     one_minus_alpha: tuple[float, float] = (1e-4, 1e-1)
     """MT: 1 - alpha (alpha = EMA decay of the teacher), log scale, within (0, 1]."""
     beta: tuple[float, float] = (0.0, 10.0)
-    """MT: weight of the consistency loss, linear, low >= 0."""
+    """MT, LE+MT: weight of the consistency loss, linear, low >= 0."""
+    delta_rel: tuple[float, float] = (1e-4, 1e-2)
+    """LL-R: growth per epoch of the rejected share, log scale, within (0, 1]."""
+    margin: tuple[float, float] = (0.5, 1.0)
+    """Hill, SPLC: focal margin, linear, low >= 0 (the authors recommend 0.5-1)."""
+    splc_tau: tuple[float, float] = (0.5, 0.95)
+    """SPLC: score above which a missing label is taken for a positive, linear, within (0, 1)."""
+    pbce_gamma: tuple[float, float] = (-1.0, 3.0)
+    """Partial BCE: exponent of the normalisation g(p_y), linear."""
     arch: tuple[str, ...] = ()
     """Networks to choose from (categorical, every method), e.g. (residual, paper); empty: not
     searched, every trial runs the study's model.arch."""
@@ -77,6 +92,10 @@ _NATURAL: dict[str, Callable[[float, float], tuple[bool, str]]] = {
     "gamma": lambda lo, hi: (0 <= lo and hi <= 100, "within [0, 100]"),
     "one_minus_alpha": lambda lo, hi: (0 < lo and hi <= 1, "within (0, 1]"),
     "beta": lambda lo, hi: (lo >= 0, ">= 0"),
+    "delta_rel": lambda lo, hi: (0 < lo and hi <= 1, "within (0, 1]"),
+    "margin": lambda lo, hi: (lo >= 0, ">= 0"),
+    "splc_tau": lambda lo, hi: (0 < lo and hi < 1, "within (0, 1)"),
+    "pbce_gamma": lambda lo, hi: (True, "finite"),
 }
 
 
@@ -129,8 +148,55 @@ def space_mt(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
     return {"lr": lr, "alpha": 1.0 - one_minus_alpha, "beta": beta, **_network(trial, ranges)}
 
 
+def space_lemt(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """LE + MT: learning rate, LE's percentile gamma, MT's EMA decay and consistency weight."""
+    lr = trial.suggest_float("lr", *ranges.lr, log=True)
+    gamma = trial.suggest_float("gamma", *ranges.gamma)
+    one_minus_alpha = trial.suggest_float("one_minus_alpha", *ranges.one_minus_alpha, log=True)
+    beta = trial.suggest_float("beta", *ranges.beta)
+    return {"lr": lr, "gamma": gamma, "alpha": 1.0 - one_minus_alpha, "beta": beta,
+            **_network(trial, ranges)}
+
+
+def space_llr(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """LL-R (Kim et al. 2022): learning rate and the rejection rate's growth delta_rel."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True),
+            "delta_rel": trial.suggest_float("delta_rel", *ranges.delta_rel, log=True),
+            **_network(trial, ranges)}
+
+
+def space_hill(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """Hill (Zhang et al. 2021): learning rate and margin (lambda and gamma as the authors left them)."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True),
+            "margin": trial.suggest_float("margin", *ranges.margin), **_network(trial, ranges)}
+
+
+def space_splc(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """SPLC (Zhang et al. 2021): learning rate and the relabelling threshold tau."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True),
+            "splc_tau": trial.suggest_float("splc_tau", *ranges.splc_tau), **_network(trial, ranges)}
+
+
+def space_pbce(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """Partial BCE (Durand et al. 2019): learning rate and the normalisation's exponent gamma."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True),
+            "pbce_gamma": trial.suggest_float("pbce_gamma", *ranges.pbce_gamma), **_network(trial, ranges)}
+
+
+def space_wan(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """WAN (Cole et al. 2021): only the learning rate (the weight 1 / (C - 1) is the method)."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True), **_network(trial, ranges)}
+
+
+def space_epr(trial: optuna.Trial, ranges: Ranges) -> dict[str, Any]:
+    """EPR (Cole et al. 2021): only the learning rate (k comes from the data, as for its authors)."""
+    return {"lr": trial.suggest_float("lr", *ranges.lr, log=True), **_network(trial, ranges)}
+
+
 SPACES: dict[str, Callable[[optuna.Trial, Ranges], dict[str, Any]]] = {
-    "b0": space_b0, "b1": space_b1, "le": space_le, "mt": space_mt,
+    "b0": space_b0, "b1": space_b1, "le": space_le, "mt": space_mt, "lemt": space_lemt,
+    "llr": space_llr, "hill": space_hill, "splc": space_splc, "pbce": space_pbce,
+    "wan": space_wan, "epr": space_epr,
 }
 assert set(SPACES) == set(METHODS)
 
@@ -151,13 +217,15 @@ def paper_point(method: str, preset: str, ranges: Ranges | None = None) -> dict[
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     ranges = ranges or Ranges()
     paper = PRESETS[preset]
-    point = {"lr": paper_lr(preset, method)}
-    if method == "le":
+    point: dict[str, Any] = {"lr": paper_lr(preset, method)}
+    if method in ("le", "lemt"):
         point["gamma"] = float(paper["gamma"])
-    if method == "mt":
+    if method in ("mt", "lemt"):
         # Rounded so the study stores 0.001, not 0.0010000000000000009; 1 - it is alpha again.
         point["one_minus_alpha"] = round(1.0 - float(paper["alpha"]), 12)
         point["beta"] = float(paper["beta"])
+    # The newer methods: their authors' recommended values (TrainConfig's defaults).
+    point |= {k: AUTHORS[k] for k in _SEARCHED.get(method, ())}
     point = {k: min(max(v, getattr(ranges, k)[0]), getattr(ranges, k)[1]) for k, v in point.items()}
     if ranges.arch:
         point["arch"] = "paper" if "paper" in ranges.arch else ranges.arch[0]
@@ -196,5 +264,6 @@ def load_ranges(path: str | Path) -> Ranges:
 
 __all__ = [
     "DEFAULT_RANGES_FILE", "PAPER_LR", "SPACES", "Ranges", "load_ranges", "paper_point",
-    "space_b0", "space_b1", "space_le", "space_mt",
+    "space_b0", "space_b1", "space_epr", "space_hill", "space_le", "space_lemt", "space_llr",
+    "space_mt", "space_pbce", "space_splc", "space_wan",
 ]

@@ -40,6 +40,8 @@ def study(
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
     storage: Annotated[str | None, typer.Option(help="Where studies live (shared on a cluster).")] = None,
     cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs per trial.")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        help="GPUs per trial; a fraction shares one (0.25: four trials a GPU).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
@@ -67,7 +69,8 @@ def study(
         "data": str(data.absolute()) if data else None, "methods": _csv(methods),
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
-        "cpus_per_trial": cpus_per_trial, "mlflow_uri": mlflow_uri, "grace_period": grace_period,
+        "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
+        "grace_period": grace_period,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
         "max_failures": max_failures, "share_le_teacher": share_le_teacher,
         "search_space": str(search_space.absolute()) if search_space else None,

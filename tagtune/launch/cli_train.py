@@ -16,7 +16,7 @@ import typer
 import yaml
 
 from tagtune.launch.cli_common import user_errors
-from tagtune.study.config import ConfigError, TrainConfig, from_dict, preset_config, to_dict
+from tagtune.study.config import ConfigError, TrainConfig, from_dict, preset_config, replace, to_dict
 
 app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 
@@ -84,6 +84,11 @@ def train(
     missing: Annotated[float | None, typer.Option(help="Remove this share of train labels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="auto (the GPU when torch sees one), cpu or cuda.")] = None,
+    deterministic: Annotated[bool | None, typer.Option(
+        "--deterministic/--no-deterministic",
+        help="torch's deterministic algorithms: GPU results repeat bitwise (slower).")] = None,
     layers: Annotated[int | None, typer.Option(help="Model: embedding layers L.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Model: layer width H.")] = None,
     dropout: Annotated[float | None, typer.Option(help="Model: dropout rate.")] = None,
@@ -92,13 +97,18 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one method on one data file; write config, history, metrics, model, predictions."""
+    from tagtune.study.device import resolve as resolve_device
     from tagtune.study.run import train_run
 
     cfg = resolve_config(preset, config, method=method, gamma=gamma, alpha=alpha, beta=beta, lr=lr,
                          epochs=epochs, batch_size=batch_size, rampup_epochs=rampup_epochs,
                          ema_warmup=ema_warmup, mt_select=mt_select, arch=arch,
                          patience=patience, missing=missing, seed=seed, threads=threads,
+                         device=device, deterministic=deterministic,
                          layers=layers, hidden=hidden, dropout=dropout)
+    # Before the data is read: a missing GPU is a one-line error, not a failed run. config.yaml
+    # records where it ran (auto resolved).
+    cfg = replace(cfg, device=resolve_device(cfg.device).type)
     metrics = train_run(data, cfg, out, progress=progress)
     shown = ("best/epoch", "test/f1_macro", "test/auprc_micro", "test/auprc_macro")
     print("  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")

@@ -181,19 +181,26 @@ def check_shared_storage(study_dir: Path, timeout: float = 120.0) -> None:
                           where=str(study_dir))
 
 
-def check_trial_fits(cpus_per_trial: int, local: bool) -> None:
-    """A trial takes ``cpus_per_trial`` CPUs of one node. Where no node has that many, Tune
-    would wait forever: an error on a local Ray (no node can join it), a warning on a cluster
-    (an autoscaler may still add one)."""
+def check_trial_fits(cpus_per_trial: int, local: bool, gpus: float = 0.0) -> None:
+    """A trial takes ``cpus_per_trial`` CPUs (and ``gpus`` GPUs, or a share of one) of one node.
+    Where no node has that many, Tune would wait forever: an error on a local Ray (no node can
+    join it), a warning on a cluster (an autoscaler may still add one)."""
     import ray
 
-    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
-    if cpus_per_trial <= largest:
-        return
-    problem = f"{cpus_per_trial} CPUs per trial, but the largest node has {largest:g}"
-    if local:
-        raise ConfigError("cpus_per_trial", f"{problem}: no trial could ever start", where="study")
-    logging.getLogger(__name__).warning("%s: trials wait until a node that large joins", problem)
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    largest = max((r.get("CPU", 0.0) for r in alive), default=0.0)
+    most_gpus = max((r.get("GPU", 0.0) for r in alive), default=0.0)
+    problems = []
+    if cpus_per_trial > largest:
+        problems.append(("cpus_per_trial",
+                         f"{cpus_per_trial} CPUs per trial, but the largest node has {largest:g}"))
+    if gpus > most_gpus:
+        has = f"the largest node has {most_gpus:g}" if most_gpus else "no node has a GPU"
+        problems.append(("gpus_per_trial", f"{gpus:g} GPUs per trial, but {has}"))
+    for name, problem in problems:
+        if local:
+            raise ConfigError(name, f"{problem}: no trial could ever start", where="study")
+        logging.getLogger(__name__).warning("%s: trials wait until a node that large joins", problem)
 
 
 __all__ = ["check_address", "check_mlflow", "check_mlflow_login", "check_shared_storage", "check_trial_fits",

@@ -41,6 +41,9 @@ class StudySettings:
     """ASHA: keep the best 1/reduction_factor at each rung."""
     cpus_per_trial: int = 1
     """CPUs (and torch threads) per trial."""
+    gpus_per_trial: float = 0.0
+    """GPUs per trial, a fraction to share one (0.25: four trials a card); 0 = trials train on
+    their CPUs. A trial trains on the GPU Ray assigns it (device cuda)."""
     checkpoint_every: int = 5
     """Checkpoint a trial every this many epochs (and at its end)."""
     max_failures: int = 3
@@ -83,6 +86,10 @@ class StudySettings:
             _check(getattr(self, name) >= 1 or (name == "replicates" and self.replicates == 0),
                    name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.grace_period <= self.epochs, "grace_period", "must be <= epochs")
+        # Ray's rule: a share of one GPU below 1, whole GPUs above.
+        gpus = self.gpus_per_trial
+        _check(gpus >= 0 and (gpus <= 1 or gpus.is_integer()), "gpus_per_trial",
+               f"must be a fraction in [0, 1] or a whole number, got {gpus:g}")
         _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
         _check(self.preset in ("openmic", "sonyc"), "preset", "use openmic or sonyc")
         _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
@@ -125,6 +132,8 @@ class StudySettings:
         teacher = {"le_teacher_lr": TEACHER_LR} if self.share_le_teacher else {}
         return {**{k: v for k, v in preset.items() if k != "model"}, **teacher, **self.train,
                 "model": model, "epochs": self.epochs, "threads": self.cpus_per_trial,
+                # explicit: with auto, a trial Ray gave no GPU could take a visible one anyway
+                "device": "cuda" if self.gpus_per_trial > 0 else "cpu",
                 "checkpoint_every": self.checkpoint_every, **extra}
 
     def to_yaml(self) -> str:

@@ -125,7 +125,7 @@ class _Output:
 def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
          out: _Output) -> StudyResult:
     study_dir = settings.study_dir
-    check_trial_fits(settings.cpus_per_trial, local=settings.address is None)
+    check_trial_fits(settings.cpus_per_trial, local=settings.address is None, gpus=settings.gpus_per_trial)
     check_shared_storage(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, out)
     best = _best_per_cell(study_dir / "search", settings)
@@ -211,7 +211,14 @@ def _trainable(settings: StudySettings, ds: Dataset):
     # with_parameters puts the dataset in the object store once; every trial reads it there.
     cache = str(settings.teacher_cache) if settings.teacher_cache else None
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache),
-                               {"cpu": settings.cpus_per_trial})
+                               trial_resources(settings))
+
+
+def trial_resources(settings: StudySettings) -> dict[str, float]:
+    """What one trial asks Ray for: its CPUs, and its share of a GPU where it has one (Ray then
+    sets the trial's CUDA_VISIBLE_DEVICES to the card it assigned)."""
+    gpus = {"gpu": settings.gpus_per_trial} if settings.gpus_per_trial > 0 else {}
+    return {"cpu": settings.cpus_per_trial, **gpus}
 
 
 def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _Output) -> tune.RunConfig:

@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tagtune.study.config import TrainConfig, to_dict
+from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
 from tagtune.study.data import Dataset
 
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
 TEACHER_FILE, META_FILE, LOCK_FILE, LOG_FILE = "teacher.pt", "meta.json", "lock", "trainings.jsonl"
-_UNUSED_BY_B0 = ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select")
+# Every method-specific field (METHOD_PARAMS): B0 reads none of them.
+_UNUSED_BY_B0 = tuple(sorted({name for names in METHOD_PARAMS.values() for name in names}))
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:

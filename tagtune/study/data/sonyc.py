@@ -46,12 +46,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import yaml
 
 from tagtune.study.data.core import DataError, Dataset, Split
+
+if TYPE_CHECKING:  # pandas and yaml: imported where SONYC-UST is read, so that tagtune.study runs
+    import pandas as pd  # with torch, numpy and h5py alone (bench/bench_gpu.py on a bare GPU node)
 
 ANNOTATIONS = "annotations.csv"
 TAXONOMY = "dcase-ust-taxonomy.yaml"
@@ -148,6 +150,8 @@ def read_sonyc(root: str | Path, level: str = "fine",
 
 def read_taxonomy(path: Path) -> tuple[list[Tag], list[Tag]]:
     """Coarse and fine tags in taxonomy order (fine: numbered tags, then the group's X)."""
+    import yaml
+
     if not path.is_file():
         raise DataError(path, "file", "no such file")
     try:
@@ -202,6 +206,8 @@ def _label(path: Path, field: str, value) -> str:
 
 def _read_annotations(path: Path, columns: list[str]) -> pd.DataFrame:
     """The rows and columns this reader uses, validated; values as small integers."""
+    import pandas as pd
+
     if not path.is_file():
         raise DataError(path, "file", "no such file")
     try:
@@ -238,6 +244,8 @@ def _read_annotations(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def _integers(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    import pandas as pd
+
     v = pd.to_numeric(df[col], errors="coerce")
     bad = v.isna() | (v != v.round())
     if bad.any():
@@ -252,6 +260,8 @@ def _line(df: pd.DataFrame, bad: pd.Series) -> int:
 
 def _targets(df: pd.DataFrame, split: str, tags: list[Tag], path: Path):
     """Keys (sorted), Y and M for one split, and how many of its clips were dropped."""
+    import pandas as pd
+
     rows = df[df["split"] == split]
     if split == "train":
         use = rows[rows["annotator_id"] > 0]

@@ -19,7 +19,10 @@ import pandas as pd  # noqa: E402
 
 from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
 
-COLORS = {"b0": "#7f7f7f", "b1": "#1f77b4", "le": "#ff7f0e", "mt": "#2ca02c"}
+COLORS = {"b0": "#7f7f7f", "b1": "#1f77b4", "le": "#ff7f0e", "mt": "#2ca02c",
+          # the methods beyond the paper (their order here is the figures' order)
+          "lemt": "#d62728", "llr": "#9467bd", "hill": "#8c564b", "splc": "#e377c2",
+          "pbce": "#bcbd22", "wan": "#17becf", "epr": "#393b79"}
 MISSING_AXIS = "training labels removed (%)"
 SELECTION_AXIS = "best validation loss so far (BCE)"
 DPI = 110
@@ -97,12 +100,22 @@ HPARAM_PANELS = [
     ("mt", "one_minus_alpha", "MT 1 − alpha (EMA decay; log scale)", True, None),
     ("mt", "beta", "MT beta (consistency weight)", False, None),
 ]
+HPARAM_PANELS_BEYOND = [  # the methods beyond the paper, drawn after the paper's where present
+    ("lemt", "gamma", "LE+MT gamma (percentile, 0–100)", False, (0, 100)),
+    ("lemt", "one_minus_alpha", "LE+MT 1 − alpha (log scale)", True, None),
+    ("lemt", "beta", "LE+MT beta", False, None),
+    ("llr", "delta_rel", "LL-R delta_rel (log scale)", True, None),
+    ("hill", "margin", "Hill margin", False, None),
+    ("splc", "splc_tau", "SPLC tau", False, (0, 1)),
+    ("pbce", "pbce_gamma", "Partial BCE gamma", False, None),
+]
 
 
 def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path | None:
     """Best gamma (LE) and alpha, beta (MT) found per proportion (line), over every trial
     that ran to the end (grey dots). None if the study has neither LE nor MT."""
-    panels = [p for p in HPARAM_PANELS if p[0] in set(best["method"])]
+    panels = [p for p in HPARAM_PANELS + HPARAM_PANELS_BEYOND if p[0] in set(best["method"])
+              and (p[1] in best.columns or p[1] == "one_minus_alpha")]
     if not panels:
         return None
     search = search.assign(one_minus_alpha=1 - search["alpha"])

@@ -51,8 +51,12 @@ def higher_is_better(metric: str) -> bool:
     return not metric.endswith("loss")
 
 
+_METHOD_NAMES = {"lemt": "LE+MT", "llr": "LL-R", "hill": "Hill", "pbce": "Partial BCE"}
+
+
 def method_name(method: str) -> str:
-    return method.upper()
+    """How figures and tables name a method: B0, B1, LE, MT, LE+MT, LL-R, Hill, SPLC, ..."""
+    return _METHOD_NAMES.get(method, method.upper())
 
 
 def percent(p: float) -> str:

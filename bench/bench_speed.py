@@ -76,7 +76,17 @@ def epoch_flops(method: str, n_train: int, n_valid: int) -> float:
         return 4 * forward_flops(train_frames) + 2 * valid
     if method == "le":
         return 2 * (3 * forward_flops(train_frames) + valid) + forward_flops(n_train * T)
-    return 3 * forward_flops(train_frames) + valid
+    if method == "lemt":  # two MT stages and the teacher's scoring pass
+        return 2 * (4 * forward_flops(train_frames) + 2 * valid) + forward_flops(n_train * T)
+    return 3 * forward_flops(train_frames) + valid  # the one-network losses (b0, llr, hill, ...)
+
+
+CONVENTIONAL = ("b0", "b1", "le", "mt")
+"""Methods bench/conventional.py implements; the others are timed on tagtune's loop only."""
+
+
+def n_stages(method: str) -> int:
+    return 2 if method in ("le", "lemt") else 1
 
 
 def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,
@@ -110,7 +120,7 @@ def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run(ds)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    stages = 2 if method == "le" else 1
+    stages = n_stages(method)
     return {"impl": impl, "method": method, "arch": arch, "threads": threads, "wall": wall / stages,
             "cpu": cpu / stages, "torch_threads": torch.get_num_threads()}
 
@@ -128,7 +138,9 @@ def spawn(impl: str, method: str, threads: int, n_train: int, n_valid: int, arch
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 training clips, one repeat")
-    ap.add_argument("--methods", default="b0,b1,le,mt")
+    ap.add_argument("--methods", default="b0,b1,le,mt",
+                    help="any of tagtune's methods (b0,b1,le,mt,lemt,llr,hill,splc,pbce,wan,epr); "
+                         "the conventional loop exists for b0,b1,le,mt only")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--archs", default="residual,paper", help="networks: residual, paper")
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; quick 1)")
@@ -149,18 +161,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'net':8s} {'method':6s} {'threads':>7s} {'ours s/ep':>10s} {'conv s/ep':>10s} "
           f"{'ratio':>13s} {'GFLOP/s':>8s} {'cpu ratio':>10s}")
     for arch, method, t in [(a, m, t) for a in archs for m in methods for t in threads]:
-        cell = {"ours": [], "conv": []}
+        impls = ("conv", "ours") if method in CONVENTIONAL else ("ours",)
+        cell = {impl: [] for impl in impls}
         for _ in range(repeats):
-            for impl in ("conv", "ours"):
+            for impl in impls:
                 r = spawn(impl, method, t, n_train, n_valid, arch)
                 cell[impl].append(r)
                 runs.append(r)
         wall = {k: [r["wall"] for r in v] for k, v in cell.items()}
         cpu = {k: min(r["cpu"] for r in v) for k, v in cell.items()}
-        ours, conv = min(wall["ours"]), min(wall["conv"])
+        ours = min(wall["ours"])
+        gflops = epoch_flops(method, n_train, n_valid) / n_stages(method) / ours / 1e9
+        if "conv" not in cell:  # no conventional loop to compare with
+            print(f"{arch:8s} {method:6s} {t:7d} {ours:10.3f} {'-':>10s} {'-':>13s} {gflops:8.1f} "
+                  f"{'-':>10s}", flush=True)
+            continue
+        conv = min(wall["conv"])
         med = statistics.median(wall["conv"]) / statistics.median(wall["ours"])
-        stages = 2 if method == "le" else 1
-        gflops = epoch_flops(method, n_train, n_valid) / stages / ours / 1e9
         print(f"{arch:8s} {method:6s} {t:7d} {ours:10.3f} {conv:10.3f} {conv / ours:6.2f}x "
               f"({med:4.2f}x) {gflops:8.1f} {cpu['conv'] / cpu['ours']:9.2f}x", flush=True)
     if args.json:

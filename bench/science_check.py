@@ -22,6 +22,12 @@ and writes every run and the table to JSON.
     python bench/science_check.py                # the full check (see --estimate for its time)
     python bench/science_check.py --estimate     # time one epoch per network x method x data
     python bench/science_check.py --quick        # tiny sizes, seconds: does it still run?
+
+Options beyond the paper's grid: ``--methods all`` adds the newer methods (lemt, llr, hill,
+splc, pbce, wan, epr; in the ``default`` setup only: the other two are about the paper's own
+fixes) and ``--positives-only`` adds the positives-only view of openmic-like data
+(``openmic-like/positives-only``: only positive training labels observed), where the methods
+that need observed negatives (b1, mt, pbce) show n/a.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("b0", "b1", "le", "mt")
+"""The paper's four: the default grid, in every setup."""
+POSITIVES_ONLY = "openmic-like/positives-only"
 SETUPS = ("before", "paper", "default")
 DATASETS = {"openmic-like": "openmic", "sonyc-like": "sonyc"}  # synthetic data -> preset
 METRICS = {"openmic-like": ("test_full/f1_macro",),
@@ -57,7 +65,7 @@ def config(dataset: str, setup: str, method: str, missing: float, seed: int, epo
         to_dict,
     )
 
-    preset = DATASETS[dataset]
+    preset = DATASETS[dataset.removesuffix("/positives-only")]
     run = {"method": method, "missing": missing, "seed": seed, "epochs": epochs, "threads": 1}
     if setup == "paper":
         d = {**preset_config(f"{preset}-paper", method), **run}
@@ -71,7 +79,7 @@ def config(dataset: str, setup: str, method: str, missing: float, seed: int, epo
     return {k: v if applies(method, k) else default[k] for k, v in d.items()}
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def _load(path: str):
     from tagtune.study.data import load
 
@@ -98,10 +106,22 @@ def data_file(dataset: str, out: Path, n_clips: int | None) -> Path:
     from tagtune.study import data
     from tagtune.study.data.synth import synthesize
 
-    path = out / f"science-{dataset}-{n_clips or 'full'}.h5"
+    base, _, view = dataset.partition("/")
+    path = out / f"science-{base}-{n_clips or 'full'}{'-' + view if view else ''}.h5"
     if not path.exists():
-        data.save(synthesize(dataset, seed=0, n_clips=n_clips), path)
+        ds = synthesize(base, seed=0, n_clips=n_clips)
+        data.save(data.positives_only(ds) if view == "positives-only" else ds, path)
     return path
+
+
+def runs_in(dataset: str, setup: str, method: str) -> bool:
+    """Whether the grid has this cell: the newer methods in the default setup only, and on the
+    positives-only view only the methods that can learn from it."""
+    from tagtune.study.methods import supports
+
+    if method not in METHODS and setup != "default":
+        return False
+    return supports(method, "positives-only" if dataset == POSITIVES_ONLY else "partial")
 
 
 def _map(jobs: list, workers: int) -> list:
@@ -112,18 +132,19 @@ def _map(jobs: list, workers: int) -> list:
         return list(pool.map(fit_one, jobs))
 
 
-def table(rows: list[dict], seeds: int) -> tuple[str, list[dict]]:
+def table(rows: list[dict], seeds: int, methods: tuple[str, ...] = METHODS) -> tuple[str, list[dict]]:
     """Markdown: one line per dataset x missing x setup, mean ± sd of the headline metric."""
-    lines = ["| data | missing | setup | metric | " + " | ".join(m.upper() for m in METHODS) + " |",
-             "|---|---|---|---|" + "---|" * len(METHODS)]
+    lines = ["| data | missing | setup | metric | " + " | ".join(m.upper() for m in methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
     summary = []
     keys = sorted({(r["dataset"], r["missing"], SETUPS.index(r["setup"])) for r in rows})
     for dataset, missing, s in keys:
         setup = SETUPS[s]
         cell = [r for r in rows if (r["dataset"], r["missing"], r["setup"]) == (dataset, missing, setup)]
-        metric = next(m for m in METRICS[dataset] if any(m in r for r in cell))
+        candidates = METRICS[dataset.removesuffix("/positives-only")]
+        metric = next(m for m in candidates if any(m in r for r in cell))
         out = []
-        for method in METHODS:
+        for method in methods:
             v = [r[metric] for r in cell if r["method"] == method and r.get(metric) is not None]
             mean, sd = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else (None, None)
             summary.append({"dataset": dataset, "missing": missing, "setup": setup, "method": method,
@@ -139,7 +160,9 @@ def plan(args) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     for dataset in args.datasets:
         path = str(data_file(dataset, args.out, args.n_clips.get(dataset)))
         for setup in SETUPS:
-            for method in METHODS:
+            for method in args.methods:
+                if not runs_in(dataset, setup, method):
+                    continue
                 for missing in args.missing:
                     for seed in range(args.seeds):
                         cfg = config(dataset, setup, method, missing, seed, args.epochs)
@@ -157,14 +180,14 @@ def estimate(args, jobs: dict[str, tuple[str, dict]]) -> None:
     for path, cfg in jobs.values():
         kind = (path, cfg["model"]["arch"], cfg["method"])
         if kind not in per_epoch:
-            stages = 2 if cfg["method"] == "le" else 1
+            stages = 2 if cfg["method"] in ("le", "lemt") else 1
             r = fit_one((path, {**cfg, "epochs": 1}))
             per_epoch[kind] = (r["cpu_seconds"] / stages, r["seconds"] / stages)
             print(f"  {Path(path).name} {kind[1]:8s} {kind[2]}: {per_epoch[kind][0]:.1f} s/epoch CPU, "
                   f"{per_epoch[kind][1]:.1f} s wall", flush=True)
     for i, what in enumerate(("CPU time (a quiet machine)", "wall time (this machine's load now)")):
         total = sum(per_epoch[(p, c["model"]["arch"], c["method"])][i] * c["epochs"]
-                    * (2 if c["method"] == "le" else 1) for p, c in jobs.values())
+                    * (2 if c["method"] in ("le", "lemt") else 1) for p, c in jobs.values())
         print(f"{len(jobs)} runs from {what}: {total / 3600:.1f} core-hours, "
               f"~{total / args.workers / 3600:.1f} h with {args.workers} workers")
 
@@ -175,18 +198,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--missing", default="0.4,0.8")
     ap.add_argument("--datasets", default="openmic-like,sonyc-like")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated, or all: the paper's four and the newer seven")
+    ap.add_argument("--positives-only", action="store_true",
+                    help="also the positives-only view of openmic-like data")
     ap.add_argument("--workers", type=int, default=2, help="processes, 1 thread each")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--quick", action="store_true", help="tiny data, 1 epoch, 1 seed, 40%% only")
     ap.add_argument("--estimate", action="store_true", help="time one epoch per kind of run, then stop")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # inherited by workers
-    args.datasets = args.datasets.split(",")
+    from tagtune.study.config import METHODS as ALL_METHODS
+
+    args.datasets = args.datasets.split(",") + ([POSITIVES_ONLY] if args.positives_only else [])
+    args.methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
     args.missing = [float(p) for p in args.missing.split(",")]
-    args.n_clips = {"openmic-like": 20_000, "sonyc-like": None}  # sonyc-like: SONYC-UST's own sizes
+    args.n_clips = {"openmic-like": 20_000, "sonyc-like": None,  # sonyc-like: SONYC-UST's own sizes
+                    POSITIVES_ONLY: 20_000}
     if args.quick:
         args.epochs, args.seeds, args.missing, args.workers = 1, 1, [0.4], 1
-        args.n_clips = {"openmic-like": 120, "sonyc-like": 120}
+        args.n_clips = {"openmic-like": 120, "sonyc-like": 120, POSITIVES_ONLY: 120}
     args.out.mkdir(parents=True, exist_ok=True)
     rows, jobs = plan(args)
     if args.estimate:
@@ -196,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = dict(zip(jobs, _map(list(jobs.values()), args.workers), strict=True))
     for r in rows:
         r |= results[r.pop("job")]
-    text, summary = table(rows, args.seeds)
+    text, summary = table(rows, args.seeds, args.methods)
     print(f"\n{len(jobs)} runs for {len(rows)} rows, {args.epochs} epochs per stage, "
           f"{time.perf_counter() - t0:.0f} s\n\n{text}")
     report = {"epochs": args.epochs, "seeds": args.seeds, "missing": args.missing,

@@ -1,0 +1,39 @@
+"""The paper-scale bench stays runnable: ``--quick`` runs its slice through the real harness
+(a study per method, one cell to the end) and projects the whole."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import bench_paper_scale  # noqa: E402
+import study_cost  # noqa: E402
+
+
+def test_quick_slice_runs_a_cell_to_the_end_and_projects(tmp_path, ray_session, capsys):
+    result = bench_paper_scale.main(["--quick"], out=tmp_path)
+    (row,) = result["rows"]
+    q = bench_paper_scale.QUICK
+    assert row["method"] == "b1" and row["failed"] == 0
+    assert row["completed"] + row["stopped_early"] == q["trials"] and row["completed"] >= 1
+    assert row["replicates"] == q["replicates"]
+    assert (tmp_path / "slice-b1" / "best.json").is_file()  # the real harness ran
+    assert result["whole_s"] == pytest.approx(row["wall_s"] * q["proportions"])
+    assert 0 < result["reused_s"] < result["whole_s"]
+    assert "projected whole study" in capsys.readouterr().out
+
+
+def test_study_cost_counts_asha_and_the_replicate_saving():
+    assert study_cost.rungs(100) == [5, 15, 45]
+    per_cell, done = study_cost.asha_epochs(trials=20, max_t=100, reps=200)
+    assert 20 * 5 < per_cell < 20 * 100 and 0 < done < 1
+    assert study_cost.asha_epochs(trials=1, max_t=100, reps=5) == (100.0, 1.0)  # the first always runs on
+    plain, reused = study_cost.paper_study(), study_cost.paper_study(reuse_best=True)
+    for m in ("b0", "b1", "mt"):
+        assert plain.replicate[m] == 5 * 5 * 100 and plain.total(m) - reused.total(m) == 5 * 100
+    assert plain.replicate["le"] == 5 * (5 * 100 + 4 * 100)  # students, and the teachers of new seeds
+    assert plain.search["le"] - plain.search["b1"] == 5 * 100  # one shared teacher per cell

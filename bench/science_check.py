@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="comma-separated, or all: the paper's four and the newer seven")
     ap.add_argument("--positives-only", action="store_true",
                     help="also the positives-only view of openmic-like data")
+    ap.add_argument("--n-clips", dest="clips", type=int, default=None,
+                    help="clips per synthetic dataset (default: the real datasets' sizes)")
     ap.add_argument("--workers", type=int, default=2, help="processes, 1 thread each")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--quick", action="store_true", help="tiny data, 1 epoch, 1 seed, 40%% only")
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.missing = [float(p) for p in args.missing.split(",")]
     args.n_clips = {"openmic-like": 20_000, "sonyc-like": None,  # sonyc-like: SONYC-UST's own sizes
                     POSITIVES_ONLY: 20_000}
+    if args.clips is not None:
+        args.n_clips = dict.fromkeys(args.n_clips, args.clips)
     if args.quick:
         args.epochs, args.seeds, args.missing, args.workers = 1, 1, [0.4], 1
         args.n_clips = {"openmic-like": 120, "sonyc-like": 120, POSITIVES_ONLY: 120}
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{time.perf_counter() - t0:.0f} s\n\n{text}")
     report = {"epochs": args.epochs, "seeds": args.seeds, "missing": args.missing,
               "n_clips": args.n_clips, "summary": summary, "runs": rows, "table": text}
-    name = "science_check_quick.json" if args.quick else "science_check.json"
+    tag = "quick" if args.quick else "_".join(args.datasets).replace("/", "-")
+    name = f"science_check_{tag}.json"
     (args.out / name).write_text(json.dumps(report, indent=1, default=str))
     return report
 

@@ -51,6 +51,8 @@ def study(
     search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,
     share_le_teacher: Annotated[bool | None, typer.Option(
         help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
+    reuse_best_replicate: Annotated[bool | None, typer.Option(
+        help="The best search trial stands in for the replicate of its seed (one fewer to train).")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
     quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
     verbose: Annotated[bool, typer.Option(
@@ -73,6 +75,7 @@ def study(
         "grace_period": grace_period,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
         "max_failures": max_failures, "share_le_teacher": share_le_teacher,
+        "reuse_best_replicate": reuse_best_replicate,
         "search_space": str(search_space.absolute()) if search_space else None,
     }
     if config is not None:

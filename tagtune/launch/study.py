@@ -55,7 +55,7 @@ from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
 from tagtune.study.methods import check_supported
-from tagtune.study.trainable import train_trial
+from tagtune.study.trainable import TRIAL_STATE, train_config, train_trial
 
 log = logging.getLogger(__name__)
 METRIC, MODE = "val/best_loss", "min"  # set once, on TuneConfig (scheduler and searcher get them from there)
@@ -340,6 +340,17 @@ def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[
     return dict(sorted(best.items()))
 
 
+def _reusable(settings: StudySettings, cell: str, b: dict[str, Any]) -> tuple[int, Path] | None:
+    """The best trial's seed and its last checkpoint (the final state of a run that went to the
+    end; Tune keeps the last two), or None where it has none."""
+    seed = train_config(b["config"]).seed
+    trial_dir = settings.study_dir / "search" / f"{cell.replace('@', '_')}_{b['trial_id']}"
+    done = sorted(trial_dir.glob("checkpoint_*/" + TRIAL_STATE))
+    if not done:
+        return None
+    return seed, done[-1].parent
+
+
 class ListSearcher(Searcher):
     """Hands out a fixed list of configs, in order, once each (the replicate phase)."""
 
@@ -367,9 +378,12 @@ class ListSearcher(Searcher):
 def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str, Any]]:
     configs = []
     for cell, b in best.items():
+        reusable = _reusable(settings, cell, b) if settings.reuse_best_replicate else None
         for r in range(settings.replicates):
             configs.append({**b["config"], "phase": "replicate", "replicate": r,
                             "seed": settings.seed + r, "cell": cell})
+            if reusable is not None and reusable[0] == settings.seed + r:
+                configs[-1]["reused_checkpoint"] = str(reusable[1])
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(

@@ -47,7 +47,8 @@ from tagtune.study.methods import stages
 
 TRIAL_STATE = "trial_state.json"
 # Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
-STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial")
+STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
+              "reused_checkpoint")
 
 
 def train_config(config: dict[str, Any]) -> TrainConfig:
@@ -94,7 +95,13 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
             tune.report(metrics)
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is None and config.get("reused_checkpoint"):
+        # A replicate that is the search's best trial (same config, same seed): its final state,
+        # written by that trial, continued -- nothing left to train -- and tested.
+        reused = Path(config["reused_checkpoint"])
+        state.update(json.loads((reused / TRIAL_STATE).read_text()))
+        result = fit(dataset, cfg, on_epoch=on_epoch, resume=reused)
+    elif checkpoint is None:
         teacher = None
         if cfg.method == "le" and teacher_cache:
             owner = tune.get_context().get_trial_id() or ""

@@ -85,7 +85,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     device: Annotated[str | None, typer.Option(
-        help="auto (the GPU when torch sees one), cpu or cuda.")] = None,
+        help="cpu (the default), cuda, or auto (the GPU when torch sees one).")] = None,
     deterministic: Annotated[bool | None, typer.Option(
         "--deterministic/--no-deterministic",
         help="torch's deterministic algorithms: GPU results repeat bitwise (slower).")] = None,

@@ -160,9 +160,10 @@ class TrainConfig:
     """Seeds the model, the dropout noise, the batch order and the label removal."""
     threads: int = 1
     """torch intra-op threads (the CPU budget of the run)."""
-    device: str = "auto"
+    device: str = "cpu"
     """Where to train: cpu, cuda (in a study: the GPU Ray assigned the trial), or auto (the GPU
-    when torch sees one). Checkpoints resume on either; see tagtune.study.device."""
+    when torch sees one). Checkpoints resume on either; see tagtune.study.device. The default
+    keeps a run where it always was: an existing script or bench on a GPU node still uses the CPU."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms for the run: GPU results repeat bitwise, slower (the
     CPU path is deterministic either way)."""

@@ -84,7 +84,8 @@ def test_train_device_cpu_and_deterministic_reach_config_yaml(data_file, tmp_pat
 
 def test_train_auto_records_where_it_ran(data_file, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    r = _train("--data", data_file, "--method", "b1", "--epochs", "1", "--out", tmp_path / "run")
+    r = _train("--data", data_file, "--method", "b1", "--epochs", "1", "--device", "auto",
+               "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["device"] == "cpu"
 

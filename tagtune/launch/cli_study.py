@@ -45,7 +45,8 @@ def study(
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Paper settings: openmic or sonyc.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Paper settings: openmic, sonyc; openmic-paper, sonyc-paper: the paper's exact setup.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N epochs.")] = None,
     max_failures: Annotated[int | None, typer.Option(help="Retries of a trial whose worker died.")] = None,
     search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,

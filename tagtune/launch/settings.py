@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tagtune.study.config import METHODS, ConfigError, typed
+from tagtune.study.config import METHODS, PRESETS, ConfigError, typed
 from tagtune.study.trainable import train_config
 
 DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
@@ -97,7 +97,7 @@ class StudySettings:
         _check(gpus >= 0 and (gpus <= 1 or gpus.is_integer()), "gpus_per_trial",
                f"must be a fraction in [0, 1] or a whole number, got {gpus:g}")
         _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
-        _check(self.preset in ("openmic", "sonyc"), "preset", "use openmic or sonyc")
+        _check(self.preset in PRESETS, "preset", f"use one of {', '.join(PRESETS)}")
         _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
         # Path("s3://b/x") is the relative directory "s3:/b/x": refuse it rather than write there.
         # The study directory needs a filesystem (journal appends, SQLite, the teachers' lock file).

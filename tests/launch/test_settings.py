@@ -77,3 +77,17 @@ def test_yaml_friendly_values_are_taken():
                       reduction_factor=2, num_cpus=None)
     assert (s.methods, s.missing, s.epochs, s.reduction_factor) == (("b1",), (0.0,), 6, 2.0)
     assert isinstance(s.epochs, int) and isinstance(s.reduction_factor, float)
+
+
+def test_a_paper_preset_gives_every_trial_the_papers_network_and_schedule(tmp_path):
+    """--preset openmic-paper in a study: the paper's network and MT schedule in every trial's
+    base config, the study's own epochs, and the paper's per-method lr as each cell's first point."""
+    from tagtune.search_spaces.spaces import paper_point
+
+    s = StudySettings(data=str(tmp_path / "d.h5"), preset="openmic-paper", epochs=7)
+    base = s.base_config()
+    assert base["model"]["arch"] == "paper" and base["ema_warmup"] and base["mt_select"] == "student"
+    assert base["epochs"] == 7
+    assert paper_point("b1", s.preset)["lr"] == 5e-4 and paper_point("mt", s.preset)["lr"] == 1e-3
+    with pytest.raises(ConfigError, match="preset"):
+        StudySettings(data=str(tmp_path / "d.h5"), preset="paper")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from tagtune.study.fast import masks as _masks
+from tagtune.study.fused import _batch_norm_backward, _sigmoid_backward, _threshold_backward
 
 _EPS = 1e-7  # tagtune.study.model.EPS_ATT (not imported: model imports this module)
 
@@ -113,11 +114,6 @@ class _TrainForward(torch.autograd.Function):
         ctx.layers = ctx.head = ctx.weights = None
         return (None, None, None, gw0, gb0, *linear_grads[::-1], *bn_grads[::-1],
                 gW[:C], gb[:C], gW[C:], gb[C:])
-
-
-_threshold_backward = torch.ops.aten.threshold_backward.default
-_sigmoid_backward = torch.ops.aten.sigmoid_backward.default
-_batch_norm_backward = torch.ops.aten.native_batch_norm_backward.default
 
 
 def train_parameters(model) -> list[Tensor]:

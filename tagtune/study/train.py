@@ -20,6 +20,7 @@ given teacher equals one trained after that teacher in the same fit.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ class _Data:
             X, Y = torch.from_numpy(s.X).to(device), torch.from_numpy(s.Y).to(device)
         return cls(X, Y, torch.tensor(s.M, dtype=torch.float32, device=device))
 
+    @functools.cached_property
+    def positives_per_clip(self) -> float:
+        """Mean number of observed positives per clip (EPR's default k); fixed for a fit."""
+        return float(self.Y.sum(1).mean())
+
 
 def stream_seed(seed: int, stream: str, stage: int) -> int:
     """A 63-bit seed of its own for each (run seed, stream, stage)."""
@@ -143,9 +149,10 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
             fs.le_teacher = _as_state(le_teacher, ds, cfg)
             _enhance(fs, train, cfg)
 
+    taxonomy = taxonomy_of(ds)  # parsed once a fit, not every epoch
     while True:
         while fs.stage_epoch < cfg.epochs and not fs.stopped:
-            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch, taxonomy_of(ds))
+            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch, taxonomy)
         if fs.stage == len(stages) - 1:
             break
         # LE's stage boundary: the selected teacher enhances the labels of a fresh student.
@@ -276,7 +283,7 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
     if fs.teacher is not None:
         fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
     state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher,
-                        positives_per_clip=float(train.Y.sum(1).mean()))
+                        positives_per_clip=train.positives_per_clip)
     after_step = getattr(method, "after_step", None)
     N, B = train.X.shape[0], cfg.batch_size
     perm = torch.randperm(N, generator=fs.batches).to(train.X.device)
@@ -302,12 +309,12 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
     return {k: float(v) / len(starts) for k, v in sums.items()}
 
 
-def _validate(model: AttentionMIL, data: _Data, split: Split,
-              taxonomy: Taxonomy | None) -> tuple[float, dict[str, float]]:
-    """Validation loss (BCE over observed labels) and metrics, in eval mode."""
+def _validate(model: AttentionMIL, data: _Data, split: Split, taxonomy: Taxonomy | None,
+              prefix: str = "val") -> tuple[float, dict[str, float]]:
+    """Loss (BCE over observed labels) and metrics of one split, in eval mode."""
     scores = predict(model, data.X)
     loss = float(masked_bce(torch.from_numpy(scores), data.Y.cpu(), data.M.cpu()))
-    return loss, evaluate(split, scores, "val", taxonomy)
+    return loss, evaluate(split, scores, prefix, taxonomy)
 
 
 def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
@@ -333,12 +340,12 @@ def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
     network, their names ending in ``result.other_suffix``)."""
     out: dict[str, float] = {}
     nets = [(result.model, "")] + ([(result.other, result.other_suffix)] if result.other else [])
+    taxonomy = taxonomy_of(ds)
     for prefix, split in (("val", ds.valid), ("test", ds.test)):
         data = _Data.of(split)
         for net, suffix in nets:
-            scores = predict(net, data.X)
-            out[f"{prefix}/loss{suffix}"] = float(masked_bce(torch.from_numpy(scores), data.Y, data.M))
-            metrics = evaluate(split, scores, prefix, taxonomy_of(ds))
+            loss, metrics = _validate(net, data, split, taxonomy, prefix)
+            out[f"{prefix}/loss{suffix}"] = loss
             out |= {k + suffix: v for k, v in metrics.items()}
     return out
 

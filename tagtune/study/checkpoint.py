@@ -167,10 +167,19 @@ def restore(fs: FitState, payload: dict[str, Any]) -> None:
 _HOW = ("threads", "device", "deterministic")
 
 
+def seed63(*entropy: int) -> int:
+    """A 63-bit seed drawn from ``entropy`` (numpy's SeedSequence): a torch.Generator's seed."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+NOISE_STREAM = 3
+"""The dropout noise stream's number in the seed entropy (tagtune.study.train's streams)."""
+
+
 def crossed_noise_seed(seed: int, stage: int, stage_epoch: int) -> int:
     """The dropout noise stream's seed after a resume on another kind of device."""
-    state = np.random.SeedSequence([seed, 3, stage, stage_epoch, 1]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
+    return seed63(seed, NOISE_STREAM, stage, stage_epoch, 1)
 
 
 def optimizer_state(saved: dict[str, Any], params: list[Tensor], flat: bool) -> dict[str, Any]:

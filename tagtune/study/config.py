@@ -19,6 +19,8 @@ ARCHS: tuple[str, ...] = ("residual", "paper")
 raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
 DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
 MT_SELECT: tuple[str, ...] = ("teacher", "student")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
 # TrainConfig fields that only some methods read; every other field applies to every method.
 # One entry per method: MLflow logs a run's params from it (a B0 run has no gamma), the
 # analysis leaves the others' columns empty. A new method (or field) adds its line here.
@@ -198,8 +200,8 @@ class TrainConfig:
         _check(abs(self.pbce_gamma) < float("inf"), "pbce_gamma", f"must be finite, got {self.pbce_gamma}")
         _check(self.epr_k is None or self.epr_k > 0, "epr_k", f"must be > 0, got {self.epr_k}")
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
-        _check(self.device in ("auto", "cpu", "cuda"), "device",
-               f"unknown device {self.device!r}; use one of auto, cpu, cuda")
+        _check(self.device in DEVICES, "device",
+               f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -310,6 +312,6 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "METHODS", "METHOD_PARAMS", "MT_SELECT", "PAPER_LR", "PRESETS",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEVICES", "METHODS", "METHOD_PARAMS", "MT_SELECT", "PAPER_LR", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

@@ -105,6 +105,7 @@ def dcase_metrics(split: Split, scores: np.ndarray, tax: Taxonomy,
     observed, no X tag.
     """
     s = np.asarray(scores, dtype=np.float64)
+    columns = _columns(tax)
     if s.size and (s.min() < 0 or s.max() > 1):
         raise DataError(split.where, "scores", "DCASE metrics need probabilities in [0, 1]")
     if truth is not None:
@@ -115,14 +116,14 @@ def dcase_metrics(split: Split, scores: np.ndarray, tax: Taxonomy,
         for i, key in enumerate(split.keys.tolist()):
             for c in tax.hidden.get(key, ()):
                 y[i, c] = obs[i, c] = True
-        seen = np.stack([split.M[:, g].any(1) for g in _columns(tax)], axis=1)
+        seen = np.stack([split.M[:, g].any(1) for g in columns], axis=1)
         inc = tax.has_x & ~seen if tax.level == "fine" else np.zeros((len(s), tax.G), bool)
     out = {}
     if tax.level == "fine":
         out |= _named("fine", [_fine_counts(s[:, g], y[:, g], obs[:, g], inc[:, k])
-                               for k, g in enumerate(_columns(tax))])
+                               for k, g in enumerate(columns)])
     coarse = [_coarse_inputs(s[:, g], y[:, g], obs[:, g], inc[:, k])
-              for k, g in enumerate(_columns(tax))]
+              for k, g in enumerate(columns)]
     out |= _named("coarse", [_fine_counts(cs[:, None], cy[:, None], cobs[:, None],
                                           np.zeros(len(cs), bool)) for cs, cy, cobs in coarse])
     return out

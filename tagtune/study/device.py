@@ -24,9 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
-from tagtune.study.config import ConfigError
+from tagtune.study.config import DEVICES, ConfigError
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 GENERIC_ON_CPU = False
 """Internal switch (tests, benches): the generic torch path on the CPU too."""
 CUBLAS_WORKSPACE = ":4096:8"

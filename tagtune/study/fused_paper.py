@@ -17,7 +17,8 @@ from torch import Tensor
 from tagtune.study.fast import masks as _masks
 from tagtune.study.fused import _batch_norm_backward, _sigmoid_backward, _threshold_backward
 
-_EPS = 1e-7  # tagtune.study.model.EPS_ATT (not imported: model imports this module)
+EPS_ATT = 1e-7
+"""The paper network's clamp of the sigmoid attention: [EPS_ATT, 1 - EPS_ATT]."""
 
 
 def _head(h: Tensor, W: Tensor, b: Tensor, N: int, T: int, C: int):
@@ -26,7 +27,7 @@ def _head(h: Tensor, W: Tensor, b: Tensor, N: int, T: int, C: int):
     S = torch.addmm(b, h, W.t()).view(N, T, 2 * C)
     sig = torch.sigmoid(S)  # all of S: contiguous, faster than the strided halves
     a, cla = sig[..., :C], sig[..., C:]
-    att = a.clamp(_EPS, 1.0 - _EPS)
+    att = a.clamp(EPS_ATT, 1.0 - EPS_ATT)
     total = att.sum(1, keepdim=True)
     out = (att / total * cla).sum(1)
     return a, att, total, cla, out
@@ -81,7 +82,7 @@ class _TrainForward(torch.autograd.Function):
         N, T, C = att.shape
         g = (g * ((out > 0.0) & (out < 1.0))).unsqueeze(1)  # hardtanh's gradient: open interval
         # out = sum_t att_t cla_t / total: d/d att_s = (cla_s - out) / total, d/d cla_s = att_s / total
-        g_att = (g * (cla - out.unsqueeze(1)) / total) * ((a >= _EPS) & (a <= 1.0 - _EPS))
+        g_att = (g * (cla - out.unsqueeze(1)) / total) * ((a >= EPS_ATT) & (a <= 1.0 - EPS_ATT))
         gS = torch.cat([_sigmoid_backward(g_att, a), _sigmoid_backward(g * att / total, cla)],
                        2).view(N * T, 2 * C)
         gW, gb = torch.mm(gS.t(), h), gS.sum(0)
@@ -149,4 +150,4 @@ def eval_forward(model, x: Tensor) -> Tensor:
     return _head(h, W, b, N, T, model.att.out_features)[-1].clamp(0.0, 1.0)
 
 
-__all__ = ["eval_forward", "train_forward", "train_parameters"]
+__all__ = ["EPS_ATT", "eval_forward", "train_forward", "train_parameters"]

@@ -45,6 +45,7 @@ from tagtune.study import fused as fused_residual
 from tagtune.study import fused_paper
 from tagtune.study.config import ConfigError, ModelConfig
 from tagtune.study.fast import keep_mask
+from tagtune.study.fused_paper import EPS_ATT
 
 
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None,
@@ -62,8 +63,6 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
     return x * keep_mask(x.shape, p, generator)
 
 
-EPS_ATT = 1e-7
-"""The paper network's clamp of the sigmoid attention: [EPS_ATT, 1 - EPS_ATT]."""
 
 
 class AttentionMIL(nn.Module):

@@ -33,7 +33,15 @@ from torch import Tensor
 
 from tagtune.study import device as devices
 from tagtune.study import fast, methods
-from tagtune.study.checkpoint import FitState, clone_state, load_payload, restore, save_state
+from tagtune.study.checkpoint import (
+    NOISE_STREAM,
+    FitState,
+    clone_state,
+    load_payload,
+    restore,
+    save_state,
+    seed63,
+)
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split, remove_labels
 from tagtune.study.dcase import Taxonomy, taxonomy_of
@@ -42,7 +50,7 @@ from tagtune.study.metrics import evaluate
 from tagtune.study.model import AttentionMIL, build_model, predict
 
 OnEpoch = Callable[[dict[str, Any], Callable[[Path], None]], None]
-_STREAMS = {"init": 1, "batches": 2, "noise": 3}
+_STREAMS = {"init": 1, "batches": 2, "noise": NOISE_STREAM}
 
 
 @dataclass
@@ -101,8 +109,7 @@ class _Data:
 
 def stream_seed(seed: int, stream: str, stage: int) -> int:
     """A 63-bit seed of its own for each (run seed, stream, stage)."""
-    state = np.random.SeedSequence([seed, _STREAMS[stream], stage]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
+    return seed63(seed, _STREAMS[stream], stage)
 
 
 def lr_at(cfg: TrainConfig, stage_epoch: int, stage: str = "main") -> float:
@@ -137,7 +144,7 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
         raise ConfigError("le_teacher", f"only for method le, not {cfg.method}")
     method = methods.get(cfg.method)
     train, valid = _Data.of(ds.train, device), _Data.of(ds.valid, device)
-    stages = getattr(method, "STAGES", ("main",))
+    stages = methods.stages(cfg.method)
     first = len(stages) - 1 if le_teacher is not None else 0
     if resume is not None:
         payload = load_payload(resume, cfg)

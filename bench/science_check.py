@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.n_clips = dict.fromkeys(args.n_clips, args.clips)
     if args.quick:
         args.epochs, args.seeds, args.missing, args.workers = 1, 1, [0.4], 1
-        args.n_clips = {"openmic-like": 120, "sonyc-like": 120, POSITIVES_ONLY: 120}
+        args.n_clips = dict.fromkeys(args.n_clips, 120)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, jobs = plan(args)
     if args.estimate:

@@ -17,6 +17,7 @@ Only the standard library: the GPU bench imports nothing beyond torch, numpy and
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ def rungs(max_t: int, grace: int = GRACE, rf: float = RF) -> list[int]:
     return [int(grace * rf ** k) for k in range(n)]
 
 
+@functools.lru_cache  # seeded: the same arguments, the same result (the benches ask again)
 def asha_epochs(trials: int = 20, max_t: int = 100, grace: int = GRACE, rf: float = RF,
                 reps: int = 400, seed: int = 0) -> tuple[float, float]:
     """Mean epochs one cell's search trains under ASHA, and the mean share of its trials that

@@ -254,7 +254,7 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list
     elif rest:
         lines.append(f"The other {rest} comparison{'s' if rest != 1 else ''} with the baselines "
                      f"show no clear difference (Holm-adjusted p >= {ALPHA} over the "
-                     f"{int(pairs['p_holm'].notna().sum())} tested) or have too few seeds "
+                     f"{tested} tested) or have too few seeds "
                      f"(below {MIN_VERDICT_PAIRS}).")
     return lines
 

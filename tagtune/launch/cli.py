@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from tagtune.launch import cli_analysis, cli_data, cli_study, cli_train, cli_ui
-from tagtune.launch.cli_common import USER_ERRORS, fail, user_errors
 
 # Paragraphs as single lines: Typer keeps a line break inside one.
 HELP = (
@@ -56,4 +55,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["USER_ERRORS", "app", "fail", "main", "user_errors"]
+__all__ = ["app", "main"]

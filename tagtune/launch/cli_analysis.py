@@ -27,8 +27,9 @@ def analyze(
     from tagtune.analysis import analyze as run_analysis
 
     r = run_analysis(study_dir, out=out, mlflow_uri=mlflow_uri, metric=metric, log_mlflow=mlflow)
-    if r.answer_text():  # the answer first: per proportion the best method, by how much, clear?
-        print(r.answer_text())
+    answer = r.answer_text()
+    if answer:  # the answer first: per proportion the best method, by how much, clear?
+        print(answer)
         print()
     print(f"report:   {r.report}")
     print(f"table:    {', '.join(str(p) for p in r.table_files)}")

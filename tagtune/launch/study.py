@@ -130,7 +130,7 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     searcher_summary = _search(settings, ds, ranges, experiment_id, out)
     best = _best_per_cell(study_dir / "search", settings)
     (study_dir / "best.json").write_text(json.dumps(best, indent=2))
-    cells = [f"{m}@{p:.2f}" for m in settings.methods for p in settings.missing]
+    cells = [Cell(m, p).id for m in settings.methods for p in settings.missing]
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
                  cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
@@ -249,7 +249,8 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output)
     ended: dict[str, str] = {}
     best: dict[str, float] = {}
     if tune.Tuner.can_restore(path):
-        for trial in tune.ExperimentAnalysis(str(path)).trials:  # what the display starts from
+        # What the display starts from (read only where there is a display).
+        for trial in tune.ExperimentAnalysis(str(path)).trials if out.display is not None else ():
             last = trial.last_result or {}
             if trial.status in ("TERMINATED", "ERROR"):
                 ended[trial.trial_id] = trial.config["cell"]
@@ -305,7 +306,12 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
 
 
 def _trial_dirname(trial) -> str:
-    return f"{trial.config['cell'].replace('@', '_')}_{trial.trial_id}"
+    return _dirname(trial.config["cell"], trial.trial_id)
+
+
+def _dirname(cell: str, trial_id: str) -> str:
+    """A trial's directory name in its phase directory."""
+    return f"{cell.replace('@', '_')}_{trial_id}"
 
 
 def _cell_counts(results: tune.ResultGrid) -> dict[str, dict[str, int]]:
@@ -334,7 +340,7 @@ def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[
         cell = trial.config["cell"]
         if cell not in best or last[METRIC] < best[cell]["value"]:
             best[cell] = {"value": last[METRIC], "trial_id": trial.trial_id, "config": dict(trial.config)}
-    missing = {f"{m}@{p:.2f}" for m in settings.methods for p in settings.missing} - set(best)
+    missing = {Cell(m, p).id for m in settings.methods for p in settings.missing} - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
     return dict(sorted(best.items()))
@@ -344,7 +350,7 @@ def _reusable(settings: StudySettings, cell: str, b: dict[str, Any]) -> tuple[in
     """The best trial's seed and its last checkpoint (the final state of a run that went to the
     end; Tune keeps the last two), or None where it has none."""
     seed = train_config(b["config"]).seed
-    trial_dir = settings.study_dir / "search" / f"{cell.replace('@', '_')}_{b['trial_id']}"
+    trial_dir = settings.study_dir / "search" / _dirname(cell, b["trial_id"])
     done = sorted(trial_dir.glob("checkpoint_*/" + TRIAL_STATE))
     if not done:
         return None

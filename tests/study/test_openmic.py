@@ -169,7 +169,6 @@ def _npy(a: np.ndarray) -> bytes:
 def _raw_member(root: Path, key: str, data: bytes) -> None:
     """Rewrite the release npz with member ``key`` holding exactly ``data``."""
     path = root / "openmic-2018.npz"
-    members = {}
     with zipfile.ZipFile(path) as z:
         members = {n: z.read(n) for n in z.namelist()}
     members[f"{key}.npy"] = data

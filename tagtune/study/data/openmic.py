@@ -147,7 +147,7 @@ def _read_X(path: Path, z) -> np.ndarray:
     200 MB) never sits in memory whole, only its 25 MB uint8 copy does.
     """
     with open_member(path, z, "X") as (fp, shape, fortran, dtype):
-        if dtype.kind not in "iuf" or dtype.fields is not None:
+        if dtype.kind not in "iuf":  # structured dtypes are kind "V"
             raise DataError(path, "X", f"expected integer (0..255) or float features, got {dtype}")
         if len(shape) != 3 or 0 in shape:
             raise DataError(path, "X", f"expected shape (N, T, F), got {shape}")

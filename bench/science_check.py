@@ -159,7 +159,7 @@ def plan(args) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     rows, jobs = [], {}
     for dataset in args.datasets:
         path = str(data_file(dataset, args.out, args.n_clips.get(dataset)))
-        for setup in SETUPS:
+        for setup in args.setups:
             for method in args.methods:
                 if not runs_in(dataset, setup, method):
                     continue
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--datasets", default="openmic-like,sonyc-like")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated, or all: the paper's four and the newer seven")
+    ap.add_argument("--setups", default=",".join(SETUPS),
+                    help="comma-separated subset of before,paper,default (newer methods: default only)")
     ap.add_argument("--positives-only", action="store_true",
                     help="also the positives-only view of openmic-like data")
     ap.add_argument("--n-clips", dest="clips", type=int, default=None,
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.datasets = args.datasets.split(",") + ([POSITIVES_ONLY] if args.positives_only else [])
     args.methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
     args.missing = [float(p) for p in args.missing.split(",")]
+    args.setups = tuple(args.setups.split(","))
+    if unknown := set(args.setups) - set(SETUPS):
+        ap.error(f"--setups: unknown {', '.join(sorted(unknown))} (choose from {', '.join(SETUPS)})")
     args.n_clips = {"openmic-like": 20_000, "sonyc-like": None,  # sonyc-like: SONYC-UST's own sizes
                     POSITIVES_ONLY: 20_000}
     if args.clips is not None:
@@ -237,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"epochs": args.epochs, "seeds": args.seeds, "missing": args.missing,
               "n_clips": args.n_clips, "summary": summary, "runs": rows, "table": text}
     tag = "quick" if args.quick else "_".join(args.datasets).replace("/", "-")
+    if args.setups != SETUPS:
+        tag += "_" + "_".join(args.setups)
     name = f"science_check_{tag}.json"
     (args.out / name).write_text(json.dumps(report, indent=1, default=str))
     return report

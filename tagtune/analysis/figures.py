@@ -112,8 +112,9 @@ HPARAM_PANELS_BEYOND = [  # the methods beyond the paper, drawn after the paper'
 
 
 def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path | None:
-    """Best gamma (LE) and alpha, beta (MT) found per proportion (line), over every trial
-    that ran to the end (grey dots). None if the study has neither LE nor MT."""
+    """Each searched method's own settings (LE gamma, MT alpha and beta, LL-R delta_rel, ...):
+    the best per proportion (line) over every trial that ran to the end (grey dots). None if the
+    study has no method with a panel (B0, B1, WAN and EPR alone)."""
     panels = [p for p in HPARAM_PANELS + HPARAM_PANELS_BEYOND if p[0] in set(best["method"])
               and (p[1] in best.columns or p[1] == "one_minus_alpha")]
     if not panels:

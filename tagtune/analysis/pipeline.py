@@ -32,7 +32,7 @@ from tagtune.analysis.table import (
     trials_table,
 )
 from tagtune.analysis.tracking import log_analysis, tracking_uri
-from tagtune.study.config import applies, output_dir
+from tagtune.study.config import METHOD_PARAMS, applies, output_dir
 from tagtune.study.trainable import train_config
 
 
@@ -72,16 +72,21 @@ class AnalysisResult:
         return self.answer.to_string(index=False) if not self.answer.empty else ""
 
 
+# Every method's own settings (config.METHOD_PARAMS), one column each, NaN where a method does
+# not read it: the best-config table and the hyperparameter figure's panels (LL-R's delta_rel,
+# SPLC's tau, ...) read them from here.
+HPARAMS: tuple[str, ...] = tuple(dict.fromkeys(n for names in METHOD_PARAMS.values() for n in names))
+
+
 def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for cell, b in best.items():
         cfg = train_config(b["config"])
         rows.append({"cell": cell, "method": cfg.method, "proportion": cfg.missing,
                      "validation_loss": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
-                     **{k: getattr(cfg, k) if applies(cfg.method, k) else math.nan
-                        for k in ("gamma", "alpha", "beta")}})
+                     **{k: getattr(cfg, k) if applies(cfg.method, k) else math.nan for k in HPARAMS}})
     return pd.DataFrame(rows, columns=["cell", "method", "proportion", "validation_loss",
-                                       "trial_id", "lr", "gamma", "alpha", "beta"])
+                                       "trial_id", "lr", *HPARAMS])
 
 
 def _missing(study: StudyFiles, done: pd.DataFrame) -> list[str]:

@@ -26,8 +26,8 @@ CAPTIONS = {
                   "dots = seeds.",
     "sensitivity": "Test metric vs. proportion of training labels removed (the paper's "
                    "Fig. 5): mean over replicates, band = ± 1 sd.",
-    "hyperparameters": "Best gamma (LE), 1 − alpha and beta (MT) per proportion; grey dots "
-                       "are every trial that ran to the end.",
+    "hyperparameters": "Best gamma (LE), 1 − alpha and beta (MT), and the newer methods' own "
+                       "settings, per proportion; grey dots are every trial that ran to the end.",
     "importance": "Hyperparameter importance per cell (Optuna PED-ANOVA on the selection loss).",
     "history": "Optimisation history: best validation loss so far per cell, by trial.",
 }
@@ -71,9 +71,11 @@ def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _best_table(best: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("cell", "validation_loss", "trial_id", "lr", "gamma", "alpha", "beta")
-            if c in best]
-    return best[cols]
+    """The best configs: the fixed columns, then those of the methods' own settings that some
+    cell reads (a study of B0 and B1 alone shows none; method and proportion are in the cell id)."""
+    fixed = ["cell", "validation_loss", "trial_id", "lr"]
+    own = [c for c in best.columns if c not in (*fixed, "method", "proportion") and best[c].notna().any()]
+    return best[[c for c in fixed if c in best] + own]
 
 
 def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:

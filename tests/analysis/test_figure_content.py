@@ -108,3 +108,32 @@ def test_history_is_the_running_best_of_finished_trials(drawn, tmp_path):
                        for i in range(len(losses))]
             assert np.allclose(line.get_ydata(), running, equal_nan=True)
             assert line.get_ydata()[-1] == pytest.approx(np.nanmin(losses))
+
+
+def test_newer_methods_settings_reach_the_best_table_and_their_panels(drawn, tmp_path):
+    """The best frame the pipeline builds carries each method's own settings (LL-R's delta_rel,
+    SPLC's tau), so their panels are drawn and the report's best-config table shows them."""
+    from tagtune.analysis.pipeline import _best_frame
+    from tagtune.analysis.report import _best_table
+
+    best = {f"{m}@{p:.2f}": {"config": {"method": m, "missing": p, **extra}, "value": 0.3 + p,
+                             "trial_id": f"t{i}"}
+            for i, (m, extra) in enumerate([("llr", {"delta_rel": 0.004}), ("splc", {"splc_tau": 0.7}),
+                                            ("b1", {})])
+            for p in (0.2, 0.4)}
+    frame = _best_frame(best)
+    assert frame.loc[frame.method == "llr", "delta_rel"].tolist() == [0.004, 0.004]
+    assert frame.loc[frame.method == "splc", "splc_tau"].tolist() == [0.7, 0.7]
+    assert frame.loc[frame.method == "b1", ["delta_rel", "splc_tau", "gamma"]].isna().all().all()
+    shown = list(_best_table(frame).columns)
+    assert {"delta_rel", "splc_tau", "margin"} <= set(shown) and "gamma" not in shown
+
+    rng = np.random.default_rng(0)
+    search = frame.assign(status="complete", alpha=np.nan,
+                          delta_rel=lambda f: f.delta_rel * rng.uniform(0.5, 2, len(f)))
+    figures.best_hparams(search, frame, tmp_path / "hp.png")
+    axes = drawn[0].axes
+    assert [ax.get_ylabel() for ax in axes] == ["LL-R delta_rel (log scale)", "SPLC tau"]
+    assert axes[0].get_yscale() == "log"
+    (line,) = axes[1].get_lines()
+    assert np.allclose(line.get_ydata(), [0.7, 0.7])

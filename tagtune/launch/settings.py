@@ -66,12 +66,12 @@ class StudySettings:
     share_le_teacher: bool = True
     """LE: train stage 1 once per (data, proportion, seed) with the paper's lr and share it
     among trials (tagtune.study.teachers); False = every LE trial trains its own, with its lr."""
-    reuse_best_replicate: bool = False
+    reuse_best_replicate: bool = True
     """Replicates: where the search's best trial ran with a replicate's seed (the search's trials
     run with the train seed, replicate r with seed + r), that trial's final state stands in for
-    the replicate -- the same config and seed, so the same run -- instead of training it again
-    (one replicate fewer per cell). Its MLflow run carries the final metrics; the epochs' curve
-    is on the search trial's run."""
+    the replicate -- the same config and seed, so the same run (tested bitwise) -- instead of
+    training it again (one replicate fewer per cell). Its MLflow run carries the final metrics;
+    the epochs' curve is on the search trial's run. False: every replicate trains."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 

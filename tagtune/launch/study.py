@@ -209,8 +209,11 @@ def _init_ray(settings: StudySettings) -> None:
 
 def _trainable(settings: StudySettings, ds: Dataset):
     # with_parameters puts the dataset in the object store once; every trial reads it there.
+    # study_dir: where the study lives now (a moved study resumes), for a reused replicate's
+    # checkpoint, which its config names relative to it.
     cache = str(settings.teacher_cache) if settings.teacher_cache else None
-    return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache),
+    return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
+                                                    study_dir=str(settings.study_dir)),
                                trial_resources(settings))
 
 
@@ -347,14 +350,14 @@ def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[
 
 
 def _reusable(settings: StudySettings, cell: str, b: dict[str, Any]) -> tuple[int, Path] | None:
-    """The best trial's seed and its last checkpoint (the final state of a run that went to the
-    end; Tune keeps the last two), or None where it has none."""
+    """The best trial's seed and its last checkpoint relative to the study directory (the final
+    state of a run that went to the end; Tune keeps the last two), or None where it has none."""
     seed = train_config(b["config"]).seed
     trial_dir = settings.study_dir / "search" / _dirname(cell, b["trial_id"])
     done = sorted(trial_dir.glob("checkpoint_*/" + TRIAL_STATE))
     if not done:
         return None
-    return seed, done[-1].parent
+    return seed, done[-1].parent.relative_to(settings.study_dir)
 
 
 class ListSearcher(Searcher):

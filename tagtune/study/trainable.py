@@ -1,6 +1,6 @@
 """The Ray Tune trainable: one function for every method; the config names the method.
 
-``train_trial(config, dataset, teacher_cache)`` wraps :func:`tagtune.study.train.fit`.
+``train_trial(config, dataset, teacher_cache, study_dir)`` wraps :func:`tagtune.study.train.fit`.
 The dataset arrives through ``tune.with_parameters``: one copy in Ray's object store per
 node, its arrays mapped read-only into every worker of the node (zero-copy), not one read
 per trial.
@@ -61,7 +61,8 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None) -> None:
+def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,
+                study_dir: str | None = None) -> None:
     from tagtune.study.teachers import TeacherCache
     from tagtune.study.train import evaluate_fit, fit
 
@@ -98,7 +99,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
     if checkpoint is None and config.get("reused_checkpoint"):
         # A replicate that is the search's best trial (same config, same seed): its final state,
         # written by that trial, continued -- nothing left to train -- and tested.
-        reused = Path(config["reused_checkpoint"])
+        reused = Path(study_dir or ".") / config["reused_checkpoint"]
         state.update(json.loads((reused / TRIAL_STATE).read_text()))
         result = fit(dataset, cfg, on_epoch=on_epoch, resume=reused)
     elif checkpoint is None:

@@ -76,8 +76,11 @@ def test_replicates_use_the_best_config_with_their_seeds(tiny_study):
         cfg, r = t.config, t.config["replicate"]
         assert cfg["phase"] == "replicate" and cfg["seed"] == settings.seed + r
         searched = best[cfg["cell"]]["config"]
-        assert {k: v for k, v in cfg.items() if k not in ("phase", "replicate", "seed")} == {
+        own = ("phase", "replicate", "seed", "reused_checkpoint")
+        assert {k: v for k, v in cfg.items() if k not in own} == {
             k: v for k, v in searched.items() if k not in ("phase", "seed")}, cfg["cell"]
+        # By default replicate 0 (the search's seed) is the best trial's own final state.
+        assert ("reused_checkpoint" in cfg) == (r == 0), cfg["cell"]
         ran[cfg["cell"], r] += 1
     assert ran == Counter({(cell, r): 1 for cell in best for r in range(settings.replicates)})
     # The summary's rows are those trials: same cells, same seeds.

@@ -14,6 +14,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 PHASE = "analysis"
+# The tag MLflow 3's UI reads to tell a model-training experiment from a GenAI one (without it
+# the UI opens on its GenAI overview); the study's experiment and one made here both carry it.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 @dataclass
@@ -52,7 +55,8 @@ def log_analysis(uri: str | None, experiment: str, files: dict[str, list[Path]],
 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
-        experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        experiment_id = exp.experiment_id if exp else client.create_experiment(
+            experiment, tags=dict([EXPERIMENT_KIND]))
         run_id = analysis_run(client, experiment_id)
         for k, v in params.items():  # tags, not params: a re-analysis may change them
             client.set_tag(run_id, f"analysis.{k}", v)

@@ -53,7 +53,7 @@ def study(
     share_le_teacher: Annotated[bool | None, typer.Option(
         help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
     reuse_best_replicate: Annotated[bool | None, typer.Option(
-        help="The best search trial stands in for the replicate of its seed (one fewer to train).")] = None,
+        help="The best search trial stands in for its seed's replicate (one fewer to train; on).")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
     quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
     verbose: Annotated[bool, typer.Option(

@@ -29,6 +29,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import first_line, quick_mlflow_http
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.trainable import STUDY_KEYS, train_config
@@ -38,8 +39,6 @@ JOURNAL = "mlflow-journal.jsonl"
 TRIAL_TAG = "tagtune.trial_id"
 CELL_TAG = "tagtune.cell_run"  # on a cell's parent run, value = the cell id
 PARENT_TAG = "mlflow.parentRunId"  # what the UI nests child runs by
-# The tag MLflow 3's UI reads to tell a model-training experiment from a GenAI one.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

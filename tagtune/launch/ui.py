@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tagtune.study.config import ConfigError
 
@@ -116,6 +117,12 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def served(tracking_uri: str) -> bool:
+    """Whether the store is an MLflow server (http/https: its own UI is the place to look);
+    any other store (sqlite, postgresql, a file store) is opened by a local ``mlflow ui``."""
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
 def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
              optuna_port: int = 8080, timeout_s: float = 120.0) -> UI:
     """Start the UIs of a study (see the module docstring); the caller stops them."""
@@ -128,7 +135,7 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
     if optuna and not db.is_file():
         raise ConfigError("optuna", "no optuna.db yet: it is written when the search phase ends",
                           where=str(study_dir))
-    local = uri.startswith("sqlite:")
+    local = not served(uri)
     if local:
         check_port(port)
     if optuna:
@@ -154,4 +161,4 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
     return ui
 
 
-__all__ = ["UI", "check_port", "experiment_id", "start_ui"]
+__all__ = ["UI", "check_port", "experiment_id", "served", "start_ui"]

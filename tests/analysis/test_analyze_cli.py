@@ -81,6 +81,7 @@ def test_mlflow_uri_of_a_real_server_receives_the_analysis(tiny_study, study_dir
         assert r.exit_code == 0, r.output
         client = MlflowClient(server.uri)
         exp = client.get_experiment_by_name(settings.name)
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # made here: the UI's kind
         (run,) = client.search_runs([exp.experiment_id], filter_string="tags.phase = 'analysis'")
         assert printed(r.stdout)["tracking"].startswith(f"MLflow run {run.info.run_id} ")
         assert server.uri in printed(r.stdout)["tracking"]

@@ -83,3 +83,13 @@ def test_ui_port_in_use_is_one_line_exit_2(tiny_study):
     assert r.exit_code == 2
     assert r.output.strip() == (f"error: ui: port: port {port} on 127.0.0.1 is in use; "
                                 "choose another with --port")
+
+
+@pytest.mark.parametrize(("uri", "on_a_server"), [
+    ("http://10.0.0.5:5000", True), ("https://mlflow.example.org/", True),
+    ("sqlite:////data/study/mlflow.db", False), ("postgresql://tagtune@db:5432/mlflow", False),
+    ("file:///data/mlruns", False), ("/data/mlruns", False)])
+def test_only_an_mlflow_server_is_linked_every_other_store_gets_a_local_ui(uri, on_a_server):
+    from tagtune.launch.ui import served
+
+    assert served(uri) is on_a_server

@@ -46,11 +46,13 @@ def convert_sonyc(
     root: Annotated[Path, typer.Argument(help="SONYC-UST v2 release directory.")],
     out: Annotated[Path, typer.Argument(help="Output file (.h5 or .npz).")],
     level: Annotated[str, typer.Option(help="Taxonomy level: fine (23 tags) or coarse (8).")] = "fine",
+    features_dir: Annotated[Path | None, typer.Option(
+        help="Per-clip embeddings <key>.npz (default: features/, openl3/ or embeddings/ in ROOT).")] = None,
 ) -> None:
     """SONYC-UST v2 -> generic file."""
     from tagtune.study.data.sonyc import read_sonyc
 
-    ds = read_sonyc(root, level=level)
+    ds = read_sonyc(root, level=level, features_dir=features_dir)
     _save(ds, out)
 
 

@@ -318,6 +318,19 @@ def test_cli_convert_writes_a_file_that_loads_back_equal(release, tmp_path, leve
         np.testing.assert_array_equal(back.split(name).M, s.M)
 
 
+def test_cli_convert_reads_embeddings_from_features_dir(release, tmp_path):
+    root, _ = release
+    elsewhere = tmp_path / "my-embeddings"
+    (root / "features").rename(elsewhere)
+    out = tmp_path / "sonyc.h5"
+    args = ["data", "convert", "sonyc", str(root), str(out)]
+    missing = CliRunner().invoke(app, args)  # nothing in the release's own folders now
+    assert missing.exit_code == 2 and "features_dir" in missing.stderr
+    result = CliRunner().invoke(app, [*args, "--features-dir", str(elsewhere)])
+    assert result.exit_code == 0, result.output
+    assert load(out).meta["features_dir"] == str(elsewhere)
+
+
 def test_cli_convert_broken_release_exits_2_with_one_line(release, tmp_path):
     root, _ = release
     (root / "features" / "00_000005.npz").unlink()

@@ -46,17 +46,10 @@ OPENMIC_CLASSES = (
     "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
     "trumpet", "ukulele", "violin", "voice",
 )
-SONYC_FINE_CLASSES = (
-    "1-1_small-sounding-engine", "1-2_medium-sounding-engine", "1-3_large-sounding-engine",
-    "2-1_rock-drill", "2-2_jackhammer", "2-3_hoe-ram", "2-4_pile-driver",
-    "3-1_non-machinery-impact",
-    "4-1_chainsaw", "4-2_small-medium-rotating-saw", "4-3_large-rotating-saw",
-    "5-1_car-horn", "5-2_car-alarm", "5-3_siren", "5-4_reverse-beeper",
-    "6-1_stationary-music", "6-2_mobile-music", "6-3_ice-cream-truck",
-    "7-1_person-or-small-group-talking", "7-2_person-or-small-group-shouting",
-    "7-3_large-crowd", "7-4_amplified-speech",
-    "8-1_dog-barking-whining",
-)
+# SONYC-UST's 23 fine classes as the release names them ("1-1_small-sounding-engine"; the X
+# tags are annotators' "not sure which", not classes): from the one taxonomy table.
+SONYC_FINE_CLASSES = tuple(f"{g}-{f}_{name}" for g, fine in UST_TAXONOMY["fine"].items()
+                           for f, name in fine.items() if f != "X")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def _csv(text: str | None, cast=str) -> tuple | None:
 def study(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(help="Generic data file (.h5/.npz).")] = None,
-    methods: Annotated[str | None, typer.Option(help="Comma list of b0,b1,le,mt.")] = None,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma list of b0,b1,le,mt,lemt,llr,hill,splc,pbce,wan,epr (default: all).")] = None,
     missing: Annotated[str | None, typer.Option(help="Comma list of proportions removed.")] = None,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per cell.")] = None,
     replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config.")] = None,

@@ -49,3 +49,13 @@ def test_quick_mode_runs_every_row_and_writes_the_table(science, tmp_path):
     # Runs shared by construction have one result: equal metrics, equal seconds.
     b1 = {r["setup"]: r for r in rows if r["dataset"] == "sonyc-like" and r["method"] == "b1"}
     assert b1["before"]["seconds"] == b1["default"]["seconds"]
+
+
+def test_setups_flag_runs_only_those_setups_and_refuses_others(science, tmp_path, capsys):
+    report = science.main(["--quick", "--setups", "default", "--datasets", "sonyc-like",
+                           "--methods", "b1,wan", "--out", str(tmp_path)])
+    assert {(r["setup"], r["method"]) for r in report["runs"]} == {("default", "b1"), ("default", "wan")}
+    assert (tmp_path / "science_check_quick_default.json").is_file()  # not the full run's file
+    with pytest.raises(SystemExit) as e:
+        science.main(["--quick", "--setups", "default,after", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--setups: unknown after" in capsys.readouterr().err

@@ -67,13 +67,16 @@ def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1) -> list[di
     return rows
 
 
+def budgets(size: dict[str, Any]) -> tuple[study_cost.Budget, study_cost.Budget]:
+    """The study's epochs as study_cost counts them: every replicate trained, and replicate 0 reused."""
+    args = (size["methods"], size["proportions"], size["trials"], size["replicates"], size["epochs"])
+    return study_cost.paper_study(*args), study_cost.paper_study(*args, reuse_best=True)
+
+
 def project(rows: list[dict[str, Any]], size: dict[str, Any]) -> dict[str, float]:
     """Whole-study wall seconds as measured (the replicate reused): each method's cell wall x the
     proportions; and without the saving, each method's wall scaled by its epochs' ratio."""
-    plain = study_cost.paper_study(size["methods"], size["proportions"], size["trials"],
-                                   size["replicates"], size["epochs"])
-    reused = study_cost.paper_study(size["methods"], size["proportions"], size["trials"],
-                                    size["replicates"], size["epochs"], reuse_best=True)
+    plain, reused = budgets(size)
     whole = sum(r["wall_s"] * size["proportions"] for r in rows)
     unsaved = sum(r["wall_s"] * size["proportions"] * plain.total(r["method"]) / reused.total(r["method"])
                   for r in rows)
@@ -93,8 +96,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict[str, An
           f"{size['replicates']} replicates, {size['epochs']} epochs, {size['n_train']:,} training clips")
     # The cell's epochs as study_cost counts them (ASHA simulated): wall x cores / epochs is the
     # core-seconds an epoch took inside the harness, to set beside bench_speed's bare epoch.
-    reused = study_cost.paper_study(size["methods"], size["proportions"], size["trials"],
-                                    size["replicates"], size["epochs"], reuse_best=True)
+    _, reused = budgets(size)
     cores = os.cpu_count() or 1
     print(f"{'method':8}{'cell wall':>12}{'to the end':>12}{'stopped':>9}{'replicates':>12}"
           f"{'epochs (est.)':>15}{'core-s/epoch':>14}")

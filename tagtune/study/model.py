@@ -63,8 +63,6 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
     return x * keep_mask(x.shape, p, generator)
 
 
-
-
 class AttentionMIL(nn.Module):
     """(N, T, F) frame embeddings -> (N, C) clip probabilities."""
 

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from tagtune.analysis.table import StudyFiles, best_configs, headline_metric, open_study, trials_table
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, output_dir, to_dict
 from tagtune.study.trainable import train_config
 
@@ -65,8 +66,8 @@ def write_best(study: StudyFiles, table: pd.DataFrame, out: str | Path,
     for cell in [c for c in study.cells if c in best]:
         config = exported_config(best[cell], seed)
         path = out / cell_filename(cell)
-        path.write_text(_header(study, cell, best[cell], reps, metric)
-                        + yaml.safe_dump(config, sort_keys=False))
+        atomic.write_text(path, _header(study, cell, best[cell], reps, metric)
+                          + yaml.safe_dump(config, sort_keys=False))
         paths.append(path)
         combined[cell] = {"validation_loss": best[cell]["value"],
                           "search_trial": best[cell]["trial_id"], "file": path.name,

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
+from tagtune.study.atomic import atomic_path  # noqa: E402
 
 COLORS = {"b0": "#7f7f7f", "b1": "#1f77b4", "le": "#ff7f0e", "mt": "#2ca02c",
           # the methods beyond the paper (their order here is the figures' order)
@@ -30,7 +31,8 @@ PARAM_NAMES = {"one_minus_alpha": "1 − alpha", "lr": "learning rate"}
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_path(path) as tmp:  # a figure is whole or absent, never half a PNG
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -32,6 +32,8 @@ from tagtune.analysis.table import (
     trials_table,
 )
 from tagtune.analysis.tracking import log_analysis, tracking_uri
+from tagtune.study import atomic
+from tagtune.study.atomic import atomic_path
 from tagtune.study.config import METHOD_PARAMS, applies, output_dir
 from tagtune.study.trainable import train_config
 
@@ -137,10 +139,12 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
     out_dir = output_dir(Path(out).absolute() if out else study.dir / "analysis")
 
     table_files = [out_dir / "trials.csv"]
-    table.to_csv(table_files[0], index=False)
+    with atomic_path(table_files[0]) as tmp:
+        table.to_csv(tmp, index=False)
     if importlib.util.find_spec("pyarrow") is not None:
         table_files.append(out_dir / "trials.parquet")
-        table.to_parquet(table_files[1], index=False)
+        with atomic_path(table_files[1]) as tmp:
+            table.to_parquet(tmp, index=False)
 
     best = best_configs(study, table)
     done = completeness(study, table, best)
@@ -170,8 +174,8 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
     r.mlflow_run_id = logged.run_id
     r.mlflow_note = logged.note if log_mlflow else "MLflow logging turned off"
     fingerprint = (study.summary or {}).get("fingerprint")
-    r.report.write_text(report.build(r, report.dataset_summary(study.settings.data, fingerprint),
-                                     best_df, study.settings))
+    atomic.write_text(r.report, report.build(r, report.dataset_summary(study.settings.data, fingerprint),
+                                             best_df, study.settings))
     if r.mlflow_run_id is not None:
         log_analysis(uri, study.settings.name, {"": [r.report]}, {})
     return r

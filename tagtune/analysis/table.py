@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from tagtune.analysis.studyfile import StudyRecord, read_study_yaml
+from tagtune.study import tunestate
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.trainable import train_config
 
@@ -94,24 +95,15 @@ def ended_trials(study_dir: Path) -> dict[str, str] | None:
 
 
 def recorded_trials(phase_dir: Path) -> dict[str, str] | None:
-    """trial_id -> Tune status (TERMINATED, ERROR, RUNNING, ...) from the phase's newest
-    experiment snapshot; None without a readable one.
+    """trial_id -> Tune status (TERMINATED, ERROR, RUNNING, ...) from the phase's newest whole
+    experiment snapshot (a kept generation where the newest was torn by a kill); None without
+    a readable one.
 
     Only these trials belong to the study: a driver killed between two snapshots can leave
     directories of trials that Tune never recorded, whose budget a resumed study hands out
     again under new ids; counting them would count those trials twice.
     """
-    snapshots = sorted(phase_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    if not snapshots:
-        return None
-    try:
-        out = {}
-        for trial_json, _runtime in json.loads(snapshots[-1].read_text())["trial_data"]:
-            trial = json.loads(trial_json)
-            out[trial["trial_id"]] = trial["status"]
-        return out
-    except (OSError, ValueError, KeyError, TypeError):  # another Ray's format: keep every dir
-        return None
+    return tunestate.recorded_trials(phase_dir)
 
 
 def _results(trial_dir: Path) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError
 
 
@@ -39,7 +40,7 @@ def server_command(host: str, port: int, store: Path) -> tuple[list[str], dict[s
     store.chmod(0o700)
     ini = store / "basic_auth.ini"
     # Every user logs in; a user the admin adds may read every experiment, nothing more.
-    ini.write_text("[mlflow]\ndefault_permission = READ\n"
+    atomic.write_text(ini, "[mlflow]\ndefault_permission = READ\n"
                    f"database_uri = sqlite:///{store / 'auth.db'}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                    # A study logs every epoch of every trial: check a password (PBKDF2) once a

@@ -17,6 +17,8 @@ import pickle
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from tagtune.study import atomic
+
 TIME_ATTR = "budget"
 
 
@@ -74,8 +76,7 @@ class CellASHA(FIFOScheduler):
         return f"Per-cell ASHA over {len(self._cells)} cells: {stopped} trials stopped early"
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        atomic.write_bytes(checkpoint_path, pickle.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -50,6 +50,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tagtune.search_spaces import SPACES, Ranges, paper_point
+from tagtune.study import atomic
 from tagtune.study.config import METHODS, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -294,8 +295,7 @@ class CellSearcher(Searcher):
         self.__dict__.update(state)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        atomic.write_bytes(checkpoint_path, pickle.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,18 @@ from tagtune.launch.preflight import (
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings, load_study
+from tagtune.launch.snapshots import SnapshotKeeper
 from tagtune.launch.tracking import (
+    JOURNAL,
     MlflowJournalCallback,
     cell_summaries,
     final_sync,
+    journal_outcomes,
     mlflow_experiment,
     record_cells,
 )
 from tagtune.search_spaces import Ranges, load_ranges
+from tagtune.study import atomic, tunestate
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
 from tagtune.study.methods import check_supported
@@ -94,6 +99,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     check_mlflow(settings.tracking_uri)
     ds = load(settings.data)
     check_supported(settings.methods, ds.observation)
+    for phase in PHASES:  # before anything is written: a refusal leaves every file as it was
+        _restore_checked(settings, phase)
     _prepare_dir(study_dir, settings)
     with library_logs(study_dir, enabled=verbose < 2) as logs:
         experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
@@ -129,7 +136,7 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     check_shared_storage(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, out)
     best = _best_per_cell(study_dir / "search", settings)
-    (study_dir / "best.json").write_text(json.dumps(best, indent=2))
+    atomic.write_json(study_dir / "best.json", best, indent=2)
     cells = [Cell(m, p).id for m in settings.methods for p in settings.missing]
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
@@ -144,7 +151,7 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
                "cells": searcher_summary, "replicates": replicates,
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(study_dir / "summary.json", summary, indent=2, default=str)
     return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary,
                        synced)
 
@@ -155,11 +162,11 @@ def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -
 
 
 def study_trial_ids(study_dir: Path) -> set[str]:
-    """Ids of every trial the study's Tune experiments recorded (read from disk, no Ray)."""
+    """Ids of every trial the study's Tune experiments recorded (read from disk, no Ray): from
+    each phase's newest whole snapshot, a kept generation where the newest is torn."""
     ids: set[str] = set()
     for phase in PHASES:
-        if (study_dir / phase).is_dir() and tune.Tuner.can_restore(study_dir / phase):
-            ids |= {t.trial_id for t in tune.ExperimentAnalysis(str(study_dir / phase)).trials}
+        ids |= set(tunestate.recorded_trials(study_dir / phase) or {})
     return ids
 
 
@@ -181,7 +188,7 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
             settings.data, settings.methods, settings.missing, settings.trials, settings.epochs):
             raise ConfigError("name", "a different study already lives here; choose another --name",
                               where=str(study_dir))
-    saved.write_text(text)
+    atomic.write_text(saved, text)
 
 
 def _init_ray(settings: StudySettings) -> None:
@@ -207,13 +214,15 @@ def _init_ray(settings: StudySettings) -> None:
                  include_dashboard=False, log_to_driver=False)
 
 
-def _trainable(settings: StudySettings, ds: Dataset):
+def _trainable(settings: StudySettings, ds: Dataset, ended: dict[str, dict] | None = None):
     # with_parameters puts the dataset in the object store once; every trial reads it there.
     # study_dir: where the study lives now (a moved study resumes), for a reused replicate's
-    # checkpoint, which its config names relative to it.
+    # checkpoint, which its config names relative to it. ended: trials a resumed snapshot had
+    # not seen end and the journal has (their last results), reported again, not retrained.
     cache = str(settings.teacher_cache) if settings.teacher_cache else None
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
-                                                    study_dir=str(settings.study_dir)),
+                                                    study_dir=str(settings.study_dir),
+                                                    ended=ended or None),
                                trial_resources(settings))
 
 
@@ -230,7 +239,8 @@ def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _O
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
-        callbacks=[tracking, DisplayCallback()],
+        # The keeper last: Tune asks callbacks for their state after writing its own snapshot.
+        callbacks=[tracking, DisplayCallback(), SnapshotKeeper(settings.study_dir / phase)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1 if out.verbose >= 2 else 0,  # Tune's trial table: only with --verbose
@@ -242,11 +252,50 @@ class StudyInterrupted(Exception):
 
     def __init__(self, study_dir: Path, phase: str):
         self.study_dir = study_dir
-        super().__init__(f"{study_dir}: interrupted in the {phase} phase, its state saved; "
-                         f"continue with: tagtune study resume {study_dir}")
+        saved = _resumable(study_dir / phase)
+        state = "its state saved" if saved else "its state could not be saved whole (the last " \
+            "snapshot is torn and none is kept)"
+        then = f"continue with: tagtune study resume {study_dir}" if saved else \
+            "a resume will start that phase again"
+        super().__init__(f"{study_dir}: interrupted in the {phase} phase, {state}; {then}")
 
 
-def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output) -> tune.ResultGrid:
+def _resumable(phase_dir: Path) -> bool:
+    """Whether a resume can continue ``phase_dir``: a whole newest snapshot, or a kept one."""
+    if tunestate.newest(phase_dir, tunestate.EXPERIMENT_STATE) is not None and not tunestate.torn(phase_dir):
+        return True
+    return any(tunestate.whole(g) for g in tunestate.generations(phase_dir))
+
+
+def _restore_checked(settings: StudySettings, phase: str) -> None:
+    """Check what Tuner.restore is about to read; where an interruption tore it, put the last
+    whole snapshot back (one line says so); where none is whole, refuse in one line."""
+    if not (settings.study_dir / phase).is_dir():
+        return
+    try:
+        repaired = tunestate.repair(settings.study_dir / phase)
+    except tunestate.Unrecoverable as e:
+        raise ConfigError(e.path.name, f"torn by the interruption ({e.why}) and no whole snapshot "
+                          f"is kept in {phase}/{tunestate.LAST_GOOD}/ (a study started before "
+                          f"tagtune kept them): this study cannot be resumed; its finished runs "
+                          f"stay in MLflow and {JOURNAL}; run it again under a new --name",
+                          where=str(e.path.parent)) from None
+    if repaired is not None:  # said on the terminal whatever the verbosity: the study changed
+        since = len(_ended_after_snapshot(settings, phase)) if repaired.generation else 0
+        print(f"note: {repaired.message(phase, since)}", file=sys.stderr)
+
+
+def _ended_after_snapshot(settings: StudySettings, phase: str) -> dict[str, dict]:
+    """The trials the snapshot a resume starts from has not seen end but the journal has (they
+    ended between that snapshot and the interruption), with their last reported metrics."""
+    recorded = tunestate.recorded_trials(settings.study_dir / phase) or {}
+    outcomes = journal_outcomes(settings.study_dir / JOURNAL)
+    return {tid: outcomes[tid][1] for tid, status in recorded.items()
+            if status in tunestate.UNFINISHED and tid in outcomes and outcomes[tid][0] == "FINISHED"}
+
+
+def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
+                   experiment_id: str) -> tune.ResultGrid:
     """The phase's ``expected`` trials, all ended; StudyInterrupted if Tune returned early."""
     path = settings.study_dir / phase
     ended: dict[str, str] = {}
@@ -259,8 +308,15 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output)
                 ended[trial.trial_id] = trial.config["cell"]
             if math.isfinite(last.get(METRIC, math.inf)):
                 best[trial.config["cell"]] = min(last[METRIC], best.get(trial.config["cell"], math.inf))
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(settings, ds),
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(
+            settings, ds, _ended_after_snapshot(settings, phase)),
+            resume_unfinished=True, resume_errored=True)
+        # Tune restores the run config, callbacks included, from tuner.pkl as pickled when the
+        # phase began: a moved study's callbacks would still write where it lived then (its
+        # journal, its MLflow store). This run's callbacks, for this run's study directory.
+        if tuner._local_tuner is not None:  # None only under Ray Client, which pickles anew
+            tuner._local_tuner._run_config.callbacks = _run_config(
+                settings, phase, experiment_id, out).callbacks
     else:
         tuner = make_tuner()
     if out.display is not None:
@@ -297,7 +353,8 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
             run_config=_run_config(settings, "search", experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials, out)
+    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials, out,
+                             experiment_id)
     # The searcher Tune ran may be one it restored from disk: read its final state back from
     # the experiment directory, then keep each cell's Optuna study for the analysis.
     final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
@@ -377,7 +434,8 @@ class ListSearcher(Searcher):
         pass
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"configs": self.configs, "next": self.next}))
+        # Tune renames it into place; fsynced, so the rename never exposes an empty file.
+        atomic.write_json(checkpoint_path, {"configs": self.configs, "next": self.next})
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
@@ -403,7 +461,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str
             run_config=_run_config(settings, "replicate", experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs), out)
+    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs), out, experiment_id)
     rows = []
     for r in results:
         m = r.metrics or {}

@@ -32,7 +32,7 @@ from ray.tune import Callback
 from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import first_line, quick_mlflow_http
 from tagtune.study.config import ConfigError, applies, to_dict
-from tagtune.study.trainable import STUDY_KEYS, train_config
+from tagtune.study.trainable import REPLAYED, STUDY_KEYS, train_config
 
 log = logging.getLogger(__name__)
 JOURNAL = "mlflow-journal.jsonl"
@@ -176,8 +176,12 @@ class Tracker:
 def append(journal: Path, event: dict) -> None:
     """One event onto the journal, on disk before anything is sent to MLflow."""
     event["ts"] = int(time.time() * 1000)
-    with open(journal, "a") as f:
-        f.write(json.dumps(event) + "\n")
+    with open(journal, "a+b") as f:
+        # A kill mid-write leaves a last line without its newline: end it first, or this
+        # event would be glued onto the torn one and lost with it.
+        if f.tell() and os.pread(f.fileno(), 1, f.tell() - 1) != b"\n":
+            f.write(b"\n")
+        f.write(json.dumps(event).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -253,6 +257,8 @@ class MlflowJournalCallback(Callback):
                     "params": run_params(trial.config), "dataset": self.dataset}, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get(REPLAYED):  # a result the journal already has, told Tune again on resume
+            return
         self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],
                     "metrics": numeric_metrics(result)}, trials)
 
@@ -336,16 +342,37 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
     return replay(Path(study_dir) / JOURNAL, tracker, trial_ids)
 
 
+def read_journal(journal: Path) -> list[dict]:
+    """The journal's events in order; a line cut by a crash mid-write is left out."""
+    events = []
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def journal_outcomes(journal: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """trial_id -> (status of its last end event, its last reported metrics), for every trial
+    the journal saw end; the metrics as they were reported (so a resume can report them again)."""
+    last: dict[str, dict[str, float]] = {}
+    out: dict[str, tuple[str, dict[str, float]]] = {}
+    for event in read_journal(journal):
+        tid = event.get("trial_id")
+        if event.get("op") == "start":
+            out.pop(tid, None)  # run again after that end: what counts is how this run ends
+        elif event.get("op") == "result":
+            last[tid] = event["metrics"]
+        elif event.get("op") == "end":
+            out[tid] = (event["status"], last.get(tid, {}))
+    return out
+
+
 def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
     """Apply the journal's events of ``trial_ids`` in order (idempotent); returns their number."""
-    if not journal.exists():
-        return 0
     n = 0
-    for line in journal.read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash mid-write
-            continue
+    for event in read_journal(journal):
         if event.get("op") == "cell":
             tracker.apply_cell(event)
             n += 1

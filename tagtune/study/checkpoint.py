@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, to_dict
 from tagtune.study.model import AttentionMIL
 
@@ -117,6 +118,7 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
     }
     tmp = directory / (STATE_FILE + ".tmp")
     torch.save(payload, tmp)
+    atomic.fsync_file(tmp)
     tmp.replace(directory / STATE_FILE)  # atomic: a reader never sees half a state
     return directory / STATE_FILE
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import yaml
 
-from tagtune.study import methods
+from tagtune.study import atomic, methods
+from tagtune.study.atomic import atomic_path
 from tagtune.study.config import TrainConfig, output_dir, to_dict
 from tagtune.study.data import load
 from tagtune.study.train import evaluate_fit, fit
@@ -32,7 +33,7 @@ def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     """Load ``data_path``, fit ``cfg``, write the results into ``out_dir``; the final metrics."""
     ds = load(data_path)
     out = output_dir(out_dir)  # before the fit: a wrong --out must not cost a training run
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic.write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     stages = len(methods.stages(cfg.method))
     if progress:
         from rich.progress import Progress
@@ -52,9 +53,10 @@ def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     _write_json(out / "history.json", result.history)
     _write_json(out / "metrics.json", metrics)
     state = {k: v.cpu() for k, v in result.model.state_dict().items()}  # loadable without a GPU
-    torch.save({"state_dict": state, "config": to_dict(cfg),
-                "n_features": ds.train.F, "classes": list(ds.classes)}, out / "model.pt")
-    with open(out / "predictions.npz", "wb") as f:
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"state_dict": state, "config": to_dict(cfg),
+                    "n_features": ds.train.F, "classes": list(ds.classes)}, tmp)
+    with atomic_path(out / "predictions.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, keys=ds.test.keys, scores=result.predict(ds.test.X), classes=np.array(ds.classes))
     return metrics
 
@@ -68,7 +70,7 @@ def _write_json(path: Path, value: Any) -> None:
             return [clean(x) for x in v]
         return None if isinstance(v, float) and math.isnan(v) else v
 
-    path.write_text(json.dumps(clean(value), indent=1, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(clean(value), indent=1, allow_nan=False) + "\n")
 
 
 __all__ = ["train_run"]

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tagtune.study import atomic
 from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
 from tagtune.study.data import Dataset
 
@@ -133,10 +134,11 @@ class TeacherCache:
         seconds = time.perf_counter() - t0
         tmp = where / f"{TEACHER_FILE}.{os.getpid()}.tmp"
         torch.save(state, tmp)
+        atomic.fsync_file(tmp)
         meta = {"key": key, "data": ds.fingerprint, "config": to_dict(tcfg), "trained_by": me,
                 "seconds": round(seconds, 3), "epochs": len(result.history),
                 "selected_epoch": result.best["epoch"], "val/loss": result.best["val/loss"]}
-        (where / META_FILE).write_text(json.dumps(meta, indent=2))
+        atomic.write_json(where / META_FILE, meta, indent=2)
         tmp.replace(where / TEACHER_FILE)  # atomic: a waiter never reads half a teacher
         with open(self.root / LOG_FILE, "a") as f:
             f.write(json.dumps({"key": key, "by": me, "seconds": meta["seconds"]}) + "\n")

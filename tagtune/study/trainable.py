@@ -46,6 +46,8 @@ from tagtune.study.data import Dataset
 from tagtune.study.methods import stages
 
 TRIAL_STATE = "trial_state.json"
+# On a report that repeats a result the study already has (see ``ended`` below): not logged again.
+REPLAYED = "replayed"
 # Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
               "reused_checkpoint")
@@ -62,9 +64,17 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
 
 
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,
-                study_dir: str | None = None) -> None:
+                study_dir: str | None = None, ended: dict[str, dict] | None = None) -> None:
     from tagtune.study.teachers import TeacherCache
     from tagtune.study.train import evaluate_fit, fit
+
+    trial_id = tune.get_context().get_trial_id() or ""
+    if ended and trial_id in ended:
+        # It ended between the snapshot a resume started from and the interruption (the
+        # study's journal has its end): Tune and the searcher hear its last result again,
+        # nothing is retrained or logged twice.
+        tune.report({**ended[trial_id], REPLAYED: True})
+        return
 
     cfg = train_config(config)
     every = int(config.get("checkpoint_every", 5))
@@ -105,8 +115,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
     elif checkpoint is None:
         teacher = None
         if cfg.method == "le" and teacher_cache:
-            owner = tune.get_context().get_trial_id() or ""
-            teacher = TeacherCache(teacher_cache).get(dataset, cfg, owner=owner)
+            teacher = TeacherCache(teacher_cache).get(dataset, cfg, owner=trial_id)
         result = fit(dataset, cfg, on_epoch=on_epoch, le_teacher=teacher)
     else:
         with checkpoint.as_directory() as state_dir:

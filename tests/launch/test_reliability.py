@@ -20,7 +20,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tagtune.launch.tracking import CELL_TAG, PARENT_TAG, TRIAL_TAG, numeric_metrics
+from tagtune.launch.tracking import (
+    CELL_TAG,
+    JOURNAL,
+    PARENT_TAG,
+    TRIAL_TAG,
+    numeric_metrics,
+    read_journal,
+)
 from tagtune.study import data
 from tagtune.study.config import applies, to_dict
 from tagtune.study.data import Dataset
@@ -73,8 +80,7 @@ def trial_results(phase_dir: Path) -> dict[str, list[dict]]:
 def journal_restarts(study_dir: Path) -> dict[str, list[list[int]]]:
     """The epochs each trial reported, one list per run of it (a new one at every start)."""
     out: dict[str, list[list[int]]] = {}
-    for line in (study_dir / "mlflow-journal.jsonl").read_text().splitlines():
-        event = json.loads(line)
+    for event in read_journal(study_dir / JOURNAL):  # a line torn by a kill is left out
         if event["op"] == "start":
             out.setdefault(event["trial_id"], []).append([])
         elif event["op"] == "result":

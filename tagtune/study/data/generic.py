@@ -25,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tagtune.study import atomic
 from tagtune.study.data.core import SPLITS, DataError, Dataset, Split
 from tagtune.study.data.safe_pickle import open_member, read_pickled_strings
 
@@ -51,6 +52,7 @@ def save(ds: Dataset, path: str | Path) -> Path:
         else:
             with open(tmp, "wb") as f:
                 np.savez(f, **_flat(ds))
+        atomic.fsync_file(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write leaves no half file behind

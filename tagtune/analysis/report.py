@@ -78,6 +78,19 @@ def _best_table(best: pd.DataFrame) -> pd.DataFrame:
     return best[[c for c in fixed if c in best] + own]
 
 
+def clear_rule(n: int) -> str:
+    """What <b>clear</b> means, worded for the ``n`` comparisons that have a verdict."""
+    seeds, alpha = stats.MIN_VERDICT_PAIRS, stats.ALPHA
+    if n == 0:
+        return (f"<b>clear</b> needs a comparison with at least {seeds} seeds and this report has "
+                f"none, so no difference is called clear (bootstrap p-value below {alpha}, "
+                f"Holm-corrected, once there are).")
+    over = "uncorrected: it is the report's only comparison" if n == 1 else \
+        f"Holm-corrected over the {n} comparisons of this report"
+    return (f"<b>clear</b> = bootstrap p-value, {over} with at least {seeds} seeds, below "
+            f"{alpha} (fewer seeds: no verdict).")
+
+
 def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
     """The report's HTML; ``r`` is the AnalysisResult (its figures already on disk)."""
     s = settings
@@ -93,9 +106,7 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
               "<p>No replicate has finished: there are no test results to compare yet.</p>",
               f"<p>Per proportion of training labels removed, the method with the best mean; its "
               f"margin over the baseline is the mean paired difference on the same seeds with a "
-              f"percentile bootstrap 95% CI; <b>clear</b> = bootstrap p-value, Holm-corrected "
-              f"over the {n} comparisons of this report with at least {stats.MIN_VERDICT_PAIRS} "
-              f"seeds, below {stats.ALPHA} (fewer seeds: no verdict).</p>"]
+              f"percentile bootstrap 95% CI; {clear_rule(n)}</p>"]
     if r.missing:
         parts.append("<div class='warn'><b>Incomplete study: analysed from what finished.</b>"
                      + _list(r.missing) + "</div>")

@@ -7,12 +7,19 @@ once both answer, with the URLs to open. The MLflow URL is the experiment's runs
 overview. A study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local
 UI: its runs-table URL on that server is given instead.
 
-Each server runs in a session of its own and :meth:`UI.stop` ends that whole session (the
-servers' workers included), so nothing is left running.
+Each server runs under :mod:`tagtune.launch.ui_guard` in a session of its own: :meth:`UI.stop`
+ends that whole session (the servers' workers included), and the guard ends it too when this
+process dies in a way no handler sees (SIGKILL), so nothing is left running. The ``tagtune ui``
+command stops them on Ctrl-C, SIGTERM, SIGHUP and on its own parent's death.
+
+Besides the runs table, :func:`comparisons` builds the links a researcher wants first: MLflow's
+compare-runs page of every cell's parent run (its best config and the replicates' test means,
+side by side), and of the replicates of each proportion's winning cell.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from tagtune.study.config import ConfigError
 
@@ -37,9 +44,12 @@ class UI:
     mlflow_url: str
     optuna_url: str | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
+    compare: list[tuple[str, str]] = field(default_factory=list)
+    """(what, URL): MLflow's compare-runs pages of the study (see :func:`comparisons`)."""
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """End every process of the servers' sessions: SIGTERM, then SIGKILL after ``grace_s``."""
+    def stop(self, grace_s: float = 4.0) -> None:
+        """End every process of the servers' sessions: SIGTERM (the guard ends its server, SIGKILL
+        after 2 s), then SIGKILL after ``grace_s``."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for proc in self.processes:
                 try:
@@ -66,15 +76,44 @@ class UI:
 
 
 def check_port(port: int, flag: str = "port") -> None:
-    """A ConfigError (one line) if ``port`` on 127.0.0.1 cannot be listened on."""
+    """A ConfigError (one line) if ``port`` on 127.0.0.1 cannot be listened on, naming what
+    holds it where this machine tells (Linux's /proc)."""
     with socket.socket() as s:
         # As the servers do: a port left in TIME_WAIT by a server just stopped is free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            raise ConfigError(flag, f"port {port} on 127.0.0.1 is in use; choose another with "
-                              f"--{flag.replace('_', '-')}", where="ui") from None
+            holder = port_holder(port)
+            held = f" (held by {holder})" if holder else ""
+            raise ConfigError(flag, f"port {port} on 127.0.0.1 is in use{held}; choose another "
+                              f"with --{flag.replace('_', '-')}", where="ui") from None
+
+
+def port_holder(port: int) -> str | None:
+    """``pid N: command`` of the process listening on TCP ``port`` (None where it cannot be
+    told: not Linux, or another user's process)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")  # 0A: LISTEN
+    if not inodes:
+        return None
+    for pid in (e for e in os.listdir("/proc") if e.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                return f"pid {pid}: {cmd[:100]}"
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return None
 
 
 def _answers(url: str) -> bool:
@@ -87,9 +126,10 @@ def _answers(url: str) -> bool:
 
 def _start(cmd: list[str], ready_url: str, what: str, log: Path, timeout_s: float) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no idle job workers
+    guarded = [sys.executable, "-m", "tagtune.launch.ui_guard", str(os.getpid()), "--", *cmd]
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(guarded, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while not _answers(ready_url):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -155,10 +195,63 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
                  "--port", str(optuna_port)],
                 f"http://127.0.0.1:{optuna_port}/api/meta", "optuna-dashboard", log, timeout_s))
             ui.optuna_url = f"http://127.0.0.1:{optuna_port}/dashboard"
+        base = f"http://127.0.0.1:{port}" if local else uri.rstrip("/")
+        ui.compare = comparisons(uri, exp, base)
     except BaseException:
         ui.stop()
         raise
     return ui
 
 
-__all__ = ["UI", "check_port", "experiment_id", "served", "start_ui"]
+def compare_url(base: str, experiment: str, run_ids: list[str]) -> str:
+    """MLflow's compare-runs page of ``run_ids`` (its own route: ``#/compare-runs?runs=[...]``)."""
+    runs, exps = quote(json.dumps(run_ids)), quote(json.dumps([experiment]))
+    return f"{base}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
+def comparisons(tracking_uri: str, experiment: str, base: str) -> list[tuple[str, str]]:
+    """The study's compare-runs links: every cell's parent run (best config, validation score,
+    replicate test means and sd); then, once replicates have finished, the replicates of each
+    proportion's winning cell by the headline metric's mean. Empty before any cell has a run."""
+    from mlflow.tracking import MlflowClient
+
+    from tagtune.launch.preflight import quick_mlflow_http
+    from tagtune.launch.tracking import CELL_TAG
+
+    with quick_mlflow_http():
+        client = MlflowClient(tracking_uri)
+        parents = client.search_runs([experiment], f"tags.`{CELL_TAG}` != ''", max_results=1000,
+                                     order_by=["attributes.run_name ASC"])
+        if not parents:
+            return []
+        out = [(f"each cell's best config and test means ({len(parents)} cells)",
+                compare_url(base, experiment, [r.info.run_id for r in parents]))]
+        metric = headline(set().union(*(r.data.metrics for r in parents)))
+        if metric is None:
+            return out
+        winners: dict[str, tuple[float, str]] = {}  # proportion -> (mean, cell)
+        for r in parents:
+            value, proportion = r.data.metrics.get(metric), r.data.tags.get("proportion")
+            if value is not None and (proportion not in winners or value > winners[proportion][0]):
+                winners[proportion] = (value, r.data.tags[CELL_TAG])
+        cells = sorted(cell for _, cell in winners.values())
+        reps = [r for cell in cells for r in client.search_runs(
+            [experiment], f"tags.cell = '{cell}' and tags.phase = 'replicate'", max_results=1000,
+            order_by=["attributes.run_name ASC"])]
+        if reps:
+            out.append((f"replicates of the best cell per proportion ({', '.join(cells)}; {metric})",
+                        compare_url(base, experiment, [r.info.run_id for r in reps])))
+    return out
+
+
+def headline(metrics: set[str]) -> str | None:
+    """The headline test metric among a cell run's metric names (as ``tagtune analyze`` picks
+    it: SONYC's DCASE macro AUPRC, else F1 macro; full truth first), None before replicates."""
+    from tagtune.analysis.table import DCASE_HEADLINES
+
+    return next((m for m in (*DCASE_HEADLINES, "test_full/f1_macro", "test/f1_macro")
+                 if m in metrics), None)
+
+
+__all__ = ["UI", "check_port", "comparisons", "compare_url", "experiment_id", "headline",
+           "port_holder", "served", "start_ui"]

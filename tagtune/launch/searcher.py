@@ -283,6 +283,7 @@ class CellSearcher(Searcher):
                 optuna.delete_study(study_name=cid, storage=target)
             optuna.copy_study(from_study_name=cid, from_storage=self._storage,
                               to_storage=target, to_study_name=cid)
+        target.engine.dispose()  # no connection left open on the file (it may be renamed next)
         return list(self._studies)
 
     # -- resume -------------------------------------------------------------------------

@@ -360,7 +360,9 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
     final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                          preset=settings.preset, seed=settings.seed)
     final.restore_from_dir(str(settings.study_dir / "search"))
-    final.export(f"sqlite:///{settings.study_dir / OPTUNA_DB}")
+    # Written whole: a kill while Optuna builds its tables would leave a store it cannot open.
+    with atomic.atomic_path(settings.study_dir / OPTUNA_DB) as tmp:
+        final.export(f"sqlite:///{tmp}")
     counts = _cell_counts(results)
     return {cell: {**counts.get(cell, {}), "optuna": info} for cell, info in final.summary().items()}
 

@@ -31,6 +31,7 @@ from ray.tune import Callback
 
 from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import first_line, quick_mlflow_http
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.trainable import REPLAYED, STUDY_KEYS, train_config
 
@@ -385,9 +386,11 @@ def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
 def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
     """Create (or find) the study's experiment, its artifacts at an absolute path."""
     import mlflow
+    import sqlalchemy
     from mlflow.tracking import MlflowClient
 
     try:
+        create_sqlite_store(tracking_uri, study_dir)
         client = MlflowClient(tracking_uri)  # an unsupported URI fails here already
         with quick_mlflow_http():
             exp = client.get_experiment_by_name(name)
@@ -399,9 +402,32 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
             if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
                 client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
             return experiment_id
-    except mlflow.exceptions.MlflowException as e:
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError) as e:
         raise ConfigError("mlflow_uri", f"MLflow store not usable ({first_line(e)})",
                           where=tracking_uri) from None
+
+
+def create_sqlite_store(tracking_uri: str, study_dir: Path) -> None:
+    """Make a new SQLite store whole before anyone uses it. MLflow builds its tables in a few
+    dozen schema migrations; a study killed between two leaves a store that MLflow can never
+    open again ("table _alembic_tmp_experiment_tags already exists"). So the migrations run
+    on a temporary file, renamed into place once they are all done."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if path.exists() or not path.is_absolute():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (Path(study_dir) / "mlartifacts").as_uri())
+        store.engine.dispose()
+        atomic.fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def final_sync(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> bool:

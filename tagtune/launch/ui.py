@@ -205,7 +205,7 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
 
 def compare_url(base: str, experiment: str, run_ids: list[str]) -> str:
     """MLflow's compare-runs page of ``run_ids`` (its own route: ``#/compare-runs?runs=[...]``)."""
-    runs, exps = quote(json.dumps(run_ids)), quote(json.dumps([experiment]))
+    runs, exps = (quote(json.dumps(v, separators=(",", ":"))) for v in (run_ids, [experiment]))
     return f"{base}/#/compare-runs?runs={runs}&experiments={exps}"
 
 

@@ -46,9 +46,9 @@ SLICE_MISSING = 0.4  # the cell measured: the middle of the paper's proportions
 
 def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1) -> list[dict[str, Any]]:
     """One study per method, one cell each, run to the end: its wall seconds and trial counts."""
-    from tagtune.launch.settings import StudySettings
     from tagtune.launch.study import run_study
     from tagtune.study import data
+    from tagtune.study.folder import StudySettings
 
     path = data.save(make_data(size["n_train"], size["n_valid"]), out / "openmic-size.h5")
     rows = []

@@ -123,9 +123,8 @@ def launch(args: list[str], tmp: Path) -> tuple[dict, Sampler, float]:
 def worker_study(spec: dict) -> dict:
     import ray
 
-    from tagtune.launch.settings import StudySettings
     from tagtune.launch.study import run_study
-    from tagtune.launch.tracking import JOURNAL
+    from tagtune.study.folder import JOURNAL, StudySettings
     from tagtune.study.teachers import TeacherCache
 
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import math
 import random
 from dataclasses import dataclass
 
-GRACE, RF = 5, 3.0  # the study's ASHA defaults (tagtune.launch.settings)
+GRACE, RF = 5, 3.0  # the study's ASHA defaults (tagtune.study.folder)
 
 
 def rungs(max_t: int, grace: int = GRACE, rf: float = RF) -> list[int]:

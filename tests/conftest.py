@@ -61,9 +61,9 @@ TINY_STUDY = dict(methods=("b0", "b1", "le", "mt"), missing=(0.0, 0.4), trials=2
 def tiny_study(tmp_path_factory, ray_session, tiny_dataset):
     """One tiny end-to-end study (4 methods x 2 proportions x 2 trials, 2 replicates), run once
     per test session and shared by the study and analysis tests: (settings, StudyResult)."""
-    from tagtune.launch.settings import StudySettings
     from tagtune.launch.study import run_study
     from tagtune.study import data
+    from tagtune.study.folder import StudySettings
 
     root = tmp_path_factory.mktemp("study")
     path = data.save(tiny_dataset, root / "tiny.h5")

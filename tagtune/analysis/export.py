@@ -20,14 +20,14 @@ import yaml
 from tagtune.analysis.table import StudyFiles, best_configs, headline_metric, open_study, trials_table
 from tagtune.study import atomic
 from tagtune.study.config import ConfigError, output_dir, to_dict
-from tagtune.study.trainable import train_config
+from tagtune.study.folder import BEST, cell_stem, train_config
 
 COMBINED = "best-configs.yaml"
 
 
 def cell_filename(cell: str) -> str:
     """``mt@0.40`` -> ``mt_0.40.yaml`` (no '@' in file names handed to shells)."""
-    return cell.replace("@", "_") + ".yaml"
+    return cell_stem(cell) + ".yaml"
 
 
 def exported_config(best: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def write_best(study: StudyFiles, table: pd.DataFrame, out: str | Path,
     """Write one YAML per cell with a best config, then the combined file; their paths."""
     best = best_configs(study, table)
     if not best:
-        raise ConfigError("best.json", "no cell has a trial that ran to the end: nothing to export",
+        raise ConfigError(BEST, "no cell has a trial that ran to the end: nothing to export",
                           where=str(study.dir))
     out = output_dir(out)
     metric = metric or headline_metric(table)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tagtune.study.folder import parse_cell
+
 MIN_TRIALS = 5  # completed trials a cell needs before its importances mean anything
 
 
@@ -44,8 +46,8 @@ def param_importances(optuna_db: Path, cells: list[str],
             with warnings.catch_warnings():  # "importances will be equal" on flat studies
                 warnings.simplefilter("ignore")
                 imp = optuna.importance.get_param_importances(study)
-            method, _, p = cell.partition("@")
-            rows += [{"cell": cell, "method": method, "proportion": float(p), "param": k,
+            method, p = parse_cell(cell)
+            rows += [{"cell": cell, "method": method, "proportion": p, "param": k,
                       "importance": float(v)} for k, v in imp.items()]
     return _frame(rows), skipped
 

@@ -35,7 +35,7 @@ from tagtune.analysis.tracking import log_analysis, tracking_uri
 from tagtune.study import atomic
 from tagtune.study.atomic import atomic_path
 from tagtune.study.config import METHOD_PARAMS, applies, output_dir
-from tagtune.study.trainable import train_config
+from tagtune.study.folder import ANALYSIS, BEST, OPTUNA_DB, REPLICATE, SUMMARY, train_config
 
 
 @dataclass
@@ -92,11 +92,11 @@ def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
 
 
 def _missing(study: StudyFiles, done: pd.DataFrame) -> list[str]:
-    why = {"summary.json": "summary.json is missing: the study has not reached its end",
-           "replicate": "replicate/ is missing: the replicate phase has not started",
-           "optuna.db": "optuna.db is missing: the search phase has not finished "
-                        "(no parameter importance)",
-           "best.json": "best.json is missing: best configs are taken from the finished trials"}
+    why = {SUMMARY: f"{SUMMARY} is missing: the study has not reached its end",
+           REPLICATE: f"{REPLICATE}/ is missing: the replicate phase has not started",
+           OPTUNA_DB: f"{OPTUNA_DB} is missing: the search phase has not finished "
+                      "(no parameter importance)",
+           BEST: f"{BEST} is missing: best configs are taken from the finished trials"}
     out = [why[f] for f in study.missing_files if f in why]
     out += [f"{r['cell']}: {r['missing']}" for _, r in done.iterrows() if r["missing"]]
     return out
@@ -115,7 +115,7 @@ def _figures(r: AnalysisResult, reps, search, best, study: StudyFiles) -> None:
         r.figures["hyperparameters"] = path
     else:
         r.skipped_figures["hyperparameters"] = "no LE or MT cell has a best config"
-    imp, skipped = param_importances(study.dir / "optuna.db", study.cells)
+    imp, skipped = param_importances(study.dir / OPTUNA_DB, study.cells)
     if len(imp):
         r.figures["importance"] = fig.importance(imp, d / "importance.png")
     if skipped:
@@ -136,7 +136,7 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
     study = open_study(study_dir)
     table = trials_table(study)
     metric = headline_metric(table, metric)
-    out_dir = output_dir(Path(out).absolute() if out else study.dir / "analysis")
+    out_dir = output_dir(Path(out).absolute() if out else study.dir / ANALYSIS)
 
     table_files = [out_dir / "trials.csv"]
     with atomic_path(table_files[0]) as tmp:

@@ -58,7 +58,8 @@ def _figure(name: str, path: Path) -> str:
 def _settings_table(settings) -> pd.DataFrame:
     keys = ("name", "data", "methods", "missing", "trials", "replicates", "epochs",
             "grace_period", "reduction_factor", "seed", "preset", "train")
-    return pd.DataFrame({"setting": keys, "value": [str(settings.raw.get(k, "—")) for k in keys]})
+    values = settings.as_dict()
+    return pd.DataFrame({"setting": keys, "value": [str(values.get(k, "—")) for k in keys]})
 
 
 def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:

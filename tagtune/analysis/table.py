@@ -1,7 +1,7 @@
 """What a study wrote, as one tidy table: one row per search trial and per replicate.
 
-Read from files only (no Ray started, nothing of ``launch`` imported): ``study.yaml``
-(:mod:`tagtune.analysis.studyfile`), each trial's ``params.json`` and ``result.json`` (one
+Read from files only (no Ray started, nothing of ``launch`` imported; the folder's layout is
+:mod:`tagtune.study.folder`'s): ``study.yaml``, each trial's ``params.json`` and ``result.json`` (one
 JSON line per report) under ``search/`` and ``replicate/``, the trials each phase's Tune snapshot
 (``experiment_state-*.json``) recorded, and the tracking journal's ``end`` events, which say
 which trials ended (with neither an end event nor a final status in Tune's snapshot, a trial
@@ -23,13 +23,21 @@ from typing import Any
 
 import pandas as pd
 
-from tagtune.analysis.studyfile import StudyRecord, read_study_yaml
 from tagtune.study import tunestate
 from tagtune.study.config import ConfigError, applies, to_dict
-from tagtune.study.trainable import train_config
+from tagtune.study.folder import (
+    BEST,
+    JOURNAL,
+    OPTUNA_DB,
+    PHASES,
+    SEARCH,
+    SUMMARY,
+    StudySettings,
+    read_study,
+    train_config,
+    trial_id_of,
+)
 
-PHASES = ("search", "replicate")
-JOURNAL = "mlflow-journal.jsonl"  # written by tagtune.launch.tracking
 SELECTION = "val/best_loss"  # what the study's model selection minimised
 
 METRIC_PREFIXES = ("train/", "val/", "val_full/", "test/", "test_full/")
@@ -42,7 +50,7 @@ class StudyFiles:
     """A study directory as found on disk; ``settings`` is its study.yaml."""
 
     dir: Path
-    settings: StudyRecord
+    settings: StudySettings
     best: dict[str, dict[str, Any]] | None
     summary: dict[str, Any] | None
     missing_files: list[str] = field(default_factory=list)
@@ -50,20 +58,17 @@ class StudyFiles:
     @property
     def cells(self) -> list[str]:
         """Every cell the study meant to run, in the study's order."""
-        return [f"{m}@{p:.2f}" for m in self.settings.methods for p in self.settings.missing]
+        return self.settings.cells
 
 
 def open_study(study_dir: str | Path) -> StudyFiles:
     """Read a study directory's settings and summaries; a ConfigError if it is not one."""
 
     d = Path(study_dir).absolute()
-    if not (d / "study.yaml").is_file():
-        raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
-    settings = read_study_yaml(d / "study.yaml")
-    found = {name: _read_json(d / name) for name in ("best.json", "summary.json")}
-    missing = [name for name in ("best.json", "summary.json", "optuna.db", *PHASES)
-               if not (d / name).exists()]
-    return StudyFiles(d, settings, found["best.json"], found["summary.json"], missing)
+    settings = read_study(d)
+    found = {name: _read_json(d / name) for name in (BEST, SUMMARY)}
+    missing = [name for name in (BEST, SUMMARY, OPTUNA_DB, *PHASES) if not (d / name).exists()]
+    return StudyFiles(d, settings, found[BEST], found[SUMMARY], missing)
 
 
 def _read_json(path: Path) -> Any:
@@ -159,7 +164,7 @@ def trial_rows(study: StudyFiles) -> list[dict[str, Any]]:
             continue
         recorded = recorded_trials(root)
         for trial_dir in sorted(p for p in root.iterdir() if (p / "params.json").is_file()):
-            trial_id = trial_dir.name.rsplit("_", 1)[-1]  # launch names them <cell>_<trial_id>
+            trial_id = trial_id_of(trial_dir.name)
             if recorded is not None and trial_id not in recorded:
                 continue
             try:
@@ -238,7 +243,7 @@ def best_configs(study: StudyFiles, df: pd.DataFrame) -> dict[str, dict[str, Any
     out = {}
     for cell, group in done.groupby("cell"):
         row = group.loc[group[SELECTION].idxmin()]
-        trial_dir = next((study.dir / "search").glob(f"*_{row['trial_id']}"))
+        trial_dir = next((study.dir / SEARCH).glob(f"*_{row['trial_id']}"))
         config = json.loads((trial_dir / "params.json").read_text())
         out[str(cell)] = {"value": float(row[SELECTION]), "trial_id": row["trial_id"],
                           "config": config}

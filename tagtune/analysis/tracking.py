@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tagtune.study import folder
+
 log = logging.getLogger(__name__)
 PHASE = "analysis"
 # The tag MLflow 3's UI reads to tell a model-training experiment from a GenAI one (without it
@@ -27,11 +29,13 @@ class Logged:
 
 
 def tracking_uri(study_dir: Path, settings, override: str | None) -> str | None:
-    """--mlflow-uri, else the study's own store (settings, or mlflow.db in the directory)."""
-    if override or settings.mlflow_uri:
-        return override or settings.mlflow_uri
-    db = study_dir / "mlflow.db"
-    return f"sqlite:///{db}" if db.is_file() else None
+    """--mlflow-uri, else the study's own store (settings, or mlflow.db in the directory:
+    None where the study never made one)."""
+    if override:
+        return override
+    if settings.mlflow_uri or (study_dir / folder.MLFLOW_DB).is_file():
+        return folder.tracking_uri(study_dir, settings.mlflow_uri)
+    return None
 
 
 def analysis_run(client, experiment_id: str) -> str:

@@ -66,8 +66,8 @@ def study(
     """  # noqa: E501 -- one line: Typer keeps a line break inside a paragraph
     if ctx.invoked_subcommand is not None:
         return
-    from tagtune.launch.settings import StudySettings, load_settings
     from tagtune.launch.study import run_study
+    from tagtune.study.folder import StudySettings, load_settings
 
     overrides = {
         "data": str(data.absolute()) if data else None, "methods": _csv(methods),
@@ -110,9 +110,9 @@ def resume(
 def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
     from tagtune.launch.preflight import check_mlflow, quick_mlflow_http
-    from tagtune.launch.settings import load_study
     from tagtune.launch.study import study_trial_ids
     from tagtune.launch.tracking import mlflow_experiment, sync
+    from tagtune.study.folder import load_study
 
     settings = load_study(study_dir)
     check_mlflow(settings.tracking_uri)
@@ -146,9 +146,11 @@ def _report(study_dir: Path, run, *args, **kwargs) -> None:
 
 
 def _print_result(result) -> None:
+    from tagtune.study.folder import BEST
+
     out = sys.stdout
     print(f"study:     {result.study_dir}", file=out)
-    print(f"best:      {result.study_dir / 'best.json'}", file=out)
+    print(f"best:      {result.study_dir / BEST}", file=out)
     print(f"mlflow:    {result.tracking_uri} (experiment {result.experiment_id})", file=out)
     if not result.mlflow_synced:
         print(f"warning: MLflow did not answer at the end; once it is back run: "

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tagtune.launch.settings import StudySettings
 from tagtune.launch.study import run_study
 from tagtune.study import data
 from tagtune.study.data.synth import synthesize
+from tagtune.study.folder import StudySettings
 
 OUT = Path("demo-out").absolute()
 # The demo's size; the test suite runs it smaller through main's keyword arguments.

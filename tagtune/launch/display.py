@@ -28,7 +28,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-LOG_FILE = "study.log"
+from tagtune.study.folder import LOG_FILE, cell_id
+
 LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3")
 SCORE = "val/best_loss"
 
@@ -127,7 +128,7 @@ class StudyDisplay:
         for m in self.methods:
             row = []
             for p in self.missing:
-                cell = f"{m}@{p:.2f}"
+                cell = cell_id(m, p)
                 n = per_cell.get(cell, 0)
                 if self.phase == "search":
                     best = self.best.get(cell)

@@ -52,6 +52,7 @@ from ray.tune.search import Searcher
 from tagtune.search_spaces import SPACES, Ranges, paper_point
 from tagtune.study import atomic
 from tagtune.study.config import METHODS, ConfigError
+from tagtune.study.folder import cell_id, parse_cell
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,11 @@ class Cell:
     @property
     def id(self) -> str:
         """Stable name, e.g. ``mt@0.40``: Optuna study name, trial config ``cell``."""
-        return f"{self.method}@{self.missing:.2f}"
+        return cell_id(self.method, self.missing)
 
     @classmethod
-    def parse(cls, cell_id: str) -> Cell:
-        method, _, missing = cell_id.partition("@")
-        return cls(method, float(missing))
+    def parse(cls, cell: str) -> Cell:
+        return cls(*parse_cell(cell))
 
 
 @dataclass

@@ -1,18 +1,7 @@
 """Running a study: search every cell, then retrain each cell's best config with K seeds.
 
 ``run_study(settings)`` is the plain function under ``tagtune study``; ``resume_study(dir)``
-under ``tagtune study resume``. A study directory holds::
-
-    study.yaml            the settings (what resume reads)
-    search/               Ray Tune experiment of the search phase (all cells together)
-    replicate/            Ray Tune experiment of the replicate phase
-    best.json             best config and validation score per cell
-    optuna.db             each cell's Optuna study (name = cell id, e.g. ``mt@0.40``)
-    summary.json          budgets per cell, replicate test metrics, MLflow location
-    mlflow.db             the MLflow store (unless --mlflow-uri), mlartifacts/
-    mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
-    study.log             Ray's, Tune's, Optuna's and MLflow's log lines (tagtune.launch.display)
-    le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
+under ``tagtune study resume``. What a study directory holds: :mod:`tagtune.study.folder`.
 
 Launch input is checked before Ray starts (tagtune.launch.preflight); on a multi-node
 cluster the study directory must be on storage every node sees.
@@ -24,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +30,11 @@ from tagtune.launch.preflight import (
     check_shared_storage,
     check_trial_fits,
     enable_token_auth,
-    first_line,
 )
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
-from tagtune.launch.settings import StudySettings, default_num_cpus, load_settings, load_study
 from tagtune.launch.snapshots import SnapshotKeeper
 from tagtune.launch.tracking import (
-    JOURNAL,
     MlflowJournalCallback,
     cell_summaries,
     final_sync,
@@ -59,13 +46,26 @@ from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study import atomic, tunestate
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
+from tagtune.study.errors import first_line
+from tagtune.study.folder import (
+    BEST,
+    JOURNAL,
+    OPTUNA_DB,
+    PHASES,
+    SEARCH,
+    SETTINGS,
+    SUMMARY,
+    StudySettings,
+    load_settings,
+    load_study,
+    train_config,
+    trial_dirname,
+)
 from tagtune.study.methods import check_supported
-from tagtune.study.trainable import TRIAL_STATE, train_config, train_trial
+from tagtune.study.trainable import TRIAL_STATE, train_trial
 
 log = logging.getLogger(__name__)
 METRIC, MODE = "val/best_loss", "min"  # set once, on TuneConfig (scheduler and searcher get them from there)
-PHASES = ("search", "replicate")
-OPTUNA_DB = "optuna.db"  # one Optuna study per cell, named by the cell id
 
 
 @dataclass
@@ -135,9 +135,9 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     check_trial_fits(settings.cpus_per_trial, local=settings.address is None, gpus=settings.gpus_per_trial)
     check_shared_storage(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, out)
-    best = _best_per_cell(study_dir / "search", settings)
-    atomic.write_json(study_dir / "best.json", best, indent=2)
-    cells = [Cell(m, p).id for m in settings.methods for p in settings.missing]
+    best = _best_per_cell(study_dir / SEARCH, settings)
+    atomic.write_json(study_dir / BEST, best, indent=2)
+    cells = settings.cells
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
                  cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
@@ -151,7 +151,7 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
                "cells": searcher_summary, "replicates": replicates,
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
-    atomic.write_json(study_dir / "summary.json", summary, indent=2, default=str)
+    atomic.write_json(study_dir / SUMMARY, summary, indent=2, default=str)
     return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary,
                        synced)
 
@@ -179,10 +179,10 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
     except OSError as e:
         raise ConfigError("storage", f"study directory not writable ({e.strerror})",
                           where=str(study_dir)) from None
-    saved = study_dir / "study.yaml"
+    saved = study_dir / SETTINGS
     text = settings.to_yaml()
     # A launch refused before its first trial (no search/ yet) left no study to protect.
-    if saved.exists() and saved.read_text() != text and (study_dir / "search").exists():
+    if saved.exists() and saved.read_text() != text and (study_dir / SEARCH).exists():
         old = load_settings(saved)
         if (old.data, old.methods, old.missing, old.trials, old.epochs) != (
             settings.data, settings.methods, settings.missing, settings.trials, settings.epochs):
@@ -212,6 +212,10 @@ def _init_ray(settings: StudySettings) -> None:
         # Joining a running cluster is asked for with --address auto.
         ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
                  include_dashboard=False, log_to_driver=False)
+
+
+def default_num_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _trainable(settings: StudySettings, ds: Dataset, ended: dict[str, dict] | None = None):
@@ -359,7 +363,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
     # the experiment directory, then keep each cell's Optuna study for the analysis.
     final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                          preset=settings.preset, seed=settings.seed)
-    final.restore_from_dir(str(settings.study_dir / "search"))
+    final.restore_from_dir(str(settings.study_dir / SEARCH))
     # Written whole: a kill while Optuna builds its tables would leave a store it cannot open.
     with atomic.atomic_path(settings.study_dir / OPTUNA_DB) as tmp:
         final.export(f"sqlite:///{tmp}")
@@ -368,12 +372,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
 
 
 def _trial_dirname(trial) -> str:
-    return _dirname(trial.config["cell"], trial.trial_id)
-
-
-def _dirname(cell: str, trial_id: str) -> str:
-    """A trial's directory name in its phase directory."""
-    return f"{cell.replace('@', '_')}_{trial_id}"
+    return trial_dirname(trial.config["cell"], trial.trial_id)
 
 
 def _cell_counts(results: tune.ResultGrid) -> dict[str, dict[str, int]]:
@@ -402,7 +401,7 @@ def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[
         cell = trial.config["cell"]
         if cell not in best or last[METRIC] < best[cell]["value"]:
             best[cell] = {"value": last[METRIC], "trial_id": trial.trial_id, "config": dict(trial.config)}
-    missing = {Cell(m, p).id for m in settings.methods for p in settings.missing} - set(best)
+    missing = set(settings.cells) - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
     return dict(sorted(best.items()))
@@ -412,7 +411,7 @@ def _reusable(settings: StudySettings, cell: str, b: dict[str, Any]) -> tuple[in
     """The best trial's seed and its last checkpoint relative to the study directory (the final
     state of a run that went to the end; Tune keeps the last two), or None where it has none."""
     seed = train_config(b["config"]).seed
-    trial_dir = settings.study_dir / "search" / _dirname(cell, b["trial_id"])
+    trial_dir = settings.study_dir / SEARCH / trial_dirname(cell, b["trial_id"])
     done = sorted(trial_dir.glob("checkpoint_*/" + TRIAL_STATE))
     if not done:
         return None

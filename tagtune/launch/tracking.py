@@ -30,13 +30,22 @@ from typing import Any
 from ray.tune import Callback
 
 from tagtune.analysis.tracking import EXPERIMENT_KIND
-from tagtune.launch.preflight import first_line, quick_mlflow_http
+from tagtune.launch.preflight import quick_mlflow_http
 from tagtune.study import atomic
 from tagtune.study.config import ConfigError, applies, to_dict
-from tagtune.study.trainable import REPLAYED, STUDY_KEYS, train_config
+from tagtune.study.errors import first_line
+from tagtune.study.folder import (
+    ARTIFACTS,
+    JOURNAL,
+    STUDY_KEYS,
+    cell_id,
+    parse_cell,
+    proportion_text,
+    train_config,
+)
+from tagtune.study.trainable import REPLAYED
 
 log = logging.getLogger(__name__)
-JOURNAL = "mlflow-journal.jsonl"
 TRIAL_TAG = "tagtune.trial_id"
 CELL_TAG = "tagtune.cell_run"  # on a cell's parent run, value = the cell id
 PARENT_TAG = "mlflow.parentRunId"  # what the UI nests child runs by
@@ -86,8 +95,9 @@ class Tracker:
         if found:
             run_id = found[0].info.run_id
         else:
-            method, _, proportion = cell.partition("@")
-            tags = {CELL_TAG: cell, "cell": cell, "method": method, "proportion": proportion}
+            method, proportion = parse_cell(cell)
+            tags = {CELL_TAG: cell, "cell": cell, "method": method,
+                    "proportion": proportion_text(proportion)}
             run_id = self.client.create_run(self.experiment_id, run_name=cell, tags=tags).info.run_id
         self._parents[cell] = run_id
         return run_id
@@ -248,7 +258,7 @@ class MlflowJournalCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         cfg = train_config(trial.config)
-        cell = trial.config.get("cell") or f"{cfg.method}@{cfg.missing:.2f}"
+        cell = trial.config.get("cell") or cell_id(cfg.method, cfg.missing)
         tags = {"method": cfg.method, "proportion": cfg.missing, "cell": cell, "seed": cfg.seed,
                 "phase": self.phase, "trial_id": trial.trial_id}
         if trial.config.get("optuna_trial") is not None:
@@ -396,7 +406,7 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 experiment_id = client.create_experiment(
-                    name, artifact_location=(study_dir / "mlartifacts").as_uri())
+                    name, artifact_location=(study_dir / ARTIFACTS).as_uri())
             else:
                 experiment_id = exp.experiment_id
             if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
@@ -422,7 +432,7 @@ def create_sqlite_store(tracking_uri: str, study_dir: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", (Path(study_dir) / "mlartifacts").as_uri())
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (Path(study_dir) / ARTIFACTS).as_uri())
         store.engine.dispose()
         atomic.fsync_file(tmp)
         os.replace(tmp, path)

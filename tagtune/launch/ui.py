@@ -166,12 +166,12 @@ def served(tracking_uri: str) -> bool:
 def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
              optuna_port: int = 8080, timeout_s: float = 120.0) -> UI:
     """Start the UIs of a study (see the module docstring); the caller stops them."""
-    from tagtune.launch.settings import load_study
+    from tagtune.study.folder import OPTUNA_DB, load_study
 
     settings = load_study(study_dir)
     uri, study_dir = settings.tracking_uri, settings.study_dir
     exp = experiment_id(uri, settings.name)
-    db = study_dir / "optuna.db"
+    db = study_dir / OPTUNA_DB
     if optuna and not db.is_file():
         raise ConfigError("optuna", "no optuna.db yet: it is written when the search phase ends",
                           where=str(study_dir))

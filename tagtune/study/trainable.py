@@ -41,26 +41,13 @@ from typing import Any
 
 from ray import tune
 
-from tagtune.study.config import TrainConfig, from_dict
 from tagtune.study.data import Dataset
+from tagtune.study.folder import train_config  # Ray-free there: the analysis reads configs
 from tagtune.study.methods import stages
 
 TRIAL_STATE = "trial_state.json"
 # On a report that repeats a result the study already has (see ``ended`` below): not logged again.
 REPLAYED = "replayed"
-# Keys of a trial config that are the study's bookkeeping, not TrainConfig fields.
-STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
-              "reused_checkpoint")
-
-
-def train_config(config: dict[str, Any]) -> TrainConfig:
-    """The validated TrainConfig inside a trial config (study keys removed; a searched
-    network, the flat Optuna parameter ``arch``, put into ``model.arch``)."""
-    d = {k: v for k, v in config.items() if k not in STUDY_KEYS}
-    if "arch" in d:
-        model = d.get("model") or {}
-        d["model"] = {**(model if isinstance(model, dict) else {}), "arch": d.pop("arch")}
-    return from_dict(TrainConfig, d)
 
 
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,

@@ -37,3 +37,23 @@ def test_no_analysis_module_imports_launch_even_inside_a_function():
             names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
                      else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             assert not any(n.startswith("tagtune.launch") for n in names), (path.name, node.lineno)
+
+
+NO_RAY = """
+import sys
+import tagtune.analysis.pipeline
+assert "ray" not in sys.modules, "import tagtune.analysis.pipeline loaded Ray"
+from typer.testing import CliRunner
+from tagtune.launch.cli import app
+CliRunner().invoke(app, ["analyze", sys.argv[1]])  # not a study: refused after its imports
+assert "ray" not in sys.modules, "tagtune analyze loaded Ray"
+print("ok")
+"""
+
+
+def test_analysis_and_tagtune_analyze_load_no_ray(tmp_path):
+    # Ray takes seconds to import and is not needed to read a study's files: a laptop that
+    # analyses a cluster's study need not have it working.
+    done = subprocess.run([sys.executable, "-c", NO_RAY, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

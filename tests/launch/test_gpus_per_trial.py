@@ -12,11 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from tagtune.launch.cli import app
-from tagtune.launch.settings import StudySettings
 from tagtune.launch.study import _trainable, trial_resources
 from tagtune.launch.tracking import run_params
 from tagtune.study import data
 from tagtune.study.config import ConfigError
+from tagtune.study.folder import StudySettings
 
 SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "0", "--epochs", "1",
          "--grace-period", "1", "--quiet"]

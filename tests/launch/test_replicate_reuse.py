@@ -8,9 +8,9 @@ from collections import Counter
 from mlflow import MlflowClient
 from ray import tune
 
-from tagtune.launch.settings import StudySettings
 from tagtune.launch.study import run_study
 from tagtune.study import data
+from tagtune.study.folder import StudySettings
 from tagtune.study.trainable import TRIAL_STATE
 
 TRAIN = {"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []}

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from tagtune.launch.settings import StudySettings, load_study
 from tagtune.study.config import ConfigError
+from tagtune.study.folder import StudySettings, load_study
 
 
 def test_relative_paths_become_absolute_in_study_yaml(tmp_path, monkeypatch):

@@ -1,4 +1,27 @@
-"""A study's settings: one frozen dataclass, validated once, saved as ``study.yaml``."""
+"""A study folder's contract, in one place: what ``launch`` writes and ``analysis`` reads.
+
+A study lives in ``STORAGE/NAME/``::
+
+    study.yaml            the settings (:class:`StudySettings`; what resume and the analysis read)
+    search/               Ray Tune experiment of the search phase (all cells together)
+    replicate/            Ray Tune experiment of the replicate phase
+                          (a trial's directory in either: ``<cell stem>_<trial id>``, holding
+                          params.json, its trial config, and result.json)
+    best.json             best config and validation score per cell
+    optuna.db             each cell's Optuna study (name = cell id, e.g. ``mt@0.40``)
+    summary.json          budgets per cell, replicate test metrics, MLflow location
+    mlflow.db             the MLflow store (unless mlflow_uri is given), mlartifacts/
+    mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
+    study.log             Ray's, Tune's, Optuna's and MLflow's log lines (tagtune.launch.display)
+    le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
+    ui.log                the UI servers' output (tagtune.launch.ui)
+    analysis/             what ``tagtune analyze`` wrote (its default output)
+
+A cell is one method at one proportion of training labels removed; its id (``mt@0.40``)
+names its Optuna study, its MLflow parent run and the ``cell`` key of its trials' configs.
+
+In ``study``, free of Ray, so that both ``launch`` and ``analysis`` read the folder through it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +33,71 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tagtune.study.config import METHODS, PRESETS, ConfigError, typed
-from tagtune.study.trainable import train_config
+from tagtune.study.config import METHODS, PRESETS, ConfigError, TrainConfig, from_dict, typed
+from tagtune.study.errors import first_line
+
+SETTINGS = "study.yaml"
+SEARCH, REPLICATE = "search", "replicate"  # the phases, each a Ray Tune experiment directory
+PHASES = (SEARCH, REPLICATE)
+BEST = "best.json"
+SUMMARY = "summary.json"
+OPTUNA_DB = "optuna.db"  # one Optuna study per cell, named by the cell id
+MLFLOW_DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+JOURNAL = "mlflow-journal.jsonl"
+TEACHERS = "le-teachers"
+LOG_FILE = "study.log"
+ANALYSIS = "analysis"
+# Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
+STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
+              "reused_checkpoint")
+
+
+def proportion_text(proportion: float) -> str:
+    """A proportion as a cell id writes it: two decimals (``0.40``)."""
+    return f"{proportion:.2f}"
+
+
+def cell_id(method: str, proportion: float) -> str:
+    """The id of a cell, e.g. ``mt@0.40``."""
+    return f"{method}@{proportion_text(proportion)}"
+
+
+def parse_cell(cell: str) -> tuple[str, float]:
+    """(method, proportion) of a cell id."""
+    method, _, proportion = cell.partition("@")
+    return method, float(proportion)
+
+
+def cell_stem(cell: str) -> str:
+    """A cell id as the start of a file name (``mt_0.40``): no ``@``."""
+    return cell.replace("@", "_")
+
+
+def trial_dirname(cell: str, trial_id: str) -> str:
+    """A trial's directory name in its phase directory."""
+    return f"{cell_stem(cell)}_{trial_id}"
+
+
+def trial_id_of(dirname: str) -> str:
+    """The trial id in a trial's directory name (see :func:`trial_dirname`)."""
+    return dirname.rsplit("_", 1)[-1]
+
+
+def tracking_uri(study_dir: Path, mlflow_uri: str | None) -> str:
+    """The study's tracking URI: the one given at launch, else its own SQLite store."""
+    return mlflow_uri or f"sqlite:///{Path(study_dir) / MLFLOW_DB}"
+
+
+def train_config(config: dict[str, Any]) -> TrainConfig:
+    """The validated TrainConfig inside a trial config (study keys removed; a searched
+    network, the flat Optuna parameter ``arch``, put into ``model.arch``)."""
+    d = {k: v for k, v in config.items() if k not in STUDY_KEYS}
+    if "arch" in d:
+        model = d.get("model") or {}
+        d["model"] = {**(model if isinstance(model, dict) else {}), "arch": d.pop("arch")}
+    return from_dict(TrainConfig, d)
+
 
 DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
 DEFAULT_GRACE_PERIOD = 5
@@ -118,17 +204,21 @@ class StudySettings:
         return Path(self.storage) / self.name
 
     @property
+    def cells(self) -> list[str]:
+        """Every cell's id, methods first, in the order the settings list them."""
+        return [cell_id(m, p) for m in self.methods for p in self.missing]
+
+    @property
     def teacher_cache(self) -> Path | None:
         """Where LE's shared teachers live (None: not shared)."""
-        return self.study_dir / "le-teachers" if self.share_le_teacher else None
+        return self.study_dir / TEACHERS if self.share_le_teacher else None
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_uri or f"sqlite:///{self.study_dir / 'mlflow.db'}"
+        return tracking_uri(self.study_dir, self.mlflow_uri)
 
     def base_config(self, **extra: Any) -> dict[str, Any]:
         """Trial config shared by every trial: paper preset, then user overrides."""
-        from tagtune.study.config import PRESETS
         from tagtune.study.teachers import TEACHER_LR
 
         preset = PRESETS[self.preset]
@@ -142,10 +232,14 @@ class StudySettings:
                 "device": "cuda" if self.gpus_per_trial > 0 else "cpu",
                 "checkpoint_every": self.checkpoint_every, **extra}
 
-    def to_yaml(self) -> str:
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as study.yaml holds them (lists, not tuples)."""
         d = asdict(self)
         d["methods"], d["missing"] = list(self.methods), list(self.missing)
-        return yaml.safe_dump(d, sort_keys=False)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.as_dict(), sort_keys=False)
 
 
 _PATHS = ("data", "storage", "search_space")
@@ -185,21 +279,23 @@ def _check(ok: bool, name: str, problem: str) -> None:
         raise ConfigError(name, problem, where="study")
 
 
-def load_settings(path: str | Path, **overrides: Any) -> StudySettings:
-    """Settings from a YAML file (its top-level keys are the fields), then ``overrides``."""
+def load_settings(path: str | Path, *, known_only: bool = False, **overrides: Any) -> StudySettings:
+    """Settings from a YAML file (its top-level keys are the fields), then ``overrides``;
+    ``known_only``: keys that are no field are left out rather than refused."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("file", f"cannot read YAML ({str(e).splitlines()[0]})", where=str(path)) from None
+        raise ConfigError("file", f"cannot read YAML ({first_line(e, None)})", where=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError("file", "expected a mapping", where=str(path))
     has_ranges = raw.pop("search", None) is not None  # the ranges, read by tagtune.search_spaces
     known = {f.name for f in fields(StudySettings)}
     unknown = sorted(set(raw) - known)
-    if unknown:
+    if unknown and not known_only:
         raise ConfigError(unknown[0], "unknown key", where=str(path))
-    merged = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    merged = {**{k: v for k, v in raw.items() if k in known},
+              **{k: v for k, v in overrides.items() if v is not None}}
     if "search_space" not in merged and has_ranges:
         merged["search_space"] = str(path)
     try:
@@ -215,9 +311,7 @@ def load_study(study_dir: str | Path, **overrides: Any) -> StudySettings:
     is still one study: its storage is taken from where it is, its name from study.yaml.)
     """
     study_dir = Path(study_dir).expanduser().absolute()
-    path = study_dir / "study.yaml"
-    if not path.is_file():
-        raise ConfigError("study.yaml", "not a study directory (no study.yaml)", where=str(study_dir))
+    path = _settings_file(study_dir)
     settings = load_settings(path, **overrides, storage=str(study_dir.parent))
     if settings.name != study_dir.name:
         raise ConfigError("name", f"study.yaml names the study {settings.name!r}, its directory is "
@@ -225,5 +319,15 @@ def load_study(study_dir: str | Path, **overrides: Any) -> StudySettings:
     return settings
 
 
-def default_num_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def read_study(study_dir: str | Path) -> StudySettings:
+    """The settings of a study as the analysis reads them: like :func:`load_study`, but keys
+    this version does not know are left out (a newer launch may add some) and a renamed
+    directory is read too (its study.yaml still names the MLflow experiment)."""
+    study_dir = Path(study_dir).expanduser().absolute()
+    return load_settings(_settings_file(study_dir), known_only=True, storage=str(study_dir.parent))
+
+
+def _settings_file(study_dir: Path) -> Path:
+    if not (study_dir / SETTINGS).is_file():
+        raise ConfigError(SETTINGS, "not a study directory (no study.yaml)", where=str(study_dir))
+    return study_dir / SETTINGS

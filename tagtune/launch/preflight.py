@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tagtune.study.config import ConfigError
+from tagtune.study.errors import first_line
 
 TIMEOUT_S = 5.0
 # MLflow's client reads these per request (mlflow.environment_variables).
@@ -39,12 +40,6 @@ QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEO
               # Not a "View run ... at http://..." line per trial on the study's (the job's) output:
               # summary.json and the study's last lines say where the runs are.
               "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-
-
-def first_line(e: BaseException, limit: int = 150) -> str:
-    """An error in a few words for a one-line message: its first line, or its type's name."""
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:limit]
 
 
 def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
@@ -204,4 +199,4 @@ def check_trial_fits(cpus_per_trial: int, local: bool, gpus: float = 0.0) -> Non
 
 
 __all__ = ["check_address", "check_mlflow", "check_mlflow_login", "check_shared_storage", "check_trial_fits",
-           "enable_token_auth", "first_line", "quick_mlflow_http"]
+           "enable_token_auth", "quick_mlflow_http"]

@@ -143,7 +143,8 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     """The study's MLflow experiment; a ConfigError if the store has none of that name."""
     from mlflow.tracking import MlflowClient
 
-    from tagtune.launch.preflight import first_line, quick_mlflow_http
+    from tagtune.launch.preflight import quick_mlflow_http
+    from tagtune.study.errors import first_line
 
     try:
         with quick_mlflow_http():

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+
+from tagtune.study.errors import first_line
 
 Observation = Literal["partial", "complete", "positives-only"]
 OBSERVATIONS: tuple[str, ...] = ("partial", "complete", "positives-only")
@@ -27,6 +31,18 @@ class DataError(ValueError):
         self.where, self.field, self.problem = str(where), field, problem
         # One line whatever the parts hold (a file name or a library message with newlines).
         super().__init__(" ".join(f"{where}: {field}: {problem}".splitlines()))
+
+
+def read_text_as(path: Path, parse: Callable[[str], Any], what: str,
+                 errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """``parse`` of the UTF-8 text of a release's file; where the file is missing, unreadable
+    or (``errors``) not parsable, a DataError saying it is not ``what``."""
+    if not path.is_file():
+        raise DataError(path, "file", "no such file")
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, *errors) as e:
+        raise DataError(path, "file", f"not {what} ({first_line(e, 120)})") from e
 
 
 def _as_bool_mask(M: np.ndarray, where: str, field: str) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from tagtune.study import atomic
 from tagtune.study.data.core import SPLITS, DataError, Dataset, Split
 from tagtune.study.data.safe_pickle import open_member, read_pickled_strings
+from tagtune.study.errors import first_line
 
 FORMAT = "tagtune-1"
 ARRAYS = ("X", "Y", "M", "keys", "Y_full")
@@ -107,7 +108,7 @@ def _load_h5(path: Path) -> Dataset:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise DataError(path, "file", f"not a readable HDF5 file ({_short(e)})") from e
+        raise DataError(path, "file", f"not a readable HDF5 file ({first_line(e, 120)})") from e
     try:
         with f:
             attrs = {k: _attr_str(path, k, v) for k, v in f.attrs.items()}
@@ -125,7 +126,7 @@ def _load_h5(path: Path) -> Dataset:
     except DataError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError) as e:
-        raise DataError(path, "file", f"corrupt or unreadable HDF5 ({_short(e)})") from e
+        raise DataError(path, "file", f"corrupt or unreadable HDF5 ({first_line(e, 120)})") from e
     return _assemble(path, arrays, classes, attrs)
 
 
@@ -188,7 +189,7 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
     except DataError:
         raise
     except NPZ_ERRORS as e:
-        raise DataError(path, "file", f"not a readable .npz ({_short(e)})") from e
+        raise DataError(path, "file", f"not a readable .npz ({first_line(e, 120)})") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(path, "file", "a single .npy array, not an .npz archive")
     return z
@@ -198,20 +199,19 @@ def _load_npz(path: Path) -> Dataset:
     z = open_npz(path)
     try:
         with z:
-            files = set(z.files)
             classes = npz_string_member(z, path, "classes")
-            attrs = {k: _npz_text(path, k, _npz_get(z, path, k, files))
-                     for k in ("name", "observation", "meta") if k in files}
+            attrs = {k: _npz_text(path, k, npz_array(z, path, k))
+                     for k in ("name", "observation", "meta") if k in z.files}
             arrays = {
                 name: {k: npz_string_member(z, path, f"{name}_keys") if k == "keys"
-                       else _npz_get(z, path, f"{name}_{k}", files, required=k in REQUIRED)
+                       else npz_array(z, path, f"{name}_{k}", required=k in REQUIRED)
                        for k in ARRAYS}
                 for name in SPLITS
             }
     except DataError:
         raise
     except NPZ_ERRORS as e:
-        raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
+        raise DataError(path, "file", f"corrupt .npz ({first_line(e, 120)})") from e
     return _assemble(path, arrays, classes, attrs)
 
 
@@ -223,7 +223,7 @@ def npz_string_member(z: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarr
     with open_member(path, z, key) as (fp, shape, _, dtype):
         if dtype.hasobject:
             return read_pickled_strings(path, key, fp, shape, dtype)
-    return npz_strings(path, key, _npz_get(z, path, key, set(z.files)))
+    return npz_strings(path, key, npz_array(z, path, key))
 
 
 def npz_strings(path: Path, key: str, a: np.ndarray) -> np.ndarray:
@@ -245,15 +245,17 @@ def _npz_text(path: Path, key: str, a: np.ndarray) -> str:
     return npz_strings(path, key, a.reshape(1))[0].item()
 
 
-def _npz_get(z, path: Path, key: str, files: set[str], required: bool = False):
-    if key not in files:
+def npz_array(z: np.lib.npyio.NpzFile, path: Path, key: str, required: bool = True) -> np.ndarray | None:
+    """Member ``key`` of an open .npz, loaded without pickle (None where it is absent and not
+    ``required``); a DataError naming the member where it is no array."""
+    if key not in z.files:
         if required:
             raise DataError(path, key, "missing array")
         return None
     try:
         a = z[key]
     except ValueError as e:  # object arrays refuse to load without pickle
-        raise DataError(path, key, f"cannot load ({_short(e)})") from e
+        raise DataError(path, key, f"cannot load ({first_line(e, 120)})") from e
     if not isinstance(a, np.ndarray):  # a member without the .npy header comes back as bytes
         raise DataError(path, key, "not a .npy array")
     return a
@@ -278,7 +280,3 @@ def _assemble(path: Path, arrays: dict, classes: np.ndarray, attrs: dict) -> Dat
         observation=str(attrs.get("observation", "partial")),
         meta=meta,
     )
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__

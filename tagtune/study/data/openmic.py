@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tagtune.study.data.core import DataError, Dataset, Split
-from tagtune.study.data.generic import NPZ_ERRORS, npz_string_member, open_npz
+from tagtune.study.data.core import DataError, Dataset, Split, read_text_as
+from tagtune.study.data.generic import NPZ_ERRORS, npz_array, npz_string_member, open_npz
 from tagtune.study.data.safe_pickle import open_member
+from tagtune.study.errors import first_line
 
 NPZ = "openmic-2018.npz"
 CLASS_MAP = "class-map.json"
@@ -100,12 +101,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
                 if k not in z.files:
                     raise DataError(path, k, "missing array")
             X = _read_X(path, z)
-            Y_true, Y_mask = _get(z, path, "Y_true"), _get(z, path, "Y_mask")
+            Y_true, Y_mask = npz_array(z, path, "Y_true"), npz_array(z, path, "Y_mask")
             keys = npz_string_member(z, path, "sample_key")
     except DataError:
         raise
     except NPZ_ERRORS as e:
-        raise DataError(path, "file", f"corrupt .npz ({_short(e)})") from e
+        raise DataError(path, "file", f"corrupt .npz ({first_line(e, 120)})") from e
 
     N = X.shape[0]
     if Y_true.dtype.kind not in "iuf":
@@ -128,16 +129,6 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     if (counts > 1).any():
         raise DataError(path, "sample_key", f"duplicate key {str(uniq[counts > 1][0])!r}")
     return X, Y_true, Y_mask, keys
-
-
-def _get(z, path: Path, key: str) -> np.ndarray:
-    try:
-        a = z[key]
-    except ValueError as e:  # object arrays refuse to load without pickle
-        raise DataError(path, key, f"cannot load without pickle ({_short(e)})") from e
-    if not isinstance(a, np.ndarray):  # a member without the .npy header comes back as bytes
-        raise DataError(path, key, "not a .npy array")
-    return a
 
 
 def _read_X(path: Path, z) -> np.ndarray:
@@ -179,12 +170,7 @@ def _scaled(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _read_class_map(path: Path, C: int) -> tuple[str, ...]:
     """Class names ordered by their column index in ``Y_true``."""
-    if not path.is_file():
-        raise DataError(path, "file", "no such file")
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, "file", f"not readable JSON ({_short(e)})") from e
+    mapping = read_text_as(path, json.loads, "readable JSON", (json.JSONDecodeError,))
     if not isinstance(mapping, dict):
         raise DataError(path, "class-map", "expected an object {instrument: column index}")
     if len(mapping) != C:
@@ -214,10 +200,7 @@ def _partition_paths(root: Path, split: int) -> tuple[Path, Path]:
 
 def _read_partition(path: Path, row: dict[str, int], npz_name: str) -> np.ndarray:
     """Rows of the npz named by one partition file, in the file's order."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, "file", f"not readable text ({_short(e)})") from e
+    lines = read_text_as(path, str.splitlines, "readable text")
     keys = [s.strip() for s in lines if s.strip()]
     if not keys:
         raise DataError(path, "sample_key", "empty partition")
@@ -230,7 +213,3 @@ def _read_partition(path: Path, row: dict[str, int], npz_name: str) -> np.ndarra
         raise DataError(path, "sample_key",
                         f"{len(missing)} keys not in {npz_name}, e.g. {missing[0]!r}")
     return np.array([row[k] for k in keys], dtype=np.int64)
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__

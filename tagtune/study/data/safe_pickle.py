@@ -31,6 +31,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from tagtune.study.data.core import DataError
+from tagtune.study.errors import first_line
 
 MAX_PICKLE_BYTES = 256 * 2**20
 """Largest pickled member read (OpenMIC's 20,000 keys pickle to about 0.4 MB)."""
@@ -167,7 +168,7 @@ def open_member(path: Path, z: np.lib.npyio.NpzFile, key: str
             else:
                 raise DataError(path, key, f"unsupported .npy format version {version}")
         except (ValueError, SyntaxError, TypeError) as e:
-            raise DataError(path, key, f"bad .npy header ({_short(e)})") from e
+            raise DataError(path, key, f"bad .npy header ({first_line(e, 100, named=True)})") from e
         yield fp, *header
 
 
@@ -187,7 +188,8 @@ def read_pickled_strings(path: Path, key: str, fp: IO[bytes], shape: tuple[int, 
         raise DataError(path, key, str(e)) from e
     except Exception as e:  # noqa: BLE001 -- a malformed stream can raise almost any builtin
         # error (EOFError, TypeError, IndexError, UnicodeDecodeError, ...); nothing foreign ran.
-        raise DataError(path, key, f"not a readable pickle of strings ({_short(e)})") from e
+        problem = first_line(e, 100, named=True)
+        raise DataError(path, key, f"not a readable pickle of strings ({problem})") from e
     if len(values) != shape[0]:
         raise DataError(path, key, f"header says {shape[0]} strings, pickle holds {len(values)}")
     width = max(map(len, values), default=0) or 1
@@ -195,7 +197,3 @@ def read_pickled_strings(path: Path, key: str, fp: IO[bytes], shape: tuple[int, 
         raise DataError(path, key, f"{len(values)} strings up to {width} long exceed "
                                    f"{MAX_STRINGS_BYTES >> 20} MiB as a str array")
     return np.array(values, dtype=f"<U{width}")
-
-
-def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__

@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tagtune.study.data.core import DataError, Dataset, Split
+from tagtune.study.data.core import DataError, Dataset, Split, read_text_as
+from tagtune.study.errors import first_line
 
 if TYPE_CHECKING:  # pandas and yaml: imported where SONYC-UST is read, so that tagtune.study runs
     import pandas as pd  # with torch, numpy and h5py alone (bench/bench_gpu.py on a bare GPU node)
@@ -152,13 +153,7 @@ def read_taxonomy(path: Path) -> tuple[list[Tag], list[Tag]]:
     """Coarse and fine tags in taxonomy order (fine: numbered tags, then the group's X)."""
     import yaml
 
-    if not path.is_file():
-        raise DataError(path, "file", "no such file")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(path, "file", f"not valid YAML ({_short(e)})") from e
-    return parse_taxonomy(doc, path)
+    return parse_taxonomy(read_text_as(path, yaml.safe_load, "valid YAML", (yaml.YAMLError,)), path)
 
 
 def parse_taxonomy(doc, path: str | Path) -> tuple[list[Tag], list[Tag]]:
@@ -214,7 +209,7 @@ def _read_annotations(path: Path, columns: list[str]) -> pd.DataFrame:
         df = pd.read_csv(path, low_memory=False)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as e:
-        raise DataError(path, "file", f"not a readable CSV ({_short(e)})") from e
+        raise DataError(path, "file", f"not a readable CSV ({first_line(e, 120)})") from e
     for col in ["split", "audio_filename", "annotator_id", *columns]:
         if col not in df.columns:
             raise DataError(path, col, "missing column")
@@ -351,7 +346,7 @@ def _embedding(path: Path) -> np.ndarray:
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise DataError(path, "embedding", f"not loadable without pickle ({_short(e)})") from e
+        raise DataError(path, "embedding", f"not loadable without pickle ({first_line(e, 120)})") from e
     if emb.dtype.kind not in "iuf":
         raise DataError(path, "embedding", f"expected numbers, got dtype {emb.dtype}")
     if emb.ndim != 2 or 0 in emb.shape:
@@ -373,7 +368,3 @@ def _standardise(X: dict[str, np.ndarray], fit_on: str) -> None:
     for a in X.values():
         a -= mean.astype(np.float32)
         a /= std.astype(np.float32)
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__

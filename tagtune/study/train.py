@@ -44,6 +44,7 @@ from tagtune.study.checkpoint import (
 )
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split, remove_labels
+from tagtune.study.errors import first_line
 from tagtune.study.dcase import Taxonomy, taxonomy_of
 from tagtune.study.methods import Batch, MethodState, le, masked_bce, mt
 from tagtune.study.metrics import evaluate
@@ -215,7 +216,7 @@ def _as_state(teacher: Any, ds: Dataset, cfg: TrainConfig) -> dict[str, Tensor]:
     try:
         _network(ds, cfg, 0).load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        problem = str(e).splitlines()[0]
+        problem = first_line(e, None)
         raise ConfigError("le_teacher", f"does not fit the model config: {problem}") from None
     return {k: v.detach().clone() for k, v in state.items()}
 

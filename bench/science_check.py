@@ -52,7 +52,8 @@ METRICS = {"openmic-like": ("test_full/f1_macro",),
            "sonyc-like": ("test/dcase_fine_macro_auprc", "test_full/auprc_macro")}
 
 
-def config(dataset: str, setup: str, method: str, missing: float, seed: int, epochs: int) -> dict:
+def config(dataset: str, setup: str, method: str, missing: float, seed: int, epochs: int,
+           precision: str = "fp32") -> dict:
     """The TrainConfig (as a dict) of one run; fields the method does not read are left at
     their defaults, so runs identical by construction have equal configs."""
     from tagtune.study.config import (
@@ -66,7 +67,8 @@ def config(dataset: str, setup: str, method: str, missing: float, seed: int, epo
     )
 
     preset = DATASETS[dataset.removesuffix("/positives-only")]
-    run = {"method": method, "missing": missing, "seed": seed, "epochs": epochs, "threads": 1}
+    run = {"method": method, "missing": missing, "seed": seed, "epochs": epochs, "threads": 1,
+           "precision": precision}
     if setup == "paper":
         d = {**preset_config(f"{preset}-paper", method), **run}
     else:
@@ -137,21 +139,70 @@ def table(rows: list[dict], seeds: int, methods: tuple[str, ...] = METHODS) -> t
     lines = ["| data | missing | setup | metric | " + " | ".join(m.upper() for m in methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
     summary = []
-    keys = sorted({(r["dataset"], r["missing"], SETUPS.index(r["setup"])) for r in rows})
-    for dataset, missing, s in keys:
+    several = len({r.get("precision", "fp32") for r in rows}) > 1  # then the setup names it
+    keys = sorted({(r["dataset"], r["missing"], SETUPS.index(r["setup"]), r.get("precision", "fp32"))
+                   for r in rows})
+    for dataset, missing, s, precision in keys:
         setup = SETUPS[s]
-        cell = [r for r in rows if (r["dataset"], r["missing"], r["setup"]) == (dataset, missing, setup)]
+        cell = [r for r in rows if (r["dataset"], r["missing"], r["setup"], r.get("precision", "fp32"))
+                == (dataset, missing, setup, precision)]
         candidates = METRICS[dataset.removesuffix("/positives-only")]
         metric = next(m for m in candidates if any(m in r for r in cell))
         out = []
         for method in methods:
             v = [r[metric] for r in cell if r["method"] == method and r.get(metric) is not None]
             mean, sd = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else (None, None)
-            summary.append({"dataset": dataset, "missing": missing, "setup": setup, "method": method,
-                            "metric": metric, "mean": mean, "sd": sd, "n": len(v)})
+            summary.append({"dataset": dataset, "missing": missing, "setup": setup, "precision": precision,
+                            "method": method, "metric": metric, "mean": mean, "sd": sd, "n": len(v)})
             out.append("n/a" if mean is None else f"{mean:.3f} ± {sd:.3f}")
-        lines.append(f"| {dataset} | {missing:.0%} | {setup} | {metric} | " + " | ".join(out) + " |")
+        label = f"{setup} {precision}" if several else setup
+        lines.append(f"| {dataset} | {missing:.0%} | {label} | {metric} | " + " | ".join(out) + " |")
     return "\n".join(lines) + f"\n\n(mean ± sd over {seeds} seeds)", summary
+
+
+PRECISION_METRICS = ("test_full/f1_macro", "test_full/map")
+"""The precision table's metrics (complete truth, on both synthetic datasets): F1 macro, mAP."""
+
+
+def precision_table(rows: list[dict], methods: tuple[str, ...]) -> tuple[str, list[dict]]:
+    """Markdown: per dataset x missing x setup x method, bf16 minus fp32 of each metric, paired by
+    seed (mean ± sd of the differences), beside the fp32 runs' seed spread (sd over seeds); a
+    method moves beyond its spread where |mean difference| > that sd."""
+    by = {(r["dataset"], r["missing"], r["setup"], r["method"], r["seed"], r.get("precision", "fp32")): r
+          for r in rows}
+    lines = ["| data | missing | method | " + " | ".join(
+        f"{m} fp32 | {m} bf16 - fp32 | {m} seed sd | beyond" for m in PRECISION_METRICS) + " |",
+             "|---|---|---|" + "---|---|---|---|" * len(PRECISION_METRICS)]
+    summary = []
+    for dataset, missing, setup in sorted({(r["dataset"], r["missing"], r["setup"]) for r in rows}):
+        for method in methods:
+            seeds = sorted({k[4] for k in by if k[:4] == (dataset, missing, setup, method)})
+            cells = []
+            for metric in PRECISION_METRICS:
+                pairs = [(by[(dataset, missing, setup, method, s, "fp32")].get(metric),
+                          by[(dataset, missing, setup, method, s, "bf16")].get(metric)) for s in seeds
+                         if (dataset, missing, setup, method, s, "bf16") in by
+                         and (dataset, missing, setup, method, s, "fp32") in by]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if not pairs:
+                    continue
+                fp32 = [a for a, _ in pairs]
+                diff = [b - a for a, b in pairs]
+                sd = statistics.stdev(fp32) if len(fp32) > 1 else 0.0
+                mean_diff = statistics.mean(diff)
+                sd_diff = statistics.stdev(diff) if len(diff) > 1 else 0.0
+                beyond = abs(mean_diff) > sd
+                summary.append({"dataset": dataset, "missing": missing, "setup": setup, "method": method,
+                                "metric": metric, "fp32": statistics.mean(fp32), "diff": mean_diff,
+                                "diff_sd": sd_diff, "seed_sd": sd, "beyond": beyond, "n": len(pairs)})
+                cells.append(f"{statistics.mean(fp32):.3f} | {mean_diff:+.4f} ± {sd_diff:.4f} | {sd:.4f} | "
+                             + ("**yes**" if beyond else "no"))
+            if cells:
+                lines.append(f"| {dataset} | {missing:.0%} | {method.upper()} | " + " | ".join(cells) + " |")
+    n_beyond = sum(s["beyond"] for s in summary)
+    verdict = (f"\n\n{n_beyond} of {len(summary)} (method, data, metric) cells move beyond their fp32 "
+               f"seed spread: bf16 is {'NOT ' if n_beyond else ''}safe by this check")
+    return "\n".join(lines) + verdict, summary
 
 
 def plan(args) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
@@ -163,13 +214,13 @@ def plan(args) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
             for method in args.methods:
                 if not runs_in(dataset, setup, method):
                     continue
-                for missing in args.missing:
-                    for seed in range(args.seeds):
-                        cfg = config(dataset, setup, method, missing, seed, args.epochs)
-                        key = json.dumps([path, cfg], sort_keys=True)
-                        jobs.setdefault(key, (path, cfg))
-                        rows.append({"dataset": dataset, "setup": setup, "method": method,
-                                     "missing": missing, "seed": seed, "job": key})
+                for missing, seed, precision in [(m, s, p) for m in args.missing for s in range(args.seeds)
+                                                 for p in args.precisions]:
+                    cfg = config(dataset, setup, method, missing, seed, args.epochs, precision)
+                    key = json.dumps([path, cfg], sort_keys=True)
+                    jobs.setdefault(key, (path, cfg))
+                    rows.append({"dataset": dataset, "setup": setup, "method": method, "missing": missing,
+                                 "seed": seed, "precision": precision, "job": key})
     return rows, jobs
 
 
@@ -206,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also the positives-only view of openmic-like data")
     ap.add_argument("--n-clips", dest="clips", type=int, default=None,
                     help="clips per synthetic dataset (default: the real datasets' sizes)")
+    ap.add_argument("--precisions", default="fp32",
+                    help="fp32, bf16 or both (fp32,bf16: every run in each, and the bf16 - fp32 table)")
     ap.add_argument("--workers", type=int, default=2, help="processes, 1 thread each")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--quick", action="store_true", help="tiny data, 1 epoch, 1 seed, 40%% only")
@@ -218,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
     args.missing = [float(p) for p in args.missing.split(",")]
     args.setups = tuple(args.setups.split(","))
+    args.precisions = tuple(args.precisions.split(","))
+    if unknown := set(args.precisions) - {"fp32", "bf16"}:
+        ap.error(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16)")
     if unknown := set(args.setups) - set(SETUPS):
         ap.error(f"--setups: unknown {', '.join(sorted(unknown))} (choose from {', '.join(SETUPS)})")
     args.n_clips = {"openmic-like": 20_000, "sonyc-like": None,  # sonyc-like: SONYC-UST's own sizes
@@ -241,9 +297,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{time.perf_counter() - t0:.0f} s\n\n{text}")
     report = {"epochs": args.epochs, "seeds": args.seeds, "missing": args.missing,
               "n_clips": args.n_clips, "summary": summary, "runs": rows, "table": text}
+    if set(args.precisions) == {"fp32", "bf16"}:
+        report["precision_table"], report["precision_summary"] = precision_table(rows, args.methods)
+        print(f"\nbf16 - fp32, paired by seed:\n\n{report['precision_table']}")
     tag = "quick" if args.quick else "_".join(args.datasets).replace("/", "-")
     if args.setups != SETUPS:
         tag += "_" + "_".join(args.setups)
+    if args.precisions != ("fp32",):
+        tag += "_" + "_".join(args.precisions)
     name = f"science_check_{tag}.json"
     (args.out / name).write_text(json.dumps(report, indent=1, default=str))
     return report

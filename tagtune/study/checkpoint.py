@@ -125,7 +125,7 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
 
 def load_payload(directory: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     """Read a saved state onto the CPU; refuse one written with a different config (threads,
-    device and the deterministic switch aside: they change where and how, not what)."""
+    device, precision and the deterministic switch aside: they change where and how, not what)."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise ConfigError("resume", f"no {STATE_FILE} in {directory}")
@@ -166,7 +166,9 @@ def restore(fs: FitState, payload: dict[str, Any]) -> None:
     torch.set_rng_state(payload["rng"]["torch"])
 
 
-_HOW = ("threads", "device", "deterministic")
+# How a run computes, not what: a state resumes under other values of these. precision too: the
+# state holds fp32 master weights and moments whichever precision wrote it (tagtune.study.precision).
+_HOW = ("threads", "device", "deterministic", "precision")
 
 
 def seed63(*entropy: int) -> int:

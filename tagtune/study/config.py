@@ -21,6 +21,9 @@ DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is
 MT_SELECT: tuple[str, ...] = ("teacher", "student")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
+"""Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native (tagtune.study.precision)."""
+DEFAULT_PRECISION = "fp32"  # the science check decides (docs/precision.md); switching is this line
 # TrainConfig fields that only some methods read; every other field applies to every method.
 # One entry per method: MLflow logs a run's params from it (a B0 run has no gamma), the
 # analysis leaves the others' columns empty. A new method (or field) adds its line here.
@@ -166,6 +169,10 @@ class TrainConfig:
     """Where to train: cpu, cuda (in a study: the GPU Ray assigned the trial), or auto (the GPU
     when torch sees one). Checkpoints resume on either; see tagtune.study.device. The default
     keeps a run where it always was: an existing script or bench on a GPU node still uses the CPU."""
+    precision: str = DEFAULT_PRECISION
+    """fp32, bf16 (mixed: matrix products in bf16; weights, BatchNorm, losses, metrics fp32) or
+    auto (bf16 where the CPU or GPU has it natively); see tagtune.study.precision. A checkpoint
+    resumes in either."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms for the run: GPU results repeat bitwise, slower (the
     CPU path is deterministic either way)."""
@@ -202,6 +209,8 @@ class TrainConfig:
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         _check(self.device in DEVICES, "device",
                f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        _check(self.precision in PRECISIONS, "precision",
+               f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -312,6 +321,7 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "DEVICES", "METHODS", "METHOD_PARAMS", "MT_SELECT", "PAPER_LR", "PRESETS",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "MT_SELECT",
+           "PAPER_LR", "PRECISIONS", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

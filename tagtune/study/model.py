@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from tagtune.study import device as devices
 from tagtune.study import fused as fused_residual
-from tagtune.study import fused_paper
+from tagtune.study import fused_paper, precision
 from tagtune.study.config import ConfigError, ModelConfig
 from tagtune.study.fast import keep_mask
 from tagtune.study.fused_paper import EPS_ATT
@@ -70,6 +70,7 @@ class AttentionMIL(nn.Module):
         super().__init__()
         self.p, self.arch = cfg.dropout, cfg.arch
         self.generic = False  # the generic torch path (GPU): plain autograd, native dropout
+        self.lowp: torch.dtype | None = None  # bf16: mixed precision (tagtune.study.precision)
         paper = cfg.arch == "paper"
         if paper and cfg.hidden != n_features:
             raise ConfigError("model.hidden", f"the paper network adds the raw input (F = {n_features}) "
@@ -92,12 +93,19 @@ class AttentionMIL(nn.Module):
         # The same math (masks, running statistics), with fewer passes over memory.
         fused = fused_paper if self.arch == "paper" else fused_residual
         if self.generic:  # the fused kernels are CPU code (16-bit masks, CPU-sized passes)
-            return self.reference_forward(x, generator)
+            return self._autocast_forward(x, generator)
         if self.training and x.shape[0] * x.shape[1] > 1:
             return fused.train_forward(self, x, generator)
         if not self.training and not torch.is_grad_enabled():
             return fused.eval_forward(self, x)
-        return self.reference_forward(x, generator)
+        return self._autocast_forward(x, generator)
+
+    def _autocast_forward(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """reference_forward; in bf16 under torch's autocast, the probabilities in fp32."""
+        if self.lowp is None:
+            return self.reference_forward(x, generator)
+        with precision.autocast(x.device, self.lowp):
+            return self.reference_forward(x, generator).float()
 
     def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The network as written; :func:`tagtune.study.fused.train_forward` (residual) and
@@ -109,8 +117,10 @@ class AttentionMIL(nn.Module):
         for linear, bn in zip(self.linears, self.bns, strict=True):
             z = dropout(torch.relu(bn(linear(h))), self.p, self.training, generator, self.generic)
             h = z + h if z.shape == h.shape else z
-        att = torch.softmax(self.att(h).view(N, T, -1), dim=1)
-        cla = torch.sigmoid(self.cla(h).view(N, T, -1))
+        # .float(): a no-op in fp32; under bf16 autocast the probabilities are computed from
+        # fp32 logits (bf16's 8 bits would round a probability above ~0.996 to 1: BCE's log 0).
+        att = torch.softmax(self.att(h).float().view(N, T, -1), dim=1)
+        cla = torch.sigmoid(self.cla(h).float().view(N, T, -1))
         # Rounding can push the weighted mean a hair above 1; BCE refuses that.
         return (att * cla).sum(dim=1).clamp(0.0, 1.0)
 
@@ -121,8 +131,8 @@ class AttentionMIL(nn.Module):
         for linear, bn in zip(self.linears, self.bns, strict=True):
             h = dropout(torch.relu(bn(linear(h))), self.p, self.training, generator, self.generic)
         h = h + x2  # the one skip: the raw input, not its BatchNorm
-        att = torch.sigmoid(self.att(h).view(N, T, -1)).clamp(EPS_ATT, 1.0 - EPS_ATT)
-        cla = torch.sigmoid(self.cla(h).view(N, T, -1))
+        att = torch.sigmoid(self.att(h).float().view(N, T, -1)).clamp(EPS_ATT, 1.0 - EPS_ATT)
+        cla = torch.sigmoid(self.cla(h).float().view(N, T, -1))  # fp32 logits, as above
         return torch.nn.functional.hardtanh((att / att.sum(dim=1, keepdim=True) * cla).sum(dim=1), 0.0, 1.0)
 
 

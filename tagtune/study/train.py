@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from tagtune.study import device as devices
-from tagtune.study import fast, methods, precision
+from tagtune.study import fast, methods
 from tagtune.study.checkpoint import (
     NOISE_STREAM,
     FitState,
@@ -177,7 +177,6 @@ def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Data
     device = train.X.device
     model = _network(ds, cfg, stage).to(device)
     model.generic = devices.generic(device)
-    model.lowp = precision.dtype(precision.resolve(cfg.precision, device))  # None: fp32
     # The batch order is drawn on the CPU on every device (the same order for a seed; a
     # checkpoint's stream resumes anywhere); the noise where the masks are made.
     batches, noise = torch.Generator(), torch.Generator(device=device)

@@ -102,13 +102,6 @@ def bootstrap(d: np.ndarray, n_boot: int = 10_000, level: float = 0.95,
     return float(res.confidence_interval.low), float(res.confidence_interval.high), p
 
 
-def bootstrap_ci(d: np.ndarray, n_boot: int = 10_000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``d`` (see :func:`bootstrap`)."""
-    lo, hi, _ = bootstrap(d, n_boot, level, seed)
-    return lo, hi
-
-
 def holm(p: np.ndarray | list[float]) -> np.ndarray:
     """Holm's step-down adjustment of the p-values ``p`` (NaN stays NaN, outside the family)."""
     p = np.asarray(p, dtype=float)
@@ -196,19 +189,6 @@ def holm_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
-def best_per_proportion(summary: pd.DataFrame, metric: str, digits: int = 3) -> list[str]:
-    """Per proportion, which method has the best mean, in words."""
-    out = []
-    pick = "idxmax" if higher_is_better(metric) else "idxmin"
-    for p, g in summary.groupby("proportion"):
-        r = g.loc[getattr(g["mean"], pick)()]
-        sd = "" if math.isnan(r["sd"]) else f" ± {r['sd']:.{digits}f}"
-        out.append(f"At {percent(p)} missing, {method_name(r['method'])} has the best mean "
-                   f"{metric_name(metric)}: {r['mean']:.{digits}f}{sd} over {int(r['n'])} seeds"
-                   f" (of {len(g)} methods).")
-    return out
-
-
 def answer_table(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str,
                  digits: int = 3) -> pd.DataFrame:
     """The answer, one row per proportion: the method with the best mean, that mean, its margin
@@ -259,7 +239,6 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list
     return lines
 
 
-__all__ = ["ALPHA", "REFERENCES", "answer_table", "best_per_proportion", "bootstrap",
-           "bootstrap_ci", "conclusions", "higher_is_better", "holm", "holm_text", "metric_label",
-           "metric_name", "paired_comparisons", "percent", "statement", "summary_table",
-           "wide_summary", "wilcoxon_p"]
+__all__ = ["ALPHA", "REFERENCES", "answer_table", "bootstrap", "conclusions", "higher_is_better",
+           "holm", "holm_text", "metric_label", "metric_name", "paired_comparisons", "percent",
+           "statement", "summary_table", "wide_summary", "wilcoxon_p"]

@@ -11,40 +11,43 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-METHODS: tuple[str, ...] = ("b0", "b1", "le", "mt", "lemt", "llr", "hill", "splc", "pbce", "wan", "epr")
-"""The paper's four, then the newer missing-label methods (tagtune.study.methods: one module each)."""
 ARCHS: tuple[str, ...] = ("residual", "paper")
 """``residual``: softmax attention, a residual around every embedding layer (tagtune's);
 ``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
 raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
 DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
-MT_SELECT: tuple[str, ...] = ("teacher", "student")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 """Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native (tagtune.study.precision)."""
 DEFAULT_PRECISION = "fp32"  # the science check decides (docs/precision.md); switching is this line
-# TrainConfig fields that only some methods read; every other field applies to every method.
-# One entry per method: MLflow logs a run's params from it (a B0 run has no gamma), the
-# analysis leaves the others' columns empty. A new method (or field) adds its line here.
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "b0": (), "b1": (),
-    "le": ("gamma", "le_teacher_lr"),
-    "mt": ("alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select"),
-    "lemt": ("gamma", "le_teacher_lr", "alpha", "beta", "rampup_epochs", "ema_warmup", "mt_select"),
-    "llr": ("delta_rel",),
-    "hill": ("hill_lambda", "margin", "focal_gamma"),
-    "splc": ("splc_tau", "margin", "focal_gamma"),
-    "pbce": ("pbce_gamma",),
-    "wan": (),
-    "epr": ("epr_k",),
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings per dataset (Sec. 4), on tagtune's default network; the openmic
+    # values are also TrainConfig's defaults. (The -paper presets are added below.)
+    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
+                "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
+    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
+              "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
 }
 
 
+def __getattr__(name: str) -> Any:
+    # METHODS and METHOD_PARAMS are the method modules' declarations, read when first asked for:
+    # the registry imports the methods (torch), which import this module.
+    if name in ("METHODS", "METHOD_PARAMS"):
+        from tagtune.study.methods import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def applies(method: str, name: str) -> bool:
-    """Whether TrainConfig field ``name`` means something for ``method`` (see METHOD_PARAMS)."""
-    owners = [m for m, names in METHOD_PARAMS.items() if name in names]
-    return not owners or method in owners
+    """Whether TrainConfig field ``name`` means something for ``method``: a common field, or one of
+    the method's own parameters (METHOD_PARAMS, declared in its module)."""
+    from tagtune.study.methods.registry import owners
+
+    found = owners(name)
+    return not found or method in found
 
 
 class ConfigError(ValueError):
@@ -109,8 +112,8 @@ class TrainConfig:
     """One training run of one method."""
 
     method: str = "b1"
-    """b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean teacher); beyond the
-    paper: lemt, llr, hill, splc, pbce, wan, epr (see tagtune.study.methods)."""
+    """One of METHODS: b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean
+    teacher) and the newer ones; each a module of tagtune.study.methods."""
     lr: float = 1e-3
     """Initial Adam learning rate (also the LE student's: it starts fresh)."""
     weight_decay: float = 1e-5
@@ -125,40 +128,38 @@ class TrainConfig:
     """Step-decay factor."""
     patience: int | None = None
     """Stop a stage after this many epochs without a better validation loss (None = never)."""
-    gamma: float = 10.0
-    """LE: percentile (0-100) of the teacher's scores on missing labels above which they are masked."""
+    # The methods' own parameters, flat (the names of configs, MLflow params, checkpoints and
+    # exported YAML). Each is declared -- type, valid range, default, help, search range -- in the
+    # module of its method (tagtune.study.methods.<name>), which __post_init__ checks against; its
+    # default here is that declaration's (a test compares them), the paper's from PRESETS.
+    gamma: float = PRESETS["openmic"]["gamma"]
+    """LE, LE+MT: the teacher's score percentile at or above which missing labels are masked."""
     le_teacher_lr: float | None = None
-    """LE: the stage-1 teacher's initial lr (None = lr). A study fixes it (the paper's lr) so that
-    trials of a cell share one teacher whatever lr they search for the student."""
-    alpha: float = 0.999
-    """MT: EMA decay of the teacher, theta' = alpha*theta' + (1 - alpha)*theta."""
+    """LE, LE+MT: the stage-1 teacher's initial lr (None = lr)."""
+    alpha: float = PRESETS["openmic"]["alpha"]
+    """MT, LE+MT: EMA decay of the teacher."""
     ema_warmup: bool = True
-    """MT: decay min(1 - 1/(t + 1), alpha) at optimizer step t = 1, 2, ... (the paper's code,
-    Tarvainen & Valpola's): the early teacher is the running mean of the student."""
+    """MT, LE+MT: decay min(1 - 1/(t + 1), alpha) at optimizer step t (the paper's code)."""
     mt_select: str = "teacher"
-    """MT: the network selected (by its own validation loss), evaluated and exported: teacher,
-    or student (what the paper's code reported); the other one is logged with a suffix."""
-    beta: float = 3.0
-    """MT: weight of the consistency loss."""
+    """MT, LE+MT: the network selected, evaluated and exported (teacher or student)."""
+    beta: float = PRESETS["openmic"]["beta"]
+    """MT, LE+MT: weight of the consistency loss."""
     rampup_epochs: int = 0
-    """MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
+    """MT, LE+MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
     delta_rel: float = 0.002
-    """LL-R: share of a batch's (clip, class) entries rejected grows by this every epoch after the
-    first (Kim et al. 2022; their scripts' 0.1-0.5%, here 0.2%)."""
+    """LL-R: growth per epoch of the share of a batch's entries rejected."""
     hill_lambda: float = 1.5
-    """Hill: lambda of the negative term (lambda - p) p^2 (Zhang et al. 2021: 1.5, never changed)."""
+    """Hill: lambda of the negative term (lambda - p) p^2."""
     margin: float = 1.0
-    """Hill, SPLC: margin m subtracted from a positive's logit (focal margin loss; the authors': 1)."""
+    """Hill, SPLC: margin subtracted from a positive's logit."""
     focal_gamma: float = 2.0
-    """Hill, SPLC: focusing exponent of the focal margin loss (the authors': 2)."""
+    """Hill, SPLC: focusing exponent of the focal margin loss."""
     splc_tau: float = 0.6
-    """SPLC: a missing label scored above tau counts as a positive from the second epoch on (0.6)."""
+    """SPLC: a missing label scored above tau counts as a positive from the second epoch on."""
     pbce_gamma: float = 1.0
-    """Partial BCE: exponent of g(p) = alpha p^gamma + beta, alpha and beta set by g(0.1) = 5 and
-    g(1) = 1 (Durand et al. 2019: gamma 1)."""
+    """Partial BCE: exponent of the normalisation g(p)."""
     epr_k: float | None = None
-    """EPR: expected number of positives per clip (None: the mean number of observed positives
-    per training clip)."""
+    """EPR: expected number of positives per clip (None: the mean observed per training clip)."""
     missing: float = 0.0
     """Proportion of observed training labels removed before training (the paper's Fig. 5)."""
     seed: int = 0
@@ -182,30 +183,16 @@ class TrainConfig:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
         object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
-        _check(self.method in METHODS, "method",
-               f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        from tagtune.study.methods.registry import check_config
+
+        check_config(self)  # the method's name, then every method parameter's declared range
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        _check(0 <= self.gamma <= 100, "gamma", f"must be in [0, 100], got {self.gamma}")
-        _check(self.le_teacher_lr is None or self.le_teacher_lr > 0, "le_teacher_lr",
-               f"must be > 0, got {self.le_teacher_lr}")
-        _check(0 <= self.alpha < 1, "alpha", f"must be in [0, 1), got {self.alpha}")
-        _check(self.mt_select in MT_SELECT, "mt_select",
-               f"unknown {self.mt_select!r}; use one of {', '.join(MT_SELECT)}")
-        _check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
-        _check(self.rampup_epochs >= 0, "rampup_epochs", f"must be >= 0, got {self.rampup_epochs}")
         _check(0 <= self.missing < 1, "missing", f"must be in [0, 1), got {self.missing}")
-        _check(0 <= self.delta_rel <= 1, "delta_rel", f"must be in [0, 1], got {self.delta_rel}")
-        _check(self.hill_lambda >= 1, "hill_lambda", f"must be >= 1, got {self.hill_lambda}")
-        _check(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
-        _check(self.focal_gamma >= 0, "focal_gamma", f"must be >= 0, got {self.focal_gamma}")
-        _check(0 < self.splc_tau < 1, "splc_tau", f"must be in (0, 1), got {self.splc_tau}")
-        _check(abs(self.pbce_gamma) < float("inf"), "pbce_gamma", f"must be finite, got {self.pbce_gamma}")
-        _check(self.epr_k is None or self.epr_k > 0, "epr_k", f"must be > 0, got {self.epr_k}")
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         _check(self.device in DEVICES, "device",
                f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
@@ -213,13 +200,6 @@ class TrainConfig:
                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings per dataset (Sec. 4), on tagtune's default network.
-    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
-                "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
-    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
-              "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
-}
 # The paper's exact setup as its code ran it: its network, Adam (wd 1e-5, batch 64, 100
 # epochs, lr halved every 30), the EMA warm-up, MT reported from the student, and the
 # learning rate of each method's run script (PAPER_LR; applied by preset_config).
@@ -237,10 +217,9 @@ PAPER_LR: dict[str, dict[str, float]] = {
     "openmic": {"b0": 5e-4, "b1": 5e-4, "le": 1e-3, "mt": 1e-3},
     "sonyc": {"b0": 1e-3, "b1": 1e-3, "le": 1e-3, "mt": 1e-3},
 }
-# The methods beyond the paper start at its LE/MT lr, 1e-3: their authors' lrs were tuned for
-# image CNNs fine-tuned with SGD or OneCycle, not for this small network with Adam.
-for _lrs in PAPER_LR.values():
-    _lrs.update({m: 1e-3 for m in METHODS if m not in _lrs})
+NEWER_LR = 1e-3
+"""The lr of the methods beyond the paper, on either dataset: its LE/MT lr. Their authors' lrs were
+tuned for image CNNs fine-tuned with SGD or OneCycle, not for this small network with Adam."""
 
 
 def paper_lr(preset: str, method: str) -> float:
@@ -249,9 +228,10 @@ def paper_lr(preset: str, method: str) -> float:
     dataset = preset.removesuffix("-paper")
     if dataset not in PAPER_LR:
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    if method not in METHODS:
-        raise ConfigError("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    return PAPER_LR[dataset][method]
+    from tagtune.study.methods.registry import get
+
+    get(method)  # an unknown method is a ConfigError
+    return PAPER_LR[dataset].get(method, NEWER_LR)
 
 
 def preset_config(preset: str, method: str | None) -> dict[str, Any]:
@@ -321,7 +301,7 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "MT_SELECT",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "NEWER_LR",
            "PAPER_LR", "PRECISIONS", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

@@ -40,6 +40,7 @@ from torch import Tensor
 from tagtune.study import atomic
 from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
 from tagtune.study.data import Dataset
+from tagtune.study.methods import hooks, stages
 
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
@@ -49,13 +50,17 @@ _UNUSED_BY_B0 = tuple(sorted({name for names in METHOD_PARAMS.values() for name 
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:
-    """The B0 fit that is LE's stage 1 in a study: the trial's settings, the paper's lr
-    (or ``cfg.le_teacher_lr`` where a config fixes another).
+    """The B0 fit that is LE's stage 1 in a study: the trial's settings at the stage-1 lr.
 
-    Fields that B0 does not read are reset to their defaults, so that they stay out of the key.
+    ``le_teacher_lr`` means what it means in a fit (None: ``lr``), but a shared teacher needs
+    one lr for every trial of a cell, whatever lr they search: a config that leaves it None is
+    fixed to TEACHER_LR first, as a study does (``StudySettings.base_config``). Fields that B0
+    does not read are reset to their defaults, so that they stay out of the key.
     """
+    if cfg.le_teacher_lr is None:
+        cfg = replace(cfg, le_teacher_lr=TEACHER_LR)
+    lr = hooks(cfg.method).stage_lr(cfg, stages(cfg.method)[0])
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in _UNUSED_BY_B0}
-    lr = TEACHER_LR if cfg.le_teacher_lr is None else cfg.le_teacher_lr
     return replace(cfg, method="b0", lr=lr, **defaults)
 
 

@@ -4,11 +4,14 @@ Adam with weight decay, step decay of the learning rate, model selection by the
 validation loss (BCE over the observed validation labels), optional patience.
 Data live in memory as tensors; a batch is a slice of a permutation of the clips.
 
-Stages and the epoch counter: B0, B1 and MT have one stage, ``main``. LE has two:
-``teacher`` (trained as B0) then ``student`` (a fresh network on the enhanced
-labels). ``epoch`` is one global counter, ``stage_index * cfg.epochs +
-epoch_in_stage``: the teacher's epochs are 1..E, the student's E+1..2E, also when
-the teacher stopped early or was given (``le_teacher``).
+The method is a module of tagtune.study.methods; the loop knows it only through its
+declared stages and hooks (tagtune.study.methods.registry.Hooks): each step's loss, what
+follows an optimizer step, a second network (MT's EMA teacher), which network is selected,
+what happens when a stage begins (LE's label enhancement). Stages and the epoch counter:
+most methods have one stage, ``main``; LE and LE+MT two, ``teacher`` (stage 1) then
+``student`` (a fresh network). ``epoch`` is one global counter, ``stage_index * cfg.epochs +
+epoch_in_stage``: stage 1's epochs are 1..E, stage 2's E+1..2E, also when stage 1 stopped
+early or was given (``le_teacher``).
 
 Randomness: the initial weights, the batch order and the dropout noise are each
 drawn from a stream seeded by ``(cfg.seed, stream, stage)``; nothing reads the
@@ -32,7 +35,7 @@ import torch
 from torch import Tensor
 
 from tagtune.study import device as devices
-from tagtune.study import fast, methods
+from tagtune.study import fast, methods, precision
 from tagtune.study.checkpoint import (
     NOISE_STREAM,
     FitState,
@@ -46,7 +49,7 @@ from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split, remove_labels
 from tagtune.study.dcase import Taxonomy, taxonomy_of
 from tagtune.study.errors import first_line
-from tagtune.study.methods import Batch, MethodState, le, masked_bce, mt
+from tagtune.study.methods import Batch, Hooks, MethodState, masked_bce
 from tagtune.study.metrics import evaluate
 from tagtune.study.model import AttentionMIL, build_model, predict
 
@@ -69,7 +72,7 @@ class FitResult:
     other: AttentionMIL | None = None
     """MT: the network not selected (the student, or the teacher), at the selected epoch."""
     le_teacher: AttentionMIL | None = None
-    """LE: the stage-1 teacher (reusable through ``fit(..., le_teacher=...)``)."""
+    """A two-stage method's selected stage-1 network (LE: reusable through ``fit(..., le_teacher=...)``)."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Clip probabilities (N, C) of the selected model, eval mode, no gradient."""
@@ -83,7 +86,7 @@ class FitResult:
 
 def other_suffix(cfg: TrainConfig) -> str:
     """MT: metric names of the network not selected end with this: ``val/loss_student``."""
-    return "_teacher" if cfg.mt_select == "student" else "_student"
+    return methods.hooks(cfg.method).other_suffix(cfg)
 
 
 @dataclass
@@ -115,7 +118,7 @@ def stream_seed(seed: int, stream: str, stage: int) -> int:
 
 def lr_at(cfg: TrainConfig, stage_epoch: int, stage: str = "main") -> float:
     """Learning rate of the 1-based ``stage_epoch``: decayed once per milestone passed."""
-    lr = cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
+    lr = methods.hooks(cfg.method).stage_lr(cfg, stage)
     return lr * cfg.lr_decay ** sum(stage_epoch > m for m in cfg.lr_decay_epochs)
 
 
@@ -133,17 +136,18 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
 
     ``on_epoch(logs, save)`` is called after every epoch; ``save(dir)`` writes the
     complete state there, and ``fit(..., resume=dir)`` continues from it exactly.
-    ``le_teacher`` (LE only; a module or a state dict of the configured architecture,
-    trained on the same labels, e.g. a B0 fit's model) skips stage 1; on ``resume``
-    the saved teacher is used instead.
+    ``le_teacher`` (a method whose stage 1 is shared, LE; a module or a state dict of the
+    configured architecture, trained on the same labels, e.g. a B0 fit's model) skips stage 1;
+    on ``resume`` the saved teacher is used instead.
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     ds = remove_labels(ds, cfg.missing, seed=cfg.seed)
     methods.check_supported([cfg.method], ds.observation)
-    if le_teacher is not None and cfg.method != "le":
-        raise ConfigError("le_teacher", f"only for method le, not {cfg.method}")
-    method = methods.get(cfg.method)
+    if le_teacher is not None and not methods.shares_teacher(cfg.method):
+        shared = [m for m in methods.METHODS if methods.shares_teacher(m)]
+        raise ConfigError("le_teacher", f"only for method {', '.join(shared)}, not {cfg.method}")
+    hooks = methods.hooks(cfg.method)
     train, valid = _Data.of(ds.train, device), _Data.of(ds.valid, device)
     stages = methods.stages(cfg.method)
     first = len(stages) - 1 if le_teacher is not None else 0
@@ -154,20 +158,20 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
     else:
         fs = _new_stage_state(stages, first, train, ds, cfg)
         if le_teacher is not None:
-            fs.le_teacher = _as_state(le_teacher, ds, cfg)
-            _enhance(fs, train, cfg)
+            hooks.begin_stage(fs, _as_state(le_teacher, ds, cfg), train, cfg)
 
     taxonomy = taxonomy_of(ds)  # parsed once a fit, not every epoch
     while True:
         while fs.stage_epoch < cfg.epochs and not fs.stopped:
-            _epoch(fs, method, train, valid, ds.valid, cfg, on_epoch, taxonomy)
+            _epoch(fs, hooks, train, valid, ds.valid, cfg, on_epoch, taxonomy)
         if fs.stage == len(stages) - 1:
             break
-        # LE's stage boundary: the selected teacher enhances the labels of a fresh student.
-        teacher_state = fs.best_model if fs.best_model is not None else clone_state(fs.model)
+        # The stage boundary: the stage's selected network goes to the method (LE: it enhances
+        # the labels of the next stage's fresh network).
+        selected = fs.best_model if fs.best_model is not None else clone_state(fs.model)
         fs = _next_stage(fs, train, ds, cfg)
-        fs.le_teacher = teacher_state
-        _enhance(fs, train, cfg)
+        if hooks.begin_stage is not None:
+            hooks.begin_stage(fs, selected, train, cfg)
     return _result(fs, ds, cfg)
 
 
@@ -177,14 +181,14 @@ def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Data
     device = train.X.device
     model = _network(ds, cfg, stage).to(device)
     model.generic = devices.generic(device)
+    model.lowp = precision.dtype(precision.resolve(cfg.precision, device))  # None: fp32
     # The batch order is drawn on the CPU on every device (the same order for a seed; a
     # checkpoint's stream resumes anywhere); the noise where the masks are made.
     batches, noise = torch.Generator(), torch.Generator(device=device)
     batches.manual_seed(stream_seed(cfg.seed, "batches", stage))
     noise.manual_seed(stream_seed(cfg.seed, "noise", stage))
-    teacher = None
-    if getattr(methods.get(cfg.method), "EMA_TEACHER", False):  # MT, LE+MT
-        teacher = mt.make_teacher(model)
+    make_teacher = methods.hooks(cfg.method).make_teacher  # MT's EMA teacher
+    teacher = make_teacher(model) if make_teacher is not None else None
     return FitState(
         stages=stages, stage=stage, model=model, teacher=teacher,
         optimizer=_adam(model, cfg),
@@ -221,26 +225,19 @@ def _as_state(teacher: Any, ds: Dataset, cfg: TrainConfig) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _enhance(fs: FitState, train: _Data, cfg: TrainConfig) -> None:
-    """LE: the student's training mask, from the stage-1 teacher's scores."""
-    teacher = _network_from(fs.le_teacher, fs.model)
-    M, fs.masked_fraction = le.enhanced_mask(teacher, train.X, train.Y.cpu(), train.M.cpu(), cfg.gamma)
-    fs.train_M = M.to(train.X.device)
-
-
 def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
     net = copy.deepcopy(like)
     net.load_state_dict(state)
     return net.eval()
 
 
-def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
+def _epoch(fs: FitState, hooks: Hooks, train: _Data, valid: _Data, valid_split: Split,
            cfg: TrainConfig, on_epoch: OnEpoch | None, taxonomy: Taxonomy | None) -> None:
     """Train one epoch, validate, update the selection, log, call back."""
     lr = lr_at(cfg, fs.stage_epoch + 1, fs.stages[fs.stage])
     for group in fs.optimizer.param_groups:
         group["lr"] = lr
-    train_logs = _train_epoch(fs, method, train, cfg)
+    train_logs = _train_epoch(fs, hooks, train, cfg)
     fs.stage_epoch += 1
 
     selected, other = _selected(fs, cfg)
@@ -255,7 +252,7 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
     }
     if other is not None:  # MT: the other network, for comparison, under a suffix
         loss_o, metrics_o = _validate(other, valid, valid_split, taxonomy)
-        suffix = other_suffix(cfg)
+        suffix = hooks.other_suffix(cfg)
         logs |= {f"val/loss{suffix}": loss_o, **{k + suffix: v for k, v in metrics_o.items()}}
     if fs.masked_fraction is not None:
         logs["le/masked_fraction"] = fs.masked_fraction
@@ -277,22 +274,18 @@ def _epoch(fs: FitState, method, train: _Data, valid: _Data, valid_split: Split,
 
 
 def _selected(fs: FitState, cfg: TrainConfig) -> tuple[AttentionMIL, AttentionMIL | None]:
-    """The network model selection looks at, and MT's other one (None for other methods)."""
-    if fs.teacher is None:
-        return fs.model, None
-    if cfg.mt_select == "student":
-        return fs.model, fs.teacher
-    return fs.teacher, fs.model
+    """The network model selection looks at, and the other one (MT's; None for most methods)."""
+    return methods.hooks(cfg.method).networks(fs.model, fs.teacher, cfg)
 
 
-def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[str, float]:
+def _train_epoch(fs: FitState, hooks: Hooks, train: _Data, cfg: TrainConfig) -> dict[str, float]:
     """One pass over the training clips in a random order; the mean of the step logs."""
     fs.model.train()
     if fs.teacher is not None:
         fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
     state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher,
                         positives_per_clip=train.positives_per_clip)
-    after_step = getattr(method, "after_step", None)
+    after_step = hooks.after_step
     N, B = train.X.shape[0], cfg.batch_size
     perm = torch.randperm(N, generator=fs.batches).to(train.X.device)
     starts = list(range(0, N, B))
@@ -304,7 +297,7 @@ def _train_epoch(fs: FitState, method, train: _Data, cfg: TrainConfig) -> dict[s
         state.progress = fs.stage_epoch + i / len(starts)
         batch = Batch(train.X.index_select(0, idx), train.Y.index_select(0, idx),
                       fs.train_M.index_select(0, idx))
-        loss, logs = method.step(batch, state)
+        loss, logs = hooks.step(batch, state)
         fs.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fs.optimizer.step()

@@ -43,7 +43,7 @@ from ray import tune
 
 from tagtune.study.data import Dataset
 from tagtune.study.folder import train_config  # Ray-free there: the analysis reads configs
-from tagtune.study.methods import stages
+from tagtune.study.methods import shares_teacher, stages
 
 TRIAL_STATE = "trial_state.json"
 # On a report that repeats a result the study already has (see ``ended`` below): not logged again.
@@ -65,7 +65,10 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
 
     cfg = train_config(config)
     every = int(config.get("checkpoint_every", 5))
-    total = cfg.epochs * len(stages(cfg.method))
+    names = stages(cfg.method)
+    total = cfg.epochs * len(names)
+    # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
+    before_last = (len(names) - 1) * cfg.epochs
     # The trainable's own state (the stage's best loss, the last report) rides in the
     # checkpoint next to the fit loop's, so a resumed trial reports exactly as before.
     state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
@@ -73,10 +76,11 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
     def on_epoch(logs: dict, save) -> None:
         if logs["stage"] != state["stage"]:
             state.update(stage=logs["stage"], best=math.inf)
-        if logs["stage"] != "teacher":  # LE's teacher is not a candidate model: no score yet
+        last_stage = logs["stage"] == names[-1]
+        if last_stage:  # an earlier stage's network is not a candidate model: no score yet
             state["best"] = min(state["best"], float(logs["val/loss"]))
         epoch = int(logs["epoch"])
-        budget = {"teacher": 0, "student": epoch - cfg.epochs}.get(logs["stage"], epoch)
+        budget = epoch - before_last if last_stage else 0
         metrics = {
             **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
             "budget": budget,
@@ -101,7 +105,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
         result = fit(dataset, cfg, on_epoch=on_epoch, resume=reused)
     elif checkpoint is None:
         teacher = None
-        if cfg.method == "le" and teacher_cache:
+        if shares_teacher(cfg.method) and teacher_cache:
             teacher = TeacherCache(teacher_cache).get(dataset, cfg, owner=trial_id)
         result = fit(dataset, cfg, on_epoch=on_epoch, le_teacher=teacher)
     else:

@@ -2,9 +2,10 @@
 
 Every method module defines ``step(batch, state) -> (loss, logs)``: the loss of one
 mini-batch (the fit loop does backward and the optimizer step) and a dict of detached
-scalars to average over the epoch. A method that must act after the optimizer step
-(MT's EMA teacher) also defines ``after_step(state)``. Every module declares ``OBSERVATIONS``,
-the kinds of training labels it can learn from (partial, complete, positives-only).
+scalars to average over the epoch. It also declares its name, a one-line summary, the kinds of
+observations it learns from, its parameters and what a study searches, and the hooks it needs
+(MT's EMA teacher, LE's stage boundary): see :mod:`~tagtune.study.methods.registry`, which finds
+the modules and derives METHODS, the config's checks, the CLI's flags and the search spaces.
 
 - :mod:`~tagtune.study.methods.b0`: missing labels are negatives.
 - :mod:`~tagtune.study.methods.b1`: loss masked to the observed labels.
@@ -24,15 +25,13 @@ Beyond the paper:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tagtune.study.config import METHODS, ConfigError, TrainConfig
+from tagtune.study.config import TrainConfig
 
 ALL = ("partial", "complete", "positives-only")
 """Every kind of observation (tagtune.study.data.core.OBSERVATIONS)."""
@@ -89,29 +88,17 @@ def masked_bce(p: Tensor, Y: Tensor, M: Tensor) -> Tensor:
     return (per_entry * M).sum() / M.sum().clamp_min(1.0)
 
 
-def supports(method: str, observation: str) -> bool:
-    """Whether ``method`` can learn from training labels observed as ``observation``."""
-    return observation in get(method).OBSERVATIONS
+# Last: the registry imports every method module, and each of them the names above.
+from tagtune.study.methods.registry import (  # noqa: E402
+    METHODS,
+    Hooks,
+    check_supported,
+    get,
+    hooks,
+    shares_teacher,
+    stages,
+    supports,
+)
 
-
-def check_supported(methods: tuple[str, ...] | list[str], observation: str) -> None:
-    """A ConfigError for methods the data's kind of observation cannot train."""
-    bad = [m for m in methods if not supports(m, observation)]
-    if bad:
-        ok = [m for m in METHODS if supports(m, observation)]
-        raise ConfigError("method", f"{', '.join(bad)} need observed negatives; "
-                          f"{observation} data supports {', '.join(ok)}")
-
-
-def stages(method: str) -> tuple[str, ...]:
-    """The training stages of ``method``: ``("main",)``, or LE's and LE+MT's two."""
-    return getattr(get(method), "STAGES", ("main",))
-
-
-def get(method: str) -> ModuleType:
-    """The module of ``method`` (one of tagtune.study.config.METHODS)."""
-    return importlib.import_module(f"tagtune.study.methods.{method}")
-
-
-__all__ = ["ALL", "WITH_NEGATIVES", "Batch", "MethodState", "bce", "check_supported", "get",
-           "masked_bce", "stages", "supports"]
+__all__ = ["ALL", "METHODS", "WITH_NEGATIVES", "Batch", "Hooks", "MethodState", "bce", "check_supported",
+           "get", "hooks", "masked_bce", "shares_teacher", "stages", "supports"]

@@ -11,7 +11,12 @@ from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState, bce
 
+NAME = "b0"
+SUMMARY = "Every missing label is a negative: BCE over every entry (the paper's baseline)."
+ORDER = 0
 OBSERVATIONS = ALL
+PARAMS = ()
+SEARCHED = ()
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:

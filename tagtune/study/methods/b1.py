@@ -11,7 +11,12 @@ from torch import Tensor
 
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 
+NAME = "b1"
+SUMMARY = "BCE over the observed labels only: a missing label contributes nothing (the paper's baseline)."
+ORDER = 1
 OBSERVATIONS = WITH_NEGATIVES
+PARAMS = ()
+SEARCHED = ()
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:

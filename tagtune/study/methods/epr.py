@@ -18,8 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState
+from tagtune.study.methods.declare import Bounds, Param
 
+NAME = "epr"
+SUMMARY = ("Expected positive regularisation (Cole et al. 2021): BCE on the observed labels plus a pull "
+           "of the expected positives per clip toward k.")
+ORDER = 10
 OBSERVATIONS = ALL
+EPR_K = Param("epr_k", float, None, "expected number of positives per clip (none: the mean number of "
+              "observed positives per training clip)", Bounds(0, low_open=True), optional=True)
+PARAMS = (EPR_K,)
+SEARCHED = ()
 
 
 def epr_loss(p: Tensor, Y: Tensor, M: Tensor, k: float) -> tuple[Tensor, Tensor]:

@@ -23,8 +23,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState
+from tagtune.study.methods.declare import Bounds, Param, Search
 
+NAME = "hill"
+SUMMARY = ("Hill loss (Zhang et al. 2021): missing labels are negatives, with a loss that stops growing "
+           "for confident scores.")
+ORDER = 6
 OBSERVATIONS = ALL
+HILL_LAMBDA = Param("hill_lambda", float, 1.5, "lambda of the negative term (lambda - p) p^2 (the authors': "
+                    "1.5)", Bounds(1))
+MARGIN = Param("margin", float, 1.0, "margin m subtracted from a positive's logit in the focal margin loss "
+               "(the authors': 1)", Bounds(0), search=Search(0.5, 1.0))
+FOCAL_GAMMA = Param("focal_gamma", float, 2.0, "focusing exponent of the focal margin loss (the authors': 2)",
+                    Bounds(0))
+PARAMS = (HILL_LAMBDA, MARGIN, FOCAL_GAMMA)
+SEARCHED = (MARGIN,)  # lambda and gamma as the authors left them
 EPS = 1e-6
 """Clip of p before its logit."""
 

@@ -19,16 +19,35 @@ peek at labels removed to simulate missing ones (the paper's SONYC code could).
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tagtune.study.config import PRESETS, TrainConfig
 from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
+from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.model import predict
 
+NAME = "le"
+SUMMARY = ("Label enhancing (Fonseca et al. 2020): a B0 teacher masks the missing labels it scores "
+           "highest; the rest are negatives for a fresh student.")
+ORDER = 2
 OBSERVATIONS = ALL
+GAMMA = Param("gamma", float, PRESETS["openmic"]["gamma"], "percentile (0-100) of the teacher's scores on "
+              "the missing labels at or above which they are masked", Bounds(0, 100),
+              search=Search(1.0, 99.0))
+LE_TEACHER_LR = Param("le_teacher_lr", float, None, "the stage-1 teacher's initial lr (none: lr); a study "
+                      "fixes it so that the trials of a cell share one teacher", Bounds(0, low_open=True),
+                      optional=True)
+PARAMS = (GAMMA, LE_TEACHER_LR)
+SEARCHED = (GAMMA,)
 
 STAGES = ("teacher", "student")
+SHARED_TEACHER = True
+"""Stage 1 can be given to the fit (a B0 fit's model): a study's trials share it (tagtune.study.teachers)."""
 
 
 def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> np.ndarray:
@@ -68,8 +87,24 @@ def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
     return torch.from_numpy(enhanced.astype(np.float32)), masked / n_missing if n_missing else 0.0
 
 
+def stage_lr(cfg: TrainConfig, stage: str) -> float:
+    """The stage's initial lr: ``le_teacher_lr`` for the teacher where set, else ``lr`` (the student
+    always starts at ``lr``, fresh)."""
+    return cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
+
+
+def begin_stage(fs: Any, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
+    """The student's stage begins: the selected stage-1 ``teacher`` (a state dict) scores the training
+    clips, and the enhanced mask becomes the fit state's training mask."""
+    fs.le_teacher = teacher
+    net = copy.deepcopy(fs.model)
+    net.load_state_dict(teacher)
+    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.gamma)
+    fs.train_M = M.to(train.X.device)
+
+
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
-    """Stage 1 is B0; stage 2 is B1 on the enhanced mask, which the fit loop puts in ``batch.M``."""
+    """Stage 1 is B0; stage 2 is B1 on the enhanced mask, which ``begin_stage`` put in ``batch.M``."""
     if state.stage == "teacher":
         return b0.step(batch, state)
     return b1.step(batch, state)

@@ -25,9 +25,17 @@ from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState, le, mt
 
+NAME = "lemt"
+SUMMARY = "LE with MT's consistency term in both stages (the paper's future work, Sec. 6)."
+ORDER = 4
 OBSERVATIONS = ALL
+PARAMS = le.PARAMS + mt.PARAMS
+SEARCHED = le.SEARCHED + mt.SEARCHED
+
+# LE's stages, boundary and teacher lr; MT's EMA teacher, selection and update, in each stage.
 STAGES = le.STAGES
-EMA_TEACHER = True
+begin_stage, stage_lr = le.begin_stage, le.stage_lr
+make_teacher, networks, other_suffix = mt.make_teacher, mt.networks, mt.other_suffix
 after_step = mt.after_step
 
 

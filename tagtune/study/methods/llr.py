@@ -30,8 +30,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState
+from tagtune.study.methods.declare import Bounds, Param, Search
 
+NAME = "llr"
+SUMMARY = ("Large-loss rejection, LL-R (Kim et al. 2022): missing labels are negatives, those of largest "
+           "loss left out, more each epoch.")
+ORDER = 5
 OBSERVATIONS = ALL
+DELTA_REL = Param("delta_rel", float, 0.002, "the share of a batch's (clip, class) entries rejected grows by "
+                  "this every epoch after the first (Kim et al. 2022: 0.1-0.5%)", Bounds(0, 1),
+                  search=Search(1e-4, 1e-2, log=True, bounds=Bounds(0, 1, low_open=True)))
+PARAMS = (DELTA_REL,)
+SEARCHED = (DELTA_REL,)
 
 
 def rejection_rate(epochs_done: int, delta_rel: float) -> float:

@@ -42,16 +42,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tagtune.study.config import PRESETS, TrainConfig
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
+from tagtune.study.methods.declare import Bounds, Param, Search
 
+NAME = "mt"
+SUMMARY = ("Mean teacher (Tarvainen & Valpola 2017): masked BCE plus beta times the consistency with an "
+           "EMA teacher of the student.")
+ORDER = 3
 OBSERVATIONS = WITH_NEGATIVES
-EMA_TEACHER = True
-"""The fit loop gives this method an EMA teacher (``MethodState.teacher``)."""
+ALPHA = Param("alpha", float, PRESETS["openmic"]["alpha"],
+              "EMA decay of the teacher, theta' = alpha theta' + (1 - alpha) theta", Bounds(0, 1, high_open=True),
+              # searched on a log scale of its distance to 1: 0.9, 0.99, 0.999 equally far apart
+              search=Search(1e-4, 1e-1, log=True, name="one_minus_alpha", complement=True,
+                            bounds=Bounds(0, 1, low_open=True)))
+BETA = Param("beta", float, PRESETS["openmic"]["beta"], "weight of the consistency loss", Bounds(0),
+             search=Search(0.0, 10.0))
+RAMPUP_EPOCHS = Param("rampup_epochs", int, 0, "sigmoid ramp-up length of beta in epochs (0: constant beta, "
+                      "the paper)", Bounds(0))
+EMA_WARMUP = Param("ema_warmup", bool, True, "EMA decay min(1 - 1/(t + 1), alpha) at optimizer step t (the "
+                   "paper's code): the early teacher is the running mean of the student")
+MT_SELECT = Param("mt_select", str, "teacher", "the network selected (by its own validation loss), evaluated "
+                  "and exported: teacher, or student (what the paper's code reported)",
+                  choices=("teacher", "student"))
+PARAMS = (ALPHA, BETA, RAMPUP_EPOCHS, EMA_WARMUP, MT_SELECT)
+SEARCHED = (ALPHA, BETA)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """The teacher at the start: an exact copy of the student, outside autograd."""
     return copy.deepcopy(student).requires_grad_(False)
+
+
+def networks(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> tuple:
+    """(selected, other): the teacher and the student, or the other way round (``mt_select``)."""
+    return (student, teacher) if cfg.mt_select == "student" else (teacher, student)
+
+
+def other_suffix(cfg: TrainConfig) -> str:
+    """The suffix of the other network's metric names: ``val/loss_student`` (or ``_teacher``)."""
+    return "_teacher" if cfg.mt_select == "student" else "_student"
 
 
 def rampup(progress: float, rampup_epochs: int) -> float:

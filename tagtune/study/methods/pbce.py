@@ -21,8 +21,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState
+from tagtune.study.methods.declare import Bounds, Param, Search
 
+NAME = "pbce"
+SUMMARY = ("Normalised partial BCE (Durand et al. 2019): B1 with each clip weighted by g of the share of "
+           "its labels observed.")
+ORDER = 8
 OBSERVATIONS = WITH_NEGATIVES
+PBCE_GAMMA = Param("pbce_gamma", float, 1.0, "exponent of g(p) = alpha p^gamma + beta, alpha and beta set by "
+                   "g(0.1) = 5 and g(1) = 1 (Durand et al. 2019: 1)", Bounds(), search=Search(-1.0, 3.0))
+PARAMS = (PBCE_GAMMA,)
+SEARCHED = (PBCE_GAMMA,)
 G_AT_TENTH = 5.0
 """g(0.1): the paper's weight of a clip with 10% of its labels (g(1) = 1)."""
 

@@ -24,9 +24,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState
-from tagtune.study.methods.hill import EPS
+from tagtune.study.methods.declare import Bounds, Param, Search
+from tagtune.study.methods.hill import EPS, FOCAL_GAMMA, MARGIN
 
+NAME = "splc"
+SUMMARY = ("Self-paced loss correction (Zhang et al. 2021): focal margin loss; from the second epoch a "
+           "missing label scored above tau counts as a positive.")
+ORDER = 7
 OBSERVATIONS = ALL
+SPLC_TAU = Param("splc_tau", float, 0.6, "a missing label scored above tau counts as a positive from the "
+                 "second epoch on (the authors': 0.6)", Bounds(0, 1, low_open=True, high_open=True),
+                 search=Search(0.5, 0.95))
+PARAMS = (SPLC_TAU, MARGIN, FOCAL_GAMMA)
+SEARCHED = (SPLC_TAU,)
 
 
 def splc_loss(p: Tensor, Y: Tensor, M: Tensor, relabel: bool, tau: float, margin: float,

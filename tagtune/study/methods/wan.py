@@ -17,7 +17,12 @@ from torch import Tensor
 
 from tagtune.study.methods import ALL, Batch, MethodState
 
+NAME = "wan"
+SUMMARY = "Weak assume-negative (Cole et al. 2021): missing labels are negatives weighing 1 / (C - 1)."
+ORDER = 9
 OBSERVATIONS = ALL
+PARAMS = ()
+SEARCHED = ()
 
 
 def wan_loss(p: Tensor, Y: Tensor, M: Tensor) -> Tensor:

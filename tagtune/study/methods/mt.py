@@ -52,7 +52,8 @@ SUMMARY = ("Mean teacher (Tarvainen & Valpola 2017): masked BCE plus beta times 
 ORDER = 3
 OBSERVATIONS = WITH_NEGATIVES
 ALPHA = Param("alpha", float, PRESETS["openmic"]["alpha"],
-              "EMA decay of the teacher, theta' = alpha theta' + (1 - alpha) theta", Bounds(0, 1, high_open=True),
+              "EMA decay of the teacher, theta' = alpha theta' + (1 - alpha) theta",
+              Bounds(0, 1, high_open=True),
               # searched on a log scale of its distance to 1: 0.9, 0.99, 0.999 equally far apart
               search=Search(1e-4, 1e-1, log=True, name="one_minus_alpha", complement=True,
                             bounds=Bounds(0, 1, low_open=True)))

@@ -8,7 +8,7 @@ to the head node: multi-node storage must be shared). Here:
 - ``check_address``: a TCP connection to the Ray cluster's GCS with a short timeout;
 - ``check_mlflow``: an HTTP tracking server must answer ``/health`` within a few seconds
   and accept the client's credentials (refused credentials and a server that is down are
-  told apart);
+  told apart); a Postgres store (``check_database``) must take a login within seconds;
 - ``check_trial_fits``: a trial's CPUs must fit on one node (a local Ray cannot grow);
 - ``check_shared_storage``: on a cluster of more than one node, a marker file written in
   the study directory must be visible from every alive node (one tiny task per node,
@@ -76,9 +76,48 @@ def enable_token_auth() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+def psycopg_uri(uri: str) -> str:
+    """``postgresql://`` with its driver named: psycopg 3 (``tagtune[cluster]``), which SQLAlchemy
+    2.1 picks by default and 2.0 does not."""
+    return "postgresql+psycopg://" + uri[len("postgresql://"):] if uri.startswith("postgresql://") else uri
+
+
+def check_database(uri: str, password: str | None = None, field: str = "mlflow_uri",
+                   timeout: float = TIMEOUT_S) -> None:
+    """A Postgres store must take a login now (``password``, else libpq's own: ``PGPASSWORD``,
+    ``~/.pgpass``). Left to MLflow, a database that does not answer costs minutes of its
+    connection retries, then a traceback; a wrong password, a traceback. Named in the error
+    with its password hidden."""
+    import sqlalchemy
+
+    where = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    url = sqlalchemy.engine.make_url(psycopg_uri(uri))
+    if password is not None:
+        url = url.set(password=password)
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args={"connect_timeout": max(1, int(timeout))})
+    except (ImportError, sqlalchemy.exc.ArgumentError) as e:  # no driver (psycopg2) installed
+        raise ConfigError(field, f"cannot use this database ({first_line(e)}); "
+                          "pip install 'tagtune[cluster]'", where=where) from None
+    try:
+        engine.connect().close()
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        # The driver's own line: "... failed: Connection refused", "... password authentication
+        # failed for user ...", "database ... does not exist".
+        reason = " ".join(first_line(getattr(e, "orig", None) or e, 200).split())
+        raise ConfigError(field, f"the database refuses this login or does not answer ({reason})",
+                          where=where) from None
+    finally:
+        engine.dispose()
+
+
 def check_mlflow(uri: str, timeout: float = TIMEOUT_S) -> None:
-    """An HTTP tracking server must answer now, and take this client's credentials (file and
-    database stores are checked later)."""
+    """An HTTP tracking server must answer now, and take this client's credentials; a Postgres
+    store must take a login (file and SQLite stores are checked later)."""
+    if urlparse(uri).scheme.startswith("postgresql"):
+        check_database(uri, timeout=timeout)
+        return
     if urlparse(uri).scheme not in ("http", "https"):
         return
     try:
@@ -198,5 +237,6 @@ def check_trial_fits(cpus_per_trial: int, local: bool, gpus: float = 0.0) -> Non
         logging.getLogger(__name__).warning("%s: trials wait until a node that large joins", problem)
 
 
-__all__ = ["check_address", "check_mlflow", "check_mlflow_login", "check_shared_storage", "check_trial_fits",
-           "enable_token_auth", "quick_mlflow_http"]
+__all__ = ["check_address", "check_database", "check_mlflow", "check_mlflow_login",
+           "check_shared_storage", "check_trial_fits", "enable_token_auth", "psycopg_uri",
+           "quick_mlflow_http"]

@@ -63,6 +63,24 @@ def test_cluster_extra_is_what_the_recipe_installs():
     assert {"~/.ray/auth_token", "~/.mlflow/credentials"} <= set(recipe["file_mounts"])
 
 
+def test_recipe_tracks_on_the_heads_postgres_with_several_workers_and_no_password_in_sight():
+    recipe = yaml.safe_load((ROOT / "tagtune/launch/cluster.yaml").read_text())
+    head_ip = recipe["provider"]["head_ip"]
+    (setup,) = recipe["head_setup_commands"]  # the head only: workers need no database
+    script = ROOT / "tagtune/launch/postgres_head.sh"
+    assert setup == f"bash ~/tagtune/{script.relative_to(ROOT)} {head_ip}"
+    body = script.read_text()
+    assert "apt-get install -y -qq postgresql" in body
+    assert 'set listen_addresses "$HEAD_IP"' in body and "'*'" not in body  # private address only
+    assert "createdb -O tagtune" in body and "for db in mlflow mlflow_auth" in body
+    (server,) = [c for c in recipe["head_start_ray_commands"] if "mlflow_server" in c]
+    argv = server.split("mlflow_server", 1)[1].split()
+    uri = argv[argv.index("--backend-store-uri") + 1]
+    assert uri == f"postgresql://tagtune@{head_ip}:5432/mlflow"  # no password in it
+    assert int(argv[argv.index("--workers") + 1]) > 1
+    assert argv[argv.index("--db-password-file") + 1] == "~/.mlflow/db-password"
+
+
 @pytest.mark.parametrize("args, says", [
     (["--host", "0.0.0.0"], "host: bind the cluster's private address"),
     (["--host", "127.0.0.1"], "credentials: none for the admin user"),

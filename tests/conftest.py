@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny datasets and shrunk configs, one Ray for the whole session."""
+"""Shared fixtures: tiny datasets and shrunk configs, one Ray for the whole session, the CLI."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from tagtune.study.data import Dataset, Split  # noqa: E402
+from tagtune.study.config import ModelConfig, TrainConfig  # noqa: E402
+from tagtune.study.data import Dataset, Split, save  # noqa: E402
+
+# A fit of a few epochs in well under a second on the tiny dataset.
+TINY_CONFIG = TrainConfig(epochs=2, batch_size=16, lr=3e-3, lr_decay_epochs=(),
+                          model=ModelConfig(layers=2, hidden=8, dropout=0.3))
+# The same for every trial of a tiny study: its settings' ``train`` overrides.
+TINY_TRAIN = {"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []}
 
 
 def make_split(rng: np.random.Generator, n: int, T: int = 4, F: int = 6, C: int = 3,
@@ -34,6 +42,21 @@ def tiny_dataset() -> Dataset:
         classes=("a", "b", "c"),
         name="tiny",
     )
+
+
+@pytest.fixture
+def data_file(tiny_dataset, tmp_path) -> Path:
+    """The tiny dataset as a generic .h5 file in the test's own directory."""
+    return save(tiny_dataset, tmp_path / "tiny.h5")
+
+
+def invoke(*args):
+    """``tagtune ARGS...`` in this process (arguments of any type, made strings): the result."""
+    from typer.testing import CliRunner
+
+    from tagtune.launch.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="session")
@@ -62,13 +85,10 @@ def tiny_study(tmp_path_factory, ray_session, tiny_dataset):
     """One tiny end-to-end study (4 methods x 2 proportions x 2 trials, 2 replicates), run once
     per test session and shared by the study and analysis tests: (settings, StudyResult)."""
     from tagtune.launch.study import run_study
-    from tagtune.study import data
     from tagtune.study.folder import StudySettings
 
     root = tmp_path_factory.mktemp("study")
-    path = data.save(tiny_dataset, root / "tiny.h5")
-    settings = StudySettings(
-        data=str(path), name="tiny", storage=str(root), **TINY_STUDY,
-        train={"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []},
-    )
+    path = save(tiny_dataset, root / "tiny.h5")
+    settings = StudySettings(data=str(path), name="tiny", storage=str(root), **TINY_STUDY,
+                             train=TINY_TRAIN)
     return settings, run_study(settings, verbose=0)

@@ -8,19 +8,13 @@ import shutil
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
 from tagtune.analysis.export import COMBINED, cell_filename
-from tagtune.launch.cli import app
-from tests.conftest import TINY_STUDY
+from tests.conftest import TINY_STUDY, invoke
 from tests.launch.processes import MlflowServer
 
 pytestmark = pytest.mark.timeout(300)
 CELLS = [f"{m}@{p:.2f}" for m in TINY_STUDY["methods"] for p in TINY_STUDY["missing"]]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -15,21 +15,15 @@ import shutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
 from tagtune.analysis import analyze
 from tagtune.analysis.export import COMBINED, cell_filename
-from tagtune.launch.cli import app
 from tagtune.study.teachers import TEACHER_LR
-from tests.conftest import TINY_STUDY
+from tests.conftest import TINY_STUDY, invoke
 
 METHODS, MISSING = TINY_STUDY["methods"], TINY_STUDY["missing"]
 CELLS = [f"{m}@{p:.2f}" for m in METHODS for p in MISSING]
 METRIC = "test_full/f1_macro"  # the tiny dataset has full truth
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def copy_study(tiny_study, dest):

@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from tagtune.launch.cli import app
 from tagtune.launch.cli_train import resolve_config
 from tagtune.study.config import TrainConfig, from_dict
-from tagtune.study.data import save
+from tests.conftest import invoke
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--no-progress"]
-
-
-@pytest.fixture
-def data_file(tiny_dataset, tmp_path):
-    return save(tiny_dataset, tmp_path / "tiny.h5")
 
 
 @pytest.fixture
@@ -28,10 +21,6 @@ def small_yaml(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("method: mt\nlr: 0.002\nbeta: 1.0\nmodel:\n  layers: 1\n  hidden: 8\n")
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("method", ["b0", "b1", "le", "mt"])

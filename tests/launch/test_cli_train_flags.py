@@ -15,12 +15,6 @@ from typer.testing import CliRunner
 
 from tagtune.launch.cli import app
 from tagtune.study.config import TrainConfig
-from tagtune.study.data import save
-
-
-@pytest.fixture
-def data_file(tiny_dataset, tmp_path):
-    return save(tiny_dataset, tmp_path / "tiny.h5")
 
 
 @pytest.fixture(autouse=True)

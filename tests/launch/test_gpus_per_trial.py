@@ -4,8 +4,6 @@ config (device cuda, hence MLflow's params), and is refused where no node has a 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -14,17 +12,11 @@ from typer.testing import CliRunner
 from tagtune.launch.cli import app
 from tagtune.launch.study import _trainable, trial_resources
 from tagtune.launch.tracking import run_params
-from tagtune.study import data
 from tagtune.study.config import ConfigError
 from tagtune.study.folder import StudySettings
 
 SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "0", "--epochs", "1",
          "--grace-period", "1", "--quiet"]
-
-
-@pytest.fixture
-def data_file(tmp_path, tiny_dataset) -> Path:
-    return data.save(tiny_dataset, tmp_path / "tiny.h5")
 
 
 def test_a_gpu_share_makes_the_trials_train_on_cuda_and_logs_it():

@@ -18,11 +18,6 @@ SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "
          "--grace-period", "1", "--quiet"]
 
 
-@pytest.fixture
-def data_file(tmp_path, tiny_dataset) -> Path:
-    return data.save(tiny_dataset, tmp_path / "tiny.h5")
-
-
 def refused(args: list[str], field: str) -> str:
     result = CliRunner().invoke(app, ["study", *map(str, args)])
     assert result.exit_code == 2, result.output

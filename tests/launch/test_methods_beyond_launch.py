@@ -8,25 +8,15 @@ import json
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
 from tagtune.analysis.figures import COLORS, _methods
 from tagtune.analysis.stats import method_name
-from tagtune.launch.cli import app
 from tagtune.study.config import METHOD_PARAMS, METHODS
 from tagtune.study.data import positives_only, save
+from tests.conftest import TINY_TRAIN, invoke
 from tests.launch.test_launch_errors import refused
 
 NEW = ("lemt", "llr", "hill", "splc", "pbce", "wan", "epr")
-
-
-@pytest.fixture
-def data_file(tiny_dataset, tmp_path):
-    return save(tiny_dataset, tmp_path / "tiny.h5")
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -77,7 +67,7 @@ def beyond_study(ray_session, tiny_dataset, tmp_path_factory):
         "data": str(path), "name": "beyond", "storage": str(root / "studies"),
         "missing": [0.4], "trials": 2, "replicates": 1, "epochs": 2, "grace_period": 2,
         "checkpoint_every": 1,
-        "train": {"batch_size": 16, "lr_decay_epochs": [], "model": {"layers": 1, "hidden": 8}}}))
+        "train": TINY_TRAIN}))
     r = invoke("study", "--config", config, "--methods", "lemt,llr", "--quiet")
     return root / "studies" / "beyond", r
 

@@ -12,15 +12,15 @@ from tagtune.launch.study import run_study
 from tagtune.study import data
 from tagtune.study.folder import StudySettings
 from tagtune.study.trainable import TRIAL_STATE
+from tests.conftest import TINY_TRAIN
 
-TRAIN = {"batch_size": 16, "model": {"layers": 1, "hidden": 8}, "lr_decay_epochs": []}
 EPOCHS = 2
 
 
 def _study(root, path, name: str, reuse: bool):
     settings = StudySettings(data=str(path), name=name, storage=str(root), methods=("b1", "le"),
                              missing=(0.4,), trials=1, replicates=2, epochs=EPOCHS, grace_period=1,
-                             reuse_best_replicate=reuse, train=TRAIN)
+                             reuse_best_replicate=reuse, train=TINY_TRAIN)
     return settings, run_study(settings, verbose=0)
 
 

@@ -11,21 +11,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
-from typer.testing import CliRunner
 
-from tagtune.launch.cli import app
 from tagtune.study.data import load
 from tagtune.study.teachers import TeacherCache, teacher_key
 from tagtune.study.trainable import train_config
-from tests.conftest import TINY_STUDY
+from tests.conftest import TINY_STUDY, TINY_TRAIN, invoke
 from tests.launch.processes import free_port
 
 pytestmark = pytest.mark.timeout(600)  # a real (tiny) study on 2 busy cores: slow, never hung
 TRIAL_TAG = "tagtune.trial_id"
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def trials(study_dir, phase: str) -> list:
@@ -71,7 +65,7 @@ def own_teacher_study(ray_session, tiny_dataset, tmp_path_factory):
         "data": str(path), "name": "own", "storage": str(root / "studies"), "methods": ["le"],
         "missing": [0.4], "trials": 2, "replicates": 1, "epochs": 2, "grace_period": 2,
         "checkpoint_every": 2, "share_le_teacher": True,  # the flag below overrides it
-        "train": {"batch_size": 16, "lr_decay_epochs": [], "model": {"layers": 1, "hidden": 8}}}))
+        "train": TINY_TRAIN}))
     r = invoke("study", "--config", config, "--no-share-le-teacher", "--quiet")
     return root / "studies" / "own", r
 

@@ -10,11 +10,9 @@ import torch
 
 from tagtune.study import device as devices
 from tagtune.study.checkpoint import STATE_FILE, crossed_noise_seed, load_payload, optimizer_state
-from tagtune.study.config import ConfigError, ModelConfig, TrainConfig, from_dict, replace, to_dict
+from tagtune.study.config import ConfigError, TrainConfig, from_dict, replace, to_dict
 from tagtune.study.train import fit
-
-TINY = TrainConfig(epochs=2, batch_size=16, lr=3e-3, lr_decay_epochs=(),
-                   model=ModelConfig(layers=2, hidden=8, dropout=0.3))
+from tests.conftest import TINY_CONFIG
 
 
 @pytest.fixture
@@ -49,13 +47,13 @@ def test_cuda_without_a_gpu_is_one_line_naming_the_field(monkeypatch, tiny_datas
     assert "\n" not in str(e.value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="device"):
-        fit(tiny_dataset, replace(TINY, device="cuda"))
+        fit(tiny_dataset, replace(TINY_CONFIG, device="cuda"))
     with pytest.raises(ConfigError, match="device: unknown device 'gpu'"):
         TrainConfig(device="gpu")
 
 
 def test_device_and_deterministic_round_trip_through_the_config_dict():
-    cfg = replace(TINY, device="cpu", deterministic=True)
+    cfg = replace(TINY_CONFIG, device="cpu", deterministic=True)
     d = to_dict(cfg)
     assert d["device"] == "cpu" and d["deterministic"] is True
     assert from_dict(TrainConfig, d) == cfg
@@ -76,7 +74,7 @@ def test_generic_dropout_keeps_one_minus_p_and_scales(generic):
 @pytest.mark.parametrize("method", ["b1", "le", "mt"])
 def test_generic_path_trains_reproducibly_and_differs_from_the_cpu_path(generic, monkeypatch,
                                                                         tiny_dataset, tmp_path, method):
-    cfg = replace(TINY, method=method)
+    cfg = replace(TINY_CONFIG, method=method)
     a = fit(tiny_dataset, cfg, on_epoch=_saving(tmp_path))
     b = fit(tiny_dataset, cfg)
     assert _equal(_weights(a.model), _weights(b.model))
@@ -91,7 +89,7 @@ def test_generic_path_trains_reproducibly_and_differs_from_the_cpu_path(generic,
 
 
 def test_without_dropout_the_generic_path_trains_the_same_network(monkeypatch, tiny_dataset):
-    cfg = replace(TINY, epochs=1, model=replace(TINY.model, dropout=0.0))
+    cfg = replace(TINY_CONFIG, epochs=1, model=replace(TINY_CONFIG.model, dropout=0.0))
     cpu = fit(tiny_dataset, cfg)
     monkeypatch.setattr(devices, "GENERIC_ON_CPU", True)
     gen = fit(tiny_dataset, cfg)
@@ -122,7 +120,7 @@ def test_optimizer_state_converts_exactly_both_ways():
 
 @pytest.mark.parametrize("first_generic", [True, False])
 def test_a_checkpoint_resumes_on_the_other_path(monkeypatch, tiny_dataset, tmp_path, first_generic):
-    cfg = replace(TINY, method="mt", epochs=3)
+    cfg = replace(TINY_CONFIG, method="mt", epochs=3)
     monkeypatch.setattr(devices, "GENERIC_ON_CPU", first_generic)
     fit(tiny_dataset, replace(cfg, epochs=3), on_epoch=_saving(tmp_path))
     saved = torch.load(tmp_path / "1" / STATE_FILE, weights_only=True)
@@ -138,7 +136,7 @@ def test_a_checkpoint_resumes_on_the_other_path(monkeypatch, tiny_dataset, tmp_p
 
 
 def test_a_gpu_written_noise_stream_restarts_from_its_own_seed_on_the_cpu(tiny_dataset, tmp_path):
-    cfg = replace(TINY, epochs=3)
+    cfg = replace(TINY_CONFIG, epochs=3)
     fit(tiny_dataset, cfg, on_epoch=_saving(tmp_path))
     path = tmp_path / "1" / STATE_FILE
     payload = torch.load(path, weights_only=True)
@@ -156,16 +154,16 @@ def test_a_gpu_written_noise_stream_restarts_from_its_own_seed_on_the_cpu(tiny_d
 
 
 def test_resume_ignores_where_and_how_but_not_what(tiny_dataset, tmp_path):
-    fit(tiny_dataset, TINY, on_epoch=_saving(tmp_path))
-    load_payload(tmp_path / "1", replace(TINY, device="cpu", deterministic=True, threads=2))
+    fit(tiny_dataset, TINY_CONFIG, on_epoch=_saving(tmp_path))
+    load_payload(tmp_path / "1", replace(TINY_CONFIG, device="cpu", deterministic=True, threads=2))
     with pytest.raises(ConfigError, match=r"different config \(lr\)"):
-        load_payload(tmp_path / "1", replace(TINY, lr=1e-2))
+        load_payload(tmp_path / "1", replace(TINY_CONFIG, lr=1e-2))
     path = tmp_path / "1" / STATE_FILE  # a state written before the two fields existed
     payload = torch.load(path, weights_only=True)
     for k in ("device", "deterministic"):
         del payload["cfg"][k]
     torch.save(payload, path)
-    load_payload(tmp_path / "1", TINY)
+    load_payload(tmp_path / "1", TINY_CONFIG)
 
 
 def test_deterministic_switch_is_scoped_and_changes_nothing_on_the_cpu(monkeypatch, tiny_dataset):
@@ -176,6 +174,6 @@ def test_deterministic_switch_is_scoped_and_changes_nothing_on_the_cpu(monkeypat
         import os
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE
     assert not torch.are_deterministic_algorithms_enabled()
-    a = fit(tiny_dataset, replace(TINY, deterministic=True))
-    b = fit(tiny_dataset, TINY)
+    a = fit(tiny_dataset, replace(TINY_CONFIG, deterministic=True))
+    b = fit(tiny_dataset, TINY_CONFIG)
     assert _equal(_weights(a.model), _weights(b.model))

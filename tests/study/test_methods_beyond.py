@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagtune.study.config import METHODS, ConfigError, ModelConfig, TrainConfig, replace
+from tagtune.study.config import METHODS, ConfigError, replace
 from tagtune.study.data import positives_only
 from tagtune.study.data.core import OBSERVATIONS
 from tagtune.study.methods import (
@@ -30,12 +30,12 @@ from tagtune.study.methods import (
 )
 from tagtune.study.model import build_model
 from tagtune.study.train import fit
+from tests.conftest import TINY_CONFIG
 
 P = torch.tensor([[0.9, 0.2, 0.6], [0.5, 0.7, 0.1]])
 Y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 M = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # missing: (0, 1), (1, 0), (1, 2)
-TINY = TrainConfig(epochs=3, batch_size=16, lr=3e-3, lr_decay_epochs=(),
-                   model=ModelConfig(layers=2, hidden=8, dropout=0.3))
+TINY = replace(TINY_CONFIG, epochs=3)
 
 
 def nl(x: float) -> float:

@@ -11,17 +11,15 @@ import torch
 from tagtune.study.config import METHODS, ConfigError, ModelConfig, TrainConfig, replace
 from tagtune.study.data import Dataset, positives_only
 from tagtune.study.train import FitResult, evaluate_fit, fit, lr_at
-from tests.conftest import make_split
+from tests.conftest import TINY_CONFIG, make_split
 
-TINY = TrainConfig(epochs=2, batch_size=16, lr=3e-3, lr_decay_epochs=(),
-                   model=ModelConfig(layers=2, hidden=8, dropout=0.3))
 BASE_KEYS = ["epoch", "stage", "lr", "train/loss", "val/loss", "val/f1_macro", "val/auprc_micro",
              "val/auprc_macro", "val_full/f1_macro", "val_full/auprc_micro",
              "val_full/auprc_macro", "val_full/map"]
 
 
 def _cfg(method: str, **kw) -> TrainConfig:
-    return replace(TINY, method=method, **kw)
+    return replace(TINY_CONFIG, method=method, **kw)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -92,8 +90,8 @@ def test_mt_selects_the_configured_network_and_logs_the_other(tiny_dataset, sele
 
 
 def test_lr_step_decay_and_le_student_restarts_at_the_initial_lr(tiny_dataset):
-    assert [lr_at(replace(TINY, lr_decay_epochs=(1, 2), lr_decay=0.5), e) for e in (1, 2, 3)] \
-        == [TINY.lr, TINY.lr / 2, TINY.lr / 4]
+    assert [lr_at(replace(TINY_CONFIG, lr_decay_epochs=(1, 2), lr_decay=0.5), e) for e in (1, 2, 3)] \
+        == [TINY_CONFIG.lr, TINY_CONFIG.lr / 2, TINY_CONFIG.lr / 4]
     r = fit(tiny_dataset, _cfg("le", epochs=3, lr_decay_epochs=(1,), lr_decay=0.1))
     assert [h["lr"] for h in r.history] == pytest.approx([3e-3, 3e-4, 3e-4, 3e-3, 3e-4, 3e-4])
 

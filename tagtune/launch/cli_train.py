@@ -9,6 +9,8 @@ student, lr halved every 30 of 100 epochs, and the run script's lr of the method
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ import yaml
 
 from tagtune.launch.cli_common import user_errors
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, preset_config, replace, to_dict
+from tagtune.study.methods.registry import METHODS, PARAMS, owners
 
 app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 
@@ -59,27 +62,42 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return d
 
 
+def method_flags(command: Callable) -> Callable:
+    """``command`` with one option per method parameter (tagtune.study.methods.registry.PARAMS) in
+    place of its ``**params``, named and described by the parameter's declaration."""
+    sig = inspect.signature(command, eval_str=True)
+    # keyword-only, all of them: Typer passes every option by name
+    fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flags = []
+    for p in PARAMS.values():
+        names = (f"--{p.name.replace('_', '-')}/--no-{p.name.replace('_', '-')}",) if p.kind is bool else ()
+        where = ", ".join(owners(p.name))
+        default = "none" if p.default is None else str(p.default).lower() if p.kind is bool else p.default
+        valid = f"; {p.valid()}" if p.valid() else ""
+        option = typer.Option(*names, help=f"{where}: {p.help}{valid} (default {default}).")
+        flags.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=Annotated[p.kind | None, option]))
+    after = [p.name for p in fixed].index("preset") + 1  # the methods' flags follow --preset
+    command.__signature__ = sig.replace(parameters=[*fixed[:after], *flags, *fixed[after:]])
+    return command
+
+
 @app.command("train")
+@method_flags
 @user_errors
 def train(
     data: Annotated[Path, typer.Option(help="A generic data file (.h5 or .npz).")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
-    method: Annotated[str | None, typer.Option(help="b0, b1, le or mt.")] = None,
+    method: Annotated[str | None, typer.Option(
+        help=f"One of {', '.join(METHODS)} (tagtune.study.methods).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of TrainConfig fields.")] = None,
     preset: Annotated[str | None, typer.Option(
         help="openmic or sonyc: the paper's settings; openmic-paper or sonyc-paper: its exact setup "
              "(network, MT schedule, per-method lr).")] = None,
-    gamma: Annotated[float | None, typer.Option(help="LE percentile, 0-100.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="MT teacher EMA decay, [0, 1).")] = None,
-    beta: Annotated[float | None, typer.Option(help="MT consistency weight, >= 0.")] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per stage.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
-    rampup_epochs: Annotated[int | None, typer.Option(help="MT ramp-up of beta (0: none).")] = None,
-    ema_warmup: Annotated[bool | None, typer.Option(
-        "--ema-warmup/--no-ema-warmup", help="MT: EMA decay min(1 - 1/(t+1), alpha) (default on).")] = None,
-    mt_select: Annotated[str | None, typer.Option(
-        help="MT: the network selected and exported, teacher or student.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience.")] = None,
     missing: Annotated[float | None, typer.Option(help="Remove this share of train labels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
@@ -89,26 +107,32 @@ def train(
     deterministic: Annotated[bool | None, typer.Option(
         "--deterministic/--no-deterministic",
         help="torch's deterministic algorithms: GPU results repeat bitwise (slower).")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 (the default), bf16 (mixed: bf16 matrix products, fp32 weights, losses and metrics), "
+             "or auto (bf16 where the CPU/GPU has it natively).")] = None,
     layers: Annotated[int | None, typer.Option(help="Model: embedding layers L.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Model: layer width H.")] = None,
     dropout: Annotated[float | None, typer.Option(help="Model: dropout rate.")] = None,
     arch: Annotated[str | None, typer.Option(
         help="Model: residual (tagtune's) or paper (the paper's code's; hidden = F).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **params: Any,
 ) -> None:
     """Train one method on one data file; write config, history, metrics, model, predictions."""
     from tagtune.study.device import resolve as resolve_device
+    from tagtune.study.precision import resolve as resolve_precision
     from tagtune.study.run import train_run
 
-    cfg = resolve_config(preset, config, method=method, gamma=gamma, alpha=alpha, beta=beta, lr=lr,
-                         epochs=epochs, batch_size=batch_size, rampup_epochs=rampup_epochs,
-                         ema_warmup=ema_warmup, mt_select=mt_select, arch=arch,
+    # params: the methods' own parameters, one flag each (see method_flags).
+    cfg = resolve_config(preset, config, method=method, lr=lr,
+                         epochs=epochs, batch_size=batch_size, arch=arch, **params,
                          patience=patience, missing=missing, seed=seed, threads=threads,
-                         device=device, deterministic=deterministic,
+                         device=device, deterministic=deterministic, precision=precision,
                          layers=layers, hidden=hidden, dropout=dropout)
     # Before the data is read: a missing GPU is a one-line error, not a failed run. config.yaml
     # records where it ran (auto resolved).
-    cfg = replace(cfg, device=resolve_device(cfg.device).type)
+    where = resolve_device(cfg.device)
+    cfg = replace(cfg, device=where.type, precision=resolve_precision(cfg.precision, where))  # auto resolved
     metrics = train_run(data, cfg, out, progress=progress)
     shown = ("best/epoch", "test/f1_macro", "test/auprc_micro", "test/auprc_macro")
     print("  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")

@@ -64,7 +64,7 @@ RAMPUP_EPOCHS = Param("rampup_epochs", int, 0, "sigmoid ramp-up length of beta i
 EMA_WARMUP = Param("ema_warmup", bool, True, "EMA decay min(1 - 1/(t + 1), alpha) at optimizer step t (the "
                    "paper's code): the early teacher is the running mean of the student")
 MT_SELECT = Param("mt_select", str, "teacher", "the network selected (by its own validation loss), evaluated "
-                  "and exported: teacher, or student (what the paper's code reported)",
+                  "and exported (the paper's code reported the student)",
                   choices=("teacher", "student"))
 PARAMS = (ALPHA, BETA, RAMPUP_EPOCHS, EMA_WARMUP, MT_SELECT)
 SEARCHED = (ALPHA, BETA)

@@ -20,7 +20,8 @@ def analyze(
     out: Annotated[Path | None, typer.Option(help="Output folder (default STUDY_DIR/analysis).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
     metric: Annotated[str | None, typer.Option(
-        help="Headline test metric, e.g. test/auprc_macro (default: F1 macro).")] = None,
+        help="Headline test metric, e.g. test/f1_macro (default: on SONYC-UST the official DCASE macro "
+             "AUPRC; else F1 macro, over the full truth where the data has it).")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log figures and report to MLflow.")] = True,
 ) -> None:
     """Analyse a finished or partial study: table, figures, statistics, best configs, report."""

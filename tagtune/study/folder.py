@@ -137,7 +137,8 @@ class StudySettings:
     seed: int = 0
     """Seeds the searchers; replicate r uses seed + r."""
     preset: str = "openmic"
-    """Paper settings to start from: openmic or sonyc (model size, gamma, alpha, beta)."""
+    """Paper settings to start from, one of PRESETS: openmic or sonyc (the paper's model size,
+    gamma, alpha, beta on tagtune's network), openmic-paper or sonyc-paper (its exact setup)."""
     storage: str = "studies"
     """Directory holding the study (shared storage on a multi-node cluster)."""
     address: str | None = None

@@ -35,7 +35,9 @@ def positives_only(ds: Dataset) -> Dataset:
     """AudioSet-style view of the training split: only positive labels are observed.
 
     Validation and test keep their labels, so that model selection and evaluation
-    stay meaningful. Only methods that do not need the mask (B0, LE) are valid on it.
+    stay meaningful. Only the methods that declare positives-only observations train on it
+    (tagtune.study.methods.supports; the README's method table lists them): not those that
+    need observed negatives.
     """
     tr = ds.train
     M = tr.M & (tr.Y == 1)

@@ -14,7 +14,7 @@ from tagtune.analysis.stats import method_name
 from tagtune.study.config import METHOD_PARAMS, METHODS
 from tagtune.study.data import positives_only, save
 from tests.conftest import TINY_TRAIN, invoke
-from tests.launch.test_launch_errors import refused
+from tests.launch.test_preflight import refused
 
 NEW = ("lemt", "llr", "hill", "splc", "pbce", "wan", "epr")
 

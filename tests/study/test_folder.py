@@ -1,4 +1,5 @@
-"""Study settings: where a study and its MLflow store live, whatever the working directory."""
+"""The study folder's contract: its settings (where a study and its MLflow store live, whatever
+the working directory), cell ids, trial directory names, and how launch and analysis read it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import pytest
 import yaml
 
+from tagtune.study import folder
 from tagtune.study.config import ConfigError
 from tagtune.study.folder import StudySettings, load_study
 
@@ -91,3 +93,39 @@ def test_a_paper_preset_gives_every_trial_the_papers_network_and_schedule(tmp_pa
     assert paper_point("b1", s.preset)["lr"] == 5e-4 and paper_point("mt", s.preset)["lr"] == 1e-3
     with pytest.raises(ConfigError, match="preset"):
         StudySettings(data=str(tmp_path / "d.h5"), preset="paper")
+
+
+@pytest.mark.parametrize(("method", "proportion", "cell"), [
+    ("mt", 0.4, "mt@0.40"), ("b0", 0.0, "b0@0.00"), ("lemt", 0.125, "lemt@0.12")])
+def test_a_cell_id_names_method_and_proportion_to_two_decimals(method, proportion, cell):
+    assert folder.cell_id(method, proportion) == cell
+    assert folder.parse_cell(cell) == (method, round(proportion, 2))
+    s = StudySettings(data="/d.h5", storage="/s", methods=("b1", "mt"), missing=(0.0, 0.4))
+    assert s.cells == ["b1@0.00", "b1@0.40", "mt@0.00", "mt@0.40"]  # methods first, as listed
+
+
+def test_a_trial_directory_name_gives_back_its_trial_id():
+    name = folder.trial_dirname("mt@0.40", "3f2a_00007")
+    assert name == "mt_0.40_3f2a_00007" and "@" not in name
+    assert folder.trial_id_of(name) == "00007"  # Tune's id: the part after the last "_"
+    assert folder.trial_id_of(folder.trial_dirname("b1@0.00", "abc")) == "abc"
+
+
+def test_the_tracking_uri_is_the_given_one_else_the_studys_own_sqlite(tmp_path):
+    assert folder.tracking_uri(tmp_path, None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert folder.tracking_uri(tmp_path, "http://h:5000") == "http://h:5000"
+
+
+def test_the_analysis_reads_a_renamed_study_and_leaves_unknown_keys_out(tmp_path):
+    s = StudySettings(data="/d.h5", name="exp", storage=str(tmp_path))
+    s.study_dir.mkdir()
+    newer = {**yaml.safe_load(s.to_yaml()), "a_newer_setting": 1}
+    (s.study_dir / "study.yaml").write_text(yaml.safe_dump(newer))
+    with pytest.raises(ConfigError, match="a_newer_setting: unknown key"):
+        load_study(s.study_dir)  # launch refuses what it does not know
+    renamed = s.study_dir.rename(tmp_path / "copy")
+    read = folder.read_study(renamed)
+    assert read.name == "exp" and read.study_dir == tmp_path / "exp"  # the name is study.yaml's
+    assert read.as_dict() == {**s.as_dict(), "storage": str(tmp_path)}
+    with pytest.raises(ConfigError, match="not a study directory"):
+        folder.read_study(tmp_path)

@@ -86,7 +86,9 @@ CONVENTIONAL = ("b0", "b1", "le", "mt")
 
 
 def n_stages(method: str) -> int:
-    return 2 if method in ("le", "lemt") else 1
+    from tagtune.study.methods import stages
+
+    return len(stages(method))
 
 
 def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,

@@ -227,18 +227,20 @@ def plan(args) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
 def estimate(args, jobs: dict[str, tuple[str, dict]]) -> None:
     """Time one epoch of each distinct (data, network, method) and extrapolate to the plan:
     from the CPU time (what a quiet core would take) and from the wall time (this machine now)."""
+    from tagtune.study.methods import stages as method_stages
+
     per_epoch = {}
     for path, cfg in jobs.values():
         kind = (path, cfg["model"]["arch"], cfg["method"])
         if kind not in per_epoch:
-            stages = 2 if cfg["method"] in ("le", "lemt") else 1
+            stages = len(method_stages(cfg["method"]))
             r = fit_one((path, {**cfg, "epochs": 1}))
             per_epoch[kind] = (r["cpu_seconds"] / stages, r["seconds"] / stages)
             print(f"  {Path(path).name} {kind[1]:8s} {kind[2]}: {per_epoch[kind][0]:.1f} s/epoch CPU, "
                   f"{per_epoch[kind][1]:.1f} s wall", flush=True)
     for i, what in enumerate(("CPU time (a quiet machine)", "wall time (this machine's load now)")):
         total = sum(per_epoch[(p, c["model"]["arch"], c["method"])][i] * c["epochs"]
-                    * (2 if c["method"] in ("le", "lemt") else 1) for p, c in jobs.values())
+                    * len(method_stages(c["method"])) for p, c in jobs.values())
         print(f"{len(jobs)} runs from {what}: {total / 3600:.1f} core-hours, "
               f"~{total / args.workers / 3600:.1f} h with {args.workers} workers")
 

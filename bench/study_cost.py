@@ -85,14 +85,17 @@ def paper_study(methods: tuple[str, ...] = ("b0", "b1", "le", "mt"), proportions
     """The paper-sized study's epochs (defaults: 4 methods x 5 proportions x 20 trials, ASHA,
     5 replicates of 100 epochs). ``reuse_best``: the search's best trial (a complete run of the
     best config with the search's seed, replicate 0's) stands in for replicate 0."""
+    from tagtune.study.methods import shares_teacher
+
     per_cell, _ = asha_epochs(trials, epochs)
     fresh = replicates - (1 if reuse_best and replicates else 0)
     search, replicate = {}, {}
     for m in methods:
-        teacher = epochs if m == "le" else 0  # one shared teacher for the cell's search
+        shared = shares_teacher(m)  # LE: stage 1 trained once per (proportion, seed)
+        teacher = epochs if shared else 0  # one shared teacher for the cell's search
         search[m] = proportions * (per_cell + teacher)
         # LE: a student per replicate, a teacher per seed the search did not train (r >= 1)
-        replicate[m] = proportions * (fresh * epochs + (max(replicates - 1, 0) * epochs if m == "le" else 0))
+        replicate[m] = proportions * (fresh * epochs + (max(replicates - 1, 0) * epochs if shared else 0))
     return Budget(search, replicate)
 
 

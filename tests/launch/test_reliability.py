@@ -22,7 +22,6 @@ from mlflow.tracking import MlflowClient
 
 from tagtune.launch.tracking import (
     CELL_TAG,
-    JOURNAL,
     PARENT_TAG,
     TRIAL_TAG,
     numeric_metrics,
@@ -31,7 +30,7 @@ from tagtune.launch.tracking import (
 from tagtune.study import data
 from tagtune.study.config import applies, to_dict
 from tagtune.study.data import Dataset
-from tagtune.study.trainable import train_config
+from tagtune.study.folder import JOURNAL, train_config
 from tests.conftest import make_split
 from tests.launch.processes import (
     MlflowServer,

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tagtune.study.data import load
+from tagtune.study.folder import train_config
 from tagtune.study.teachers import TeacherCache, teacher_key
-from tagtune.study.trainable import train_config
 from tests.conftest import TINY_STUDY, TINY_TRAIN, invoke
 from tests.launch.processes import free_port
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tagtune.launch.tracking import JOURNAL
 from tagtune.study import tunestate
+from tagtune.study.folder import JOURNAL
 from tests.launch.processes import base_env, kill_session
 from tests.launch.test_reliability import TRIAL_RUNS, slow_study, tagtune
 from tests.launch.test_resume import _ended, _running_at

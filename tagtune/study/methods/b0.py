@@ -12,7 +12,8 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState, bce
 
 NAME = "b0"
-SUMMARY = "Every missing label is a negative: BCE over every entry (the paper's baseline)."
+SUMMARY = "treats it as a negative (BCE over every entry)"
+SOURCE = "Gururani & Lerch 2021 (baseline)"
 ORDER = 0
 OBSERVATIONS = ALL
 PARAMS = ()

@@ -12,7 +12,8 @@ from torch import Tensor
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 
 NAME = "b1"
-SUMMARY = "BCE over the observed labels only: a missing label contributes nothing (the paper's baseline)."
+SUMMARY = "ignores it (BCE over observed entries only)"
+SOURCE = "Gururani & Lerch 2021 (baseline)"
 ORDER = 1
 OBSERVATIONS = WITH_NEGATIVES
 PARAMS = ()

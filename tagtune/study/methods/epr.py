@@ -21,8 +21,8 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param
 
 NAME = "epr"
-SUMMARY = ("Expected positive regularisation (Cole et al. 2021): BCE on the observed labels plus a pull "
-           "of the expected positives per clip toward k.")
+SUMMARY = "ignored; BCE on the observed labels + (expected positives per clip - k)^2 / C^2"
+SOURCE = "Cole et al., CVPR 2021"
 ORDER = 10
 OBSERVATIONS = ALL
 EPR_K = Param("epr_k", float, None, "expected number of positives per clip (none: the mean number of "

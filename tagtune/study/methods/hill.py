@@ -26,8 +26,8 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "hill"
-SUMMARY = ("Hill loss (Zhang et al. 2021): missing labels are negatives, with a loss that stops growing "
-           "for confident scores.")
+SUMMARY = "a negative under the saturating loss (lambda - p) p^2; focal margin loss on positives"
+SOURCE = "Zhang et al. 2021"
 ORDER = 6
 OBSERVATIONS = ALL
 HILL_LAMBDA = Param("hill_lambda", float, 1.5, "lambda of the negative term (lambda - p) p^2 (the authors': "

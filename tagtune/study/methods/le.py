@@ -32,8 +32,9 @@ from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.model import predict
 
 NAME = "le"
-SUMMARY = ("Label enhancing (Fonseca et al. 2020): a B0 teacher masks the missing labels it scores "
-           "highest; the rest are negatives for a fresh student.")
+SUMMARY = ("label enhancing: a B0 teacher scores the missing labels; per class, those at or above the "
+           "gamma-th percentile are masked, the rest become negatives; a fresh student trains on that")
+SOURCE = "Fonseca et al. 2020; Gururani & Lerch 2021"
 ORDER = 2
 OBSERVATIONS = ALL
 GAMMA = Param("gamma", float, PRESETS["openmic"]["gamma"], "percentile (0-100) of the teacher's scores on "

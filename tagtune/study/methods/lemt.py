@@ -26,7 +26,8 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState, le, mt
 
 NAME = "lemt"
-SUMMARY = "LE with MT's consistency term in both stages (the paper's future work, Sec. 6)."
+SUMMARY = "LE with MT's EMA-teacher consistency in both stages"
+SOURCE = "Gururani & Lerch 2021, its future work"
 ORDER = 4
 OBSERVATIONS = ALL
 PARAMS = le.PARAMS + mt.PARAMS

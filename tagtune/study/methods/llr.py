@@ -33,8 +33,9 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "llr"
-SUMMARY = ("Large-loss rejection, LL-R (Kim et al. 2022): missing labels are negatives, those of largest "
-           "loss left out, more each epoch.")
+SUMMARY = ("a negative, but per batch the missing labels with the largest BCE are left out, a share "
+           "growing by `delta_rel` each epoch")
+SOURCE = "Kim et al., CVPR 2022"
 ORDER = 5
 OBSERVATIONS = ALL
 DELTA_REL = Param("delta_rel", float, 0.002, "the share of a batch's (clip, class) entries rejected grows by "

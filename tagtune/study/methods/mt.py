@@ -47,8 +47,9 @@ from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "mt"
-SUMMARY = ("Mean teacher (Tarvainen & Valpola 2017): masked BCE plus beta times the consistency with an "
-           "EMA teacher of the student.")
+SUMMARY = ("mean teacher: teacher = EMA of the student (alpha, warmed up as the paper's code does); loss = "
+           "masked BCE + beta x MSE(student, teacher)")
+SOURCE = "Tarvainen & Valpola 2017; Gururani & Lerch 2021"
 ORDER = 3
 OBSERVATIONS = WITH_NEGATIVES
 ALPHA = Param("alpha", float, PRESETS["openmic"]["alpha"],

@@ -24,8 +24,8 @@ from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "pbce"
-SUMMARY = ("Normalised partial BCE (Durand et al. 2019): B1 with each clip weighted by g of the share of "
-           "its labels observed.")
+SUMMARY = "ignored; each clip's BCE scaled by its share of observed labels"
+SOURCE = "Durand, Mehrasa & Mori, CVPR 2019"
 ORDER = 8
 OBSERVATIONS = WITH_NEGATIVES
 PBCE_GAMMA = Param("pbce_gamma", float, 1.0, "exponent of g(p) = alpha p^gamma + beta, alpha and beta set by "

@@ -2,8 +2,9 @@
 
 A method module declares, at its top, in the style of USB's algorithm files:
 
-- ``NAME`` (its module name), ``SUMMARY`` (one line for tables and help), ``ORDER`` (its place
-  in :data:`METHODS`: the paper's four first, then the newer ones as they came);
+- ``NAME`` (its module name), ``SUMMARY`` (one line: what it does with a missing label),
+  ``SOURCE`` (the papers), ``ORDER`` (its place in :data:`METHODS`: the paper's four first,
+  then the newer ones as they came);
 - ``OBSERVATIONS``: the kinds of training labels it can learn from;
 - ``PARAMS``: its :class:`~tagtune.study.methods.declare.Param` s (TrainConfig fields, shared
   ones declared once in the module that introduced them), and ``SEARCHED``, those a study's
@@ -39,7 +40,7 @@ def _discover() -> dict[str, ModuleType]:
     found = [importlib.import_module(f"{__package__}.{m.name}")
              for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in SHARED]
     for module in found:
-        declared = ("NAME", "SUMMARY", "ORDER", "OBSERVATIONS", "PARAMS", "SEARCHED", "step")
+        declared = ("NAME", "SUMMARY", "SOURCE", "ORDER", "OBSERVATIONS", "PARAMS", "SEARCHED", "step")
         missing = [a for a in declared if not hasattr(module, a)]
         assert not missing, f"{module.__name__} declares no {', '.join(missing)}"
         assert module.NAME == module.__name__.rsplit(".", 1)[-1], module.__name__
@@ -166,20 +167,13 @@ def hooks(method: str) -> Hooks:
 
 
 def markdown_table() -> str:
-    """The README's table of methods: name, what it does, what it can learn from, its parameters."""
-    rows = ["| method | what it does | learns from | parameters (default; searched: *) |",
-            "|---|---|---|---|"]
+    """The README's table of methods (between its ``<!-- methods:start/end -->`` markers): each
+    method's name, what it does with a missing label, what a study searches, its source."""
+    rows = ["| method | what it does with a missing label | searched | source |", "|---|---|---|---|"]
     for m, module in _MODULES.items():
-        params = ", ".join(f"`{p.name}`{'*' if p in module.SEARCHED else ''} ({_shown(p.default)})"
-                           for p in module.PARAMS) or "-"
-        rows.append(f"| `{m}` | {module.SUMMARY} | {', '.join(module.OBSERVATIONS)} | {params} |")
+        searched = ", ".join(["lr", *(p.name for p in module.SEARCHED)])
+        rows.append(f"| `{m}` | {module.SUMMARY} | {searched} | {module.SOURCE} |")
     return "\n".join(rows) + "\n"
-
-
-def _shown(v: Any) -> str:
-    if v is None or isinstance(v, bool):
-        return str(v).lower()
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 __all__ = ["METHODS", "METHOD_PARAMS", "PARAMS", "Hooks", "check_config", "check_supported", "get", "hooks",

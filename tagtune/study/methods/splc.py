@@ -28,8 +28,9 @@ from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.methods.hill import EPS, FOCAL_GAMMA, MARGIN
 
 NAME = "splc"
-SUMMARY = ("Self-paced loss correction (Zhang et al. 2021): focal margin loss; from the second epoch a "
-           "missing label scored above tau counts as a positive.")
+SUMMARY = ("focal margin loss; from the second epoch on, a missing label scored above tau counts as a "
+           "positive")
+SOURCE = "Zhang et al. 2021"
 ORDER = 7
 OBSERVATIONS = ALL
 SPLC_TAU = Param("splc_tau", float, 0.6, "a missing label scored above tau counts as a positive from the "

@@ -18,7 +18,8 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState
 
 NAME = "wan"
-SUMMARY = "Weak assume-negative (Cole et al. 2021): missing labels are negatives weighing 1 / (C - 1)."
+SUMMARY = "a negative weighted 1 / (C - 1)"
+SOURCE = "Cole et al., CVPR 2021"
 ORDER = 9
 OBSERVATIONS = ALL
 PARAMS = ()

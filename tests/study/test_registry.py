@@ -112,7 +112,8 @@ from tagtune.study.methods import ALL, b0
 from tagtune.study.methods.hill import MARGIN
 
 NAME = "zero"
-SUMMARY = "B0 again, under another name."
+SUMMARY = "B0 again, under another name"
+SOURCE = "this test"
 ORDER = 99
 OBSERVATIONS = ALL
 PARAMS = (MARGIN,)

@@ -7,16 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from tagtune.launch.cli import app
 from tagtune.launch.study import _trainable, trial_resources
 from tagtune.launch.tracking import run_params
 from tagtune.study.config import ConfigError
 from tagtune.study.folder import StudySettings
-
-SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "0", "--epochs", "1",
-         "--grace-period", "1", "--quiet"]
+from tests.conftest import invoke
+from tests.launch.test_preflight import SMALL
 
 
 def test_a_gpu_share_makes_the_trials_train_on_cuda_and_logs_it():
@@ -49,8 +46,7 @@ def test_the_trainable_asks_ray_for_the_gpu_share(ray_session, tiny_dataset):
 
 
 def test_a_gpu_study_on_a_local_ray_without_gpus_is_refused(tmp_path, data_file, ray_session):
-    result = CliRunner().invoke(app, ["study", "--data", str(data_file), "--storage", str(tmp_path),
-                                      "--gpus-per-trial", "0.5", *SMALL])
+    result = invoke("study", "--data", data_file, "--storage", tmp_path, "--gpus-per-trial", 0.5, *SMALL)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == (
         "error: study: gpus_per_trial: 0.5 GPUs per trial, but no node has a GPU: "
@@ -60,7 +56,7 @@ def test_a_gpu_study_on_a_local_ray_without_gpus_is_refused(tmp_path, data_file,
 
 
 def _train(*args):
-    return CliRunner().invoke(app, ["train", *map(str, args), "--no-progress"])
+    return invoke("train", *args, "--no-progress")
 
 
 def test_train_device_cpu_and_deterministic_reach_config_yaml(data_file, tmp_path):

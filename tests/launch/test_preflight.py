@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from tagtune.launch.cli import app
 from tagtune.study import data
+from tests.conftest import invoke
 from tests.launch.processes import RayCluster, free_port, mount_namespace_prefix
 
 SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "0", "--epochs", "1",
@@ -19,7 +18,7 @@ SMALL = ["--methods", "b1", "--missing", "0", "--trials", "1", "--replicates", "
 
 
 def refused(args: list[str], field: str) -> str:
-    result = CliRunner().invoke(app, ["study", *map(str, args)])
+    result = invoke("study", *args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], result.stderr
@@ -77,8 +76,7 @@ def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_se
             "mlflow_uri")
     other = tmp_path / "other.h5"
     other.write_bytes(data_file.read_bytes())
-    result = CliRunner().invoke(app, ["study", "--data", str(other), "--storage",
-                                      str(tmp_path / "st"), *SMALL])
+    result = invoke("study", "--data", other, "--storage", tmp_path / "st", *SMALL)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((tmp_path / "st" / "study" / "study.yaml").read_text())["data"] == str(other)
     # Once a trial has run, another study under that name is refused.
@@ -87,8 +85,7 @@ def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_se
 
 def test_a_trial_larger_than_any_node_of_a_local_ray(tmp_path, data_file, ray_session):
     # The session's Ray has 2 CPUs: Tune would wait forever for a 3-CPU slot.
-    result = CliRunner().invoke(app, ["study", "--data", str(data_file), "--storage", str(tmp_path),
-                                      "--cpus-per-trial", "3", *SMALL])
+    result = invoke("study", "--data", data_file, "--storage", tmp_path, "--cpus-per-trial", 3, *SMALL)
     assert result.exit_code == 2, result.output
     # (Checked once Ray is up, after MLflow's store said its INFO lines.)
     assert result.stderr.strip().splitlines()[-1] == (
@@ -153,8 +150,7 @@ def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, data_file, monkeypat
         raise KeyboardInterrupt  # Tune gives the second Ctrl-C back to Python
 
     monkeypatch.setattr("tagtune.launch.study.run_study", interrupted)
-    result = CliRunner().invoke(app, ["study", "--data", str(data_file), "--storage", str(tmp_path),
-                                      *SMALL])
+    result = invoke("study", "--data", data_file, "--storage", tmp_path, *SMALL)
     assert result.exit_code == 130, result.output
     assert result.stderr.strip() == (f"interrupted: {tmp_path / 'study'}: continue with: "
                                      f"tagtune study resume {tmp_path / 'study'}")

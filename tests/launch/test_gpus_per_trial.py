@@ -13,7 +13,7 @@ from tagtune.launch.tracking import run_params
 from tagtune.study.config import ConfigError
 from tagtune.study.folder import StudySettings
 from tests.conftest import invoke
-from tests.launch.test_preflight import SMALL
+from tests.launch.test_preflight import SMALL, refused_once_ray_is_up
 
 
 def test_a_gpu_share_makes_the_trials_train_on_cuda_and_logs_it():
@@ -46,9 +46,9 @@ def test_the_trainable_asks_ray_for_the_gpu_share(ray_session, tiny_dataset):
 
 
 def test_a_gpu_study_on_a_local_ray_without_gpus_is_refused(tmp_path, data_file, ray_session):
-    result = invoke("study", "--data", data_file, "--storage", tmp_path, "--gpus-per-trial", 0.5, *SMALL)
-    assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines()[-1] == (
+    line = refused_once_ray_is_up(["--data", data_file, "--storage", tmp_path, "--gpus-per-trial", 0.5,
+                                   *SMALL])
+    assert line == (
         "error: study: gpus_per_trial: 0.5 GPUs per trial, but no node has a GPU: "
         "no trial could ever start")
     assert not (tmp_path / "study" / "search").exists()

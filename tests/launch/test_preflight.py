@@ -25,6 +25,14 @@ def refused(args: list[str], field: str) -> str:
     return lines[0]
 
 
+def refused_once_ray_is_up(args: list) -> str:
+    """The error line of a study refused where Ray's resources are checked: the last line of its
+    stderr (MLflow's store has said its INFO lines by then); exit 2."""
+    result = invoke("study", *args)
+    assert result.exit_code == 2, result.output
+    return result.stderr.strip().splitlines()[-1]
+
+
 def no_trial_started(storage: Path, name: str = "study") -> bool:
     return not (storage / name / "search").exists()
 
@@ -85,10 +93,9 @@ def test_a_refused_launch_leaves_no_study_in_the_way(tmp_path, data_file, ray_se
 
 def test_a_trial_larger_than_any_node_of_a_local_ray(tmp_path, data_file, ray_session):
     # The session's Ray has 2 CPUs: Tune would wait forever for a 3-CPU slot.
-    result = invoke("study", "--data", data_file, "--storage", tmp_path, "--cpus-per-trial", 3, *SMALL)
-    assert result.exit_code == 2, result.output
-    # (Checked once Ray is up, after MLflow's store said its INFO lines.)
-    assert result.stderr.strip().splitlines()[-1] == (
+    line = refused_once_ray_is_up(["--data", data_file, "--storage", tmp_path, "--cpus-per-trial", 3,
+                                   *SMALL])
+    assert line == (
         "error: study: cpus_per_trial: 3 CPUs per trial, but the largest node has 2: "
         "no trial could ever start")
     assert no_trial_started(tmp_path)

@@ -67,7 +67,7 @@ class Cell:
     """One cell of the study grid: a method at a proportion of removed training labels."""
 
     method: str
-    """b0, b1, le or mt."""
+    """One of METHODS (tagtune.study.methods)."""
     missing: float
     """Proportion of observed training labels removed, in [0, 1)."""
 

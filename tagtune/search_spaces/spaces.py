@@ -34,7 +34,7 @@ import yaml
 
 from tagtune.study.config import ARCHS, PAPER_LR, PRESETS, ConfigError, paper_lr
 from tagtune.study.methods.declare import Bounds, Param, Search
-from tagtune.study.methods.registry import METHODS, searched
+from tagtune.study.methods.registry import METHODS, get, searched
 
 DEFAULT_RANGES_FILE = Path(__file__).with_name("default.yaml")
 LR = Search(1e-4, 1e-2, log=True, bounds=Bounds(0, low_open=True))
@@ -137,8 +137,7 @@ def paper_point(method: str, preset: str, ranges: Ranges | None = None) -> dict[
     search space. Where the network is searched, the point has the paper's (or, if the
     choices leave it out, the first choice).
     """
-    if method not in SPACES:
-        raise ConfigError("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    get(method)  # an unknown method is a ConfigError
     if preset not in PRESETS:
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     ranges = ranges or Ranges()

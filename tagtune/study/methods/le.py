@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tagtune.study.config import PRESETS, TrainConfig
+from tagtune.study.config import PRESETS, ConfigError, TrainConfig
 from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
 from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.model import predict
@@ -62,8 +62,9 @@ def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> n
         raise ValueError(f"shapes differ: scores {scores.shape}, Y {Y.shape}, M {M.shape}")
     if (Y[~M] != 0).any():
         raise ValueError("a missing label holds a non-zero value; it cannot become a negative")
-    if not 0.0 <= gamma <= 100.0:
-        raise ValueError(f"gamma must be in [0, 100], got {gamma}")
+    problem = GAMMA.problem(gamma)  # the one check of gamma, as the config makes it
+    if problem is not None:
+        raise ConfigError("gamma", problem)
     enhanced = M.copy()
     for c in range(M.shape[1]):
         missing = ~M[:, c]

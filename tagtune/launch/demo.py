@@ -13,7 +13,7 @@ from pathlib import Path
 from tagtune.launch.study import run_study
 from tagtune.study import data
 from tagtune.study.data.synth import synthesize
-from tagtune.study.folder import StudySettings
+from tagtune.study.folder import LOG_FILE, StudySettings
 
 OUT = Path("demo-out").absolute()
 # The demo's size; the test suite runs it smaller through main's keyword arguments.
@@ -41,7 +41,7 @@ def main(out: Path = OUT, **size) -> None:
     print()
     print(f"study:    {result.study_dir}")
     print(f"mlflow:   {result.tracking_uri}")
-    print(f"log:      {result.study_dir / 'study.log'}  (Ray's, Tune's and Optuna's own lines)")
+    print(f"log:      {result.study_dir / LOG_FILE}  (Ray's, Tune's and Optuna's own lines)")
     print(f"open UI:  .venv/bin/tagtune ui {result.study_dir}  (--optuna: Optuna's dashboard too)")
     from tagtune.analysis import analyze
 

@@ -124,7 +124,7 @@ def worker_study(spec: dict) -> dict:
     import ray
 
     from tagtune.launch.study import run_study
-    from tagtune.study.folder import JOURNAL, StudySettings
+    from tagtune.study.folder import JOURNAL, SEARCH, TEACHERS, StudySettings
     from tagtune.study.teachers import TeacherCache
 
     t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def worker_study(spec: dict) -> dict:
     result = run_study(StudySettings(**spec), verbose=0)
     t2 = time.perf_counter()
     configs, teacher_stages, epochs, first = [], 0, 0, {}
-    for trial_dir in sorted((result.study_dir / "search").iterdir()):
+    for trial_dir in sorted((result.study_dir / SEARCH).iterdir()):
         lines = (trial_dir / "result.json").read_text().splitlines() if trial_dir.is_dir() else []
         if lines:
             rows = [json.loads(line) for line in lines]
@@ -147,10 +147,10 @@ def worker_study(spec: dict) -> dict:
     starts = [e for e in events if e["op"] == "start"]
     span = (max(e["ts"] for e in events if e["op"] == "end") - starts[0]["ts"]) / 1000
     times = first[starts[0]["trial_id"]]  # the first trial pays the worker's imports
-    shared = TeacherCache(result.study_dir / "le-teachers").trainings()
+    cache = TeacherCache(result.study_dir / TEACHERS)
+    shared = cache.trainings()
     for t in shared:
-        epochs += json.loads((result.study_dir / "le-teachers" / t["key"] / "meta.json").read_text())[
-            "epochs"]
+        epochs += json.loads((cache.root / t["key"] / "meta.json").read_text())["epochs"]
     return {"ray_init_s": t1 - t0, "study_s": t2 - t1, "span_s": span,
             "worker_setup_s": max(times[0] - times[-1], 0.0), "configs": configs,
             "teacher_stages_in_trials": teacher_stages, "shared_trainings": shared,

@@ -127,8 +127,13 @@ def server_command(host: str, port: int, store: Path, backend_uri: str | None = 
            "MLFLOW_BACKEND_STORE_URI": psycopg_uri(runs_uri)}
     if password is not None:
         env["PGPASSWORD"] = password  # libpq's own; /proc/PID/environ is the server user's only
-    if not sqlite:  # a database gone mid-study: a request fails in seconds (the journal keeps it)
-        env.setdefault("PGCONNECT_TIMEOUT", "10")
+    if not sqlite:
+        env.setdefault("PGCONNECT_TIMEOUT", "10")  # a database gone: a request fails in seconds
+        # Each worker keeps a pool per store (runs, users, model registry): at most 5 connections
+        # each (4 + 1 overflow; SQLAlchemy's 5 + 10 would let 4 workers open 180, and Debian's
+        # Postgres takes 100). A request beyond that waits for a connection rather than failing.
+        env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "4")
+        env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "1")
     mlflow = Path(sys.executable).with_name("mlflow")
     args = [str(mlflow), "server", "--app-name", "basic-auth", "--host", host, "--port", str(port),
             "--workers", str(workers)]
@@ -150,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the database password, on the file's first line (else TAGTUNE_DB_PASSWORD, "
                              "PGPASSWORD or ~/.pgpass)")
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"server processes: 1 on SQLite (the default), {POSTGRES_WORKERS} on Postgres")
+                        help=f"server processes: 1 on SQLite (the default), {POSTGRES_WORKERS} on Postgres "
+                             "(each holds up to 15 database connections: Postgres's max_connections "
+                             "must be above 15 x workers)")
     a = parser.parse_args(argv)
     try:
         if a.host in ("0.0.0.0", "::"):

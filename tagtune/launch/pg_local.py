@@ -78,8 +78,8 @@ class LocalPostgres:
             # need the password, as on the recipe's head.
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--no-sync",
                       "--auth-local=trust", "--auth-host=scram-sha-256")
+        # Otherwise Postgres's defaults, as Debian's package runs it (max_connections 100).
         options = " ".join(f"-c {k}={v}" for k, v in {"listen_addresses": "127.0.0.1",
-                                                        "max_connections": "300",
                                                         **self.settings}.items())
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w",
                   "-o", f"-p {self.port} -k {self.root} {options}", "start")

@@ -27,7 +27,7 @@ from tagtune.launch import mlflow_server
 from tagtune.launch.cli import app
 from tagtune.launch.pg_local import LocalPostgres, free_port, postgres_bin
 from tagtune.launch.preflight import psycopg_uri
-from tagtune.launch.tracking import JOURNAL
+from tagtune.study.folder import JOURNAL
 from tests.launch.processes import base_env, kill_session
 from tests.launch.test_reliability import TRIAL_RUNS, mlflow_equals_results, slow_study, tagtune
 

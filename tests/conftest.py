@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from tagtune.study.config import ModelConfig, TrainConfig  # noqa: E402
-from tagtune.study.data import Dataset, Split, save  # noqa: E402
+from tagtune.study.data import DataError, Dataset, Split, save  # noqa: E402
 
 # A fit of a few epochs in well under a second on the tiny dataset.
 TINY_CONFIG = TrainConfig(epochs=2, batch_size=16, lr=3e-3, lr_decay_epochs=(),
@@ -57,6 +58,25 @@ def invoke(*args):
     from tagtune.launch.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_data_error(read, filename: str, field: str) -> None:
+    """``read()`` raises a DataError of one line that names ``filename`` and ``field``."""
+    with pytest.raises(DataError) as info:
+        read()
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert filename in msg and f": {field}: " in msg
+    assert info.value.field == field
+
+
+def bench_module(name: str):
+    """``bench/NAME.py`` loaded as a module (bench/ holds scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

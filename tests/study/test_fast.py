@@ -5,9 +5,7 @@ statistically those of a conventional loop (bench/conventional.py)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from tagtune.study.config import ModelConfig, TrainConfig
 from tagtune.study.data import Dataset, Split
 from tagtune.study.model import build_model, dropout
 from tagtune.study.train import fit
+from tests.conftest import bench_module
 
 PAPER = ModelConfig(arch="paper")  # the paper's OpenMIC network: L = 3, H = F = 128
 
@@ -189,14 +188,6 @@ def test_numpy_metrics_equal_sklearn_on_random_data_with_ties():
 
 # -- training results: ours against the conventional loop ------------------------------------
 
-def _conventional():
-    path = Path(__file__).resolve().parents[2] / "bench" / "conventional.py"
-    spec = importlib.util.spec_from_file_location("bench_conventional", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _learnable(seed: int, n: int, T: int = 4, F_: int = 12, C: int = 4) -> Split:
     """Labels from a fixed linear rule on the frames' mean, half of them observed."""
     rng = np.random.default_rng(seed)
@@ -215,7 +206,7 @@ def _final_losses(n_seeds: int, epochs: int, dropout_rate: float = 0.6, method: 
     # The paper network adds its raw input (F = 12) to the stack's output: H = F.
     arch = {"layers": 2, "hidden": 12 if network == "paper" else 16, "dropout": dropout_rate,
             "arch": network}
-    conv = _conventional()
+    conv = bench_module("conventional")
     tr, va = ds.train, ds.valid
     ours, theirs = [], []
     for seed in range(n_seeds):

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from tagtune.launch.cli import app
 from tagtune.study.data import DataError, load
 from tagtune.study.data.openmic import read_openmic
+from tests.conftest import assert_one_line_data_error
 
 INSTRUMENTS = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute",
                "guitar", "mallet_percussion", "mandolin", "organ", "piano", "saxophone",
@@ -244,12 +245,7 @@ def test_bad_input_raises_a_one_line_data_error(tmp_path, case):
     raw = write_release(root)
     mutate, filename, field = BAD[case]
     mutate(root, raw)
-    with pytest.raises(DataError) as info:
-        read_openmic(root)
-    msg = str(info.value)
-    assert "\n" not in msg
-    assert filename in msg and f": {field}: " in msg
-    assert info.value.field == field
+    assert_one_line_data_error(lambda: read_openmic(root), filename, field)
 
 
 def test_bad_arguments(release):

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def science():
-    path = Path(__file__).resolve().parents[2] / "bench" / "science_check.py"
-    spec = importlib.util.spec_from_file_location("bench_science_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("science_check")
 
 
 def test_setups_resolve_to_their_configs_and_shared_runs_are_one(science):

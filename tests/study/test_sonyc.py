@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from tagtune.launch.cli import app
 from tagtune.study.data import DataError, load, save
 from tagtune.study.data.sonyc import read_sonyc, read_taxonomy
+from tests.conftest import assert_one_line_data_error
 
 COARSE = ["engine", "machinery-impact", "non-machinery-impact", "powered-saw", "alert-signal",
           "music", "human-voice", "dog"]
@@ -289,12 +290,7 @@ def test_bad_input_raises_a_one_line_data_error(tmp_path, case):
     write_release(root)
     mutate, filename, field = BAD[case]
     mutate(root)
-    with pytest.raises(DataError) as info:
-        read_sonyc(root)
-    msg = str(info.value)
-    assert "\n" not in msg
-    assert filename in msg and f": {field}: " in msg
-    assert info.value.field == field
+    assert_one_line_data_error(lambda: read_sonyc(root), filename, field)
 
 
 def test_unknown_level_is_a_data_error(release):

@@ -19,11 +19,13 @@ import pandas as pd  # noqa: E402
 
 from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
 from tagtune.study.atomic import atomic_path  # noqa: E402
+from tagtune.study.methods.registry import METHODS  # noqa: E402
 
-COLORS = {"b0": "#7f7f7f", "b1": "#1f77b4", "le": "#ff7f0e", "mt": "#2ca02c",
-          # the methods beyond the paper (their order here is the figures' order)
-          "lemt": "#d62728", "llr": "#9467bd", "hill": "#8c564b", "splc": "#e377c2",
-          "pbce": "#bcbd22", "wan": "#17becf", "epr": "#393b79"}
+# One colour per method, in METHODS' order (also the figures' order): the paper's four first.
+PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+COLORS = dict(zip(METHODS, PALETTE, strict=False))
+assert len(COLORS) == len(METHODS), "a new method needs a colour: add one to PALETTE"
 MISSING_AXIS = "training labels removed (%)"
 SELECTION_AXIS = "best validation loss so far (BCE)"
 DPI = 110

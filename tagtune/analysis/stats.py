@@ -51,12 +51,12 @@ def higher_is_better(metric: str) -> bool:
     return not metric.endswith("loss")
 
 
-_METHOD_NAMES = {"lemt": "LE+MT", "llr": "LL-R", "hill": "Hill", "pbce": "Partial BCE"}
-
-
 def method_name(method: str) -> str:
-    """How figures and tables name a method: B0, B1, LE, MT, LE+MT, LL-R, Hill, SPLC, ..."""
-    return _METHOD_NAMES.get(method, method.upper())
+    """How figures and tables name a method: its declared LABEL (B0, LE+MT, LL-R, Hill, ...); a
+    method the registry does not know (an older study's) in capitals."""
+    from tagtune.study.methods.registry import METHODS, label
+
+    return label(method) if method in METHODS else method.upper()
 
 
 def percent(p: float) -> str:

@@ -112,6 +112,7 @@ from tagtune.study.methods import ALL, b0
 from tagtune.study.methods.hill import MARGIN
 
 NAME = "zero"
+LABEL = "Zero"
 SUMMARY = "B0 again, under another name"
 SOURCE = "this test"
 ORDER = 99
@@ -130,6 +131,9 @@ assert METHODS[-1] == "zero" and METHOD_PARAMS["zero"] == ("margin",)
 assert "zero" in SPACES and paper_point("zero", "openmic") == {"lr": 1e-3, "margin": 1.0}
 assert "zero" in {p.name: p for p in get_command(app).commands["train"].params}["method"].help
 TrainConfig(method="zero")
+from tagtune.analysis.figures import COLORS
+from tagtune.analysis.stats import method_name
+assert "zero" in COLORS and method_name("zero") == "Zero"
 print("ok")
 """
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState, bce
 
 NAME = "b0"
+LABEL = "B0"
 SUMMARY = "treats it as a negative (BCE over every entry)"
 SOURCE = "Gururani & Lerch 2021 (baseline)"
 ORDER = 0

@@ -12,6 +12,7 @@ from torch import Tensor
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 
 NAME = "b1"
+LABEL = "B1"
 SUMMARY = "ignores it (BCE over observed entries only)"
 SOURCE = "Gururani & Lerch 2021 (baseline)"
 ORDER = 1

@@ -21,6 +21,7 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param
 
 NAME = "epr"
+LABEL = "EPR"
 SUMMARY = "ignored; BCE on the observed labels + (expected positives per clip - k)^2 / C^2"
 SOURCE = "Cole et al., CVPR 2021"
 ORDER = 10

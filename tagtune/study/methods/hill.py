@@ -26,6 +26,7 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "hill"
+LABEL = "Hill"
 SUMMARY = "a negative under the saturating loss (lambda - p) p^2; focal margin loss on positives"
 SOURCE = "Zhang et al. 2021"
 ORDER = 6

@@ -32,6 +32,7 @@ from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.model import predict
 
 NAME = "le"
+LABEL = "LE"
 SUMMARY = ("label enhancing: a B0 teacher scores the missing labels; per class, those at or above the "
            "gamma-th percentile are masked, the rest become negatives; a fresh student trains on that")
 SOURCE = "Fonseca et al. 2020; Gururani & Lerch 2021"

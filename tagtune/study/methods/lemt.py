@@ -26,6 +26,7 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState, le, mt
 
 NAME = "lemt"
+LABEL = "LE+MT"
 SUMMARY = "LE with MT's EMA-teacher consistency in both stages"
 SOURCE = "Gururani & Lerch 2021, its future work"
 ORDER = 4

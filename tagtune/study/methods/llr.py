@@ -33,6 +33,7 @@ from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "llr"
+LABEL = "LL-R"
 SUMMARY = ("a negative, but per batch the missing labels with the largest BCE are left out, a share "
            "growing by `delta_rel` each epoch")
 SOURCE = "Kim et al., CVPR 2022"

@@ -47,6 +47,7 @@ from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "mt"
+LABEL = "MT"
 SUMMARY = ("mean teacher: teacher = EMA of the student (alpha, warmed up as the paper's code does); loss = "
            "masked BCE + beta x MSE(student, teacher)")
 SOURCE = "Tarvainen & Valpola 2017; Gururani & Lerch 2021"

@@ -24,6 +24,7 @@ from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 
 NAME = "pbce"
+LABEL = "Partial BCE"
 SUMMARY = "ignored; each clip's BCE scaled by its share of observed labels"
 SOURCE = "Durand, Mehrasa & Mori, CVPR 2019"
 ORDER = 8

@@ -2,7 +2,8 @@
 
 A method module declares, at its top, in the style of USB's algorithm files:
 
-- ``NAME`` (its module name), ``SUMMARY`` (one line: what it does with a missing label),
+- ``NAME`` (its module name), ``LABEL`` (its name in figures and tables: LE+MT), ``SUMMARY``
+  (one line: what it does with a missing label),
   ``SOURCE`` (the papers), ``ORDER`` (its place in :data:`METHODS`: the paper's four first,
   then the newer ones as they came);
 - ``OBSERVATIONS``: the kinds of training labels it can learn from;
@@ -40,7 +41,8 @@ def _discover() -> dict[str, ModuleType]:
     found = [importlib.import_module(f"{__package__}.{m.name}")
              for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in SHARED]
     for module in found:
-        declared = ("NAME", "SUMMARY", "SOURCE", "ORDER", "OBSERVATIONS", "PARAMS", "SEARCHED", "step")
+        declared = ("NAME", "LABEL", "SUMMARY", "SOURCE", "ORDER", "OBSERVATIONS", "PARAMS", "SEARCHED",
+                    "step")
         missing = [a for a in declared if not hasattr(module, a)]
         assert not missing, f"{module.__name__} declares no {', '.join(missing)}"
         assert module.NAME == module.__name__.rsplit(".", 1)[-1], module.__name__
@@ -103,6 +105,11 @@ def check_supported(methods: tuple[str, ...] | list[str], observation: str) -> N
         ok = [m for m in METHODS if supports(m, observation)]
         raise ConfigError("method", f"{', '.join(bad)} need observed negatives; "
                           f"{observation} data supports {', '.join(ok)}")
+
+
+def label(method: str) -> str:
+    """How figures and tables name ``method``: B0, LE+MT, LL-R, Partial BCE, ..."""
+    return get(method).LABEL
 
 
 def searched(method: str) -> tuple[Param, ...]:
@@ -177,4 +184,4 @@ def markdown_table() -> str:
 
 
 __all__ = ["METHODS", "METHOD_PARAMS", "PARAMS", "Hooks", "check_config", "check_supported", "get", "hooks",
-           "markdown_table", "owners", "searched", "shares_teacher", "stages", "supports"]
+           "label", "markdown_table", "owners", "searched", "shares_teacher", "stages", "supports"]

@@ -28,6 +28,7 @@ from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.methods.hill import EPS, FOCAL_GAMMA, MARGIN
 
 NAME = "splc"
+LABEL = "SPLC"
 SUMMARY = ("focal margin loss; from the second epoch on, a missing label scored above tau counts as a "
            "positive")
 SOURCE = "Zhang et al. 2021"

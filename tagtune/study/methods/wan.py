@@ -18,6 +18,7 @@ from torch import Tensor
 from tagtune.study.methods import ALL, Batch, MethodState
 
 NAME = "wan"
+LABEL = "WAN"
 SUMMARY = "a negative weighted 1 / (C - 1)"
 SOURCE = "Cole et al., CVPR 2021"
 ORDER = 9

@@ -20,7 +20,7 @@ peek at labels removed to simulate missing ones (the paper's SONYC code could).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from tagtune.study.config import PRESETS, ConfigError, TrainConfig
 from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
 from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.model import predict
+
+if TYPE_CHECKING:
+    from tagtune.study.checkpoint import FitState
 
 NAME = "le"
 LABEL = "LE"
@@ -96,9 +99,9 @@ def stage_lr(cfg: TrainConfig, stage: str) -> float:
     return cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
 
 
-def begin_stage(fs: Any, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
+def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
     """The student's stage begins: the selected stage-1 ``teacher`` (a state dict) scores the training
-    clips, and the enhanced mask becomes the fit state's training mask."""
+    clips (``train``: their X, Y, M tensors), and the enhanced mask becomes ``fs``'s training mask."""
     fs.le_teacher = teacher
     net = copy.deepcopy(fs.model)
     net.load_state_dict(teacher)

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
 from tagtune.study.atomic import atomic_path  # noqa: E402
-from tagtune.study.methods.registry import METHODS  # noqa: E402
+from tagtune.study.methods.registry import METHODS, searched  # noqa: E402
 
 # One colour per method, in METHODS' order (also the figures' order): the paper's four first.
 PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -98,21 +98,25 @@ def sensitivity(summary: pd.DataFrame, metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-# (method, table column, axis label, log scale, fixed y range): each panel of best_hparams.
-HPARAM_PANELS = [
-    ("le", "gamma", "LE gamma (percentile, 0–100)", False, (0, 100)),
-    ("mt", "one_minus_alpha", "MT 1 − alpha (EMA decay; log scale)", True, None),
-    ("mt", "beta", "MT beta (consistency weight)", False, None),
-]
-HPARAM_PANELS_BEYOND = [  # the methods beyond the paper, drawn after the paper's where present
-    ("lemt", "gamma", "LE+MT gamma (percentile, 0–100)", False, (0, 100)),
-    ("lemt", "one_minus_alpha", "LE+MT 1 − alpha (log scale)", True, None),
-    ("lemt", "beta", "LE+MT beta", False, None),
-    ("llr", "delta_rel", "LL-R delta_rel (log scale)", True, None),
-    ("hill", "margin", "Hill margin", False, None),
-    ("splc", "splc_tau", "SPLC tau", False, (0, 1)),
-    ("pbce", "pbce_gamma", "Partial BCE gamma", False, None),
-]
+def _panels(methods: tuple[str, ...]) -> list[tuple[str, str, str, bool, tuple | None]]:
+    """(method, table column, axis label, log scale, fixed y range) of each parameter the methods'
+    modules declare searched: a bounded linear one (a percentile) is drawn over its whole range,
+    so one best value does not fill the axis."""
+    panels = []
+    for m in methods:
+        for p in searched(m):
+            b, s = p.search_bounds, p.search
+            whole = b.low is not None and b.high is not None and not s.log
+            panels.append((m, p.search_name, f"{method_name(m)} {s.label or p.search_name}", s.log,
+                           (b.low, b.high) if whole else None))
+    return panels
+
+
+# Each panel of best_hparams: the paper's four methods' (METHODS begins with them), then the others'.
+HPARAM_PANELS = _panels(METHODS[:4])
+HPARAM_PANELS_BEYOND = _panels(METHODS[4:])
+# Searched as 1 - the field (MT's one_minus_alpha): the table has the field, the panel the search.
+_COMPLEMENTS = {p.search_name: p.name for m in METHODS for p in searched(m) if p.search.complement}
 
 
 def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path | None:
@@ -120,11 +124,11 @@ def best_hparams(search: pd.DataFrame, best: pd.DataFrame, path: Path) -> Path |
     the best per proportion (line) over every trial that ran to the end (grey dots). None if the
     study has no method with a panel (B0, B1, WAN and EPR alone)."""
     panels = [p for p in HPARAM_PANELS + HPARAM_PANELS_BEYOND if p[0] in set(best["method"])
-              and (p[1] in best.columns or p[1] == "one_minus_alpha")]
+              and (p[1] in best.columns or p[1] in _COMPLEMENTS)]
     if not panels:
         return None
-    search = search.assign(one_minus_alpha=1 - search["alpha"])
-    best = best.assign(one_minus_alpha=1 - best["alpha"])
+    search = search.assign(**{k: 1 - search[field] for k, field in _COMPLEMENTS.items()})
+    best = best.assign(**{k: 1 - best[field] for k, field in _COMPLEMENTS.items()})
     fig, axes = plt.subplots(1, len(panels), figsize=(0.6 + 3.4 * len(panels), 3.4), squeeze=False)
     for ax, (method, col, label, log, ylim) in zip(axes[0], panels, strict=True):
         trials = search[(search["method"] == method) & (search["status"] == "complete")]

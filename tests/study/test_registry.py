@@ -131,9 +131,10 @@ assert METHODS[-1] == "zero" and METHOD_PARAMS["zero"] == ("margin",)
 assert "zero" in SPACES and paper_point("zero", "openmic") == {"lr": 1e-3, "margin": 1.0}
 assert "zero" in {p.name: p for p in get_command(app).commands["train"].params}["method"].help
 TrainConfig(method="zero")
-from tagtune.analysis.figures import COLORS
+from tagtune.analysis.figures import COLORS, HPARAM_PANELS_BEYOND
 from tagtune.analysis.stats import method_name
 assert "zero" in COLORS and method_name("zero") == "Zero"
+assert ("zero", "margin", "Zero margin", False, None) in HPARAM_PANELS_BEYOND
 print("ok")
 """
 

@@ -64,6 +64,8 @@ class Search:
     """The searched value is 1 - the field's: alpha = 1 - one_minus_alpha (log scale near 1)."""
     bounds: Bounds | None = None
     """Valid ranges of the searched value, where not the field's (log scale: low > 0)."""
+    label: str | None = None
+    """Its axis label in the analysis' figures, after the method's (None: the Optuna name)."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ ORDER = 2
 OBSERVATIONS = ALL
 GAMMA = Param("gamma", float, PRESETS["openmic"]["gamma"], "percentile (0-100) of the teacher's scores on "
               "the missing labels at or above which they are masked", Bounds(0, 100),
-              search=Search(1.0, 99.0))
+              search=Search(1.0, 99.0, label="gamma (percentile, 0–100)"))
 LE_TEACHER_LR = Param("le_teacher_lr", float, None, "the stage-1 teacher's initial lr (none: lr); a study "
                       "fixes it so that the trials of a cell share one teacher", Bounds(0, low_open=True),
                       optional=True)

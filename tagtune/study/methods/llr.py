@@ -41,7 +41,8 @@ ORDER = 5
 OBSERVATIONS = ALL
 DELTA_REL = Param("delta_rel", float, 0.002, "the share of a batch's (clip, class) entries rejected grows by "
                   "this every epoch after the first (Kim et al. 2022: 0.1-0.5%)", Bounds(0, 1),
-                  search=Search(1e-4, 1e-2, log=True, bounds=Bounds(0, 1, low_open=True)))
+                  search=Search(1e-4, 1e-2, log=True, bounds=Bounds(0, 1, low_open=True),
+                                label="delta_rel (log scale)"))
 PARAMS = (DELTA_REL,)
 SEARCHED = (DELTA_REL,)
 

@@ -58,9 +58,9 @@ ALPHA = Param("alpha", float, PRESETS["openmic"]["alpha"],
               Bounds(0, 1, high_open=True),
               # searched on a log scale of its distance to 1: 0.9, 0.99, 0.999 equally far apart
               search=Search(1e-4, 1e-1, log=True, name="one_minus_alpha", complement=True,
-                            bounds=Bounds(0, 1, low_open=True)))
+                            bounds=Bounds(0, 1, low_open=True), label="1 − alpha (EMA decay; log scale)"))
 BETA = Param("beta", float, PRESETS["openmic"]["beta"], "weight of the consistency loss", Bounds(0),
-             search=Search(0.0, 10.0))
+             search=Search(0.0, 10.0, label="beta (consistency weight)"))
 RAMPUP_EPOCHS = Param("rampup_epochs", int, 0, "sigmoid ramp-up length of beta in epochs (0: constant beta, "
                       "the paper)", Bounds(0))
 EMA_WARMUP = Param("ema_warmup", bool, True, "EMA decay min(1 - 1/(t + 1), alpha) at optimizer step t (the "

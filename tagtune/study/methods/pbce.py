@@ -30,7 +30,8 @@ SOURCE = "Durand, Mehrasa & Mori, CVPR 2019"
 ORDER = 8
 OBSERVATIONS = WITH_NEGATIVES
 PBCE_GAMMA = Param("pbce_gamma", float, 1.0, "exponent of g(p) = alpha p^gamma + beta, alpha and beta set by "
-                   "g(0.1) = 5 and g(1) = 1 (Durand et al. 2019: 1)", Bounds(), search=Search(-1.0, 3.0))
+                   "g(0.1) = 5 and g(1) = 1 (Durand et al. 2019: 1)", Bounds(),
+                   search=Search(-1.0, 3.0, label="gamma"))
 PARAMS = (PBCE_GAMMA,)
 SEARCHED = (PBCE_GAMMA,)
 G_AT_TENTH = 5.0

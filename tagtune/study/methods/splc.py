@@ -36,7 +36,7 @@ ORDER = 7
 OBSERVATIONS = ALL
 SPLC_TAU = Param("splc_tau", float, 0.6, "a missing label scored above tau counts as a positive from the "
                  "second epoch on (the authors': 0.6)", Bounds(0, 1, low_open=True, high_open=True),
-                 search=Search(0.5, 0.95))
+                 search=Search(0.5, 0.95, label="tau"))
 PARAMS = (SPLC_TAU, MARGIN, FOCAL_GAMMA)
 SEARCHED = (SPLC_TAU,)
 

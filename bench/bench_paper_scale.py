@@ -18,8 +18,15 @@ its epochs with and without it (``study_cost.paper_study(reuse_best=...)``).
 Anchor: the paper's own code, at ~2.5-3.6 s an epoch on this machine and without early
 stopping, would need roughly 20-40 hours for the same study.
 
+With bf16 (``--precision bf16``: the study's ``train: {precision: bf16}``) the slice runs in mixed
+precision. ``--reproject-bf16 SPEEDUP`` re-projects the recorded fp32 slice (``RECORDED``) without
+running it: each method's core-seconds per epoch split into the bare epoch (``BARE_FP32``,
+bench_speed's), which bf16 divides by SPEEDUP (bench_precision's), and the harness's share
+(Ray, checkpoints, MLflow), which it leaves as it is.
+
     python bench/bench_paper_scale.py           # the slice: hours on 2 cores (not for a busy machine)
     python bench/bench_paper_scale.py --quick   # the same path, tiny: seconds once Ray is up
+    python bench/bench_paper_scale.py --reproject-bf16 1.05   # arithmetic on the recorded slice
 """
 
 from __future__ import annotations
@@ -42,9 +49,15 @@ PAPER = {"methods": ("b0", "b1", "le", "mt"), "proportions": 5, "trials": 20, "r
 QUICK = {"methods": ("b1",), "proportions": 5, "trials": 2, "replicates": 1, "epochs": 2,
          "n_train": 300, "n_valid": 60}
 SLICE_MISSING = 0.4  # the cell measured: the middle of the paper's proportions
+RECORDED = {"b0": (13 * 60, 1.62), "b1": (10 * 60, 1.17), "le": (16 * 60, 1.27), "mt": (13 * 60, 1.52)}
+"""The fp32 slice measured 2026-11-28 on the 2-core VM (bench/RESULTS.md): per method, the cell's
+wall seconds and its core-seconds per epoch inside the harness."""
+BARE_FP32 = {"b0": 0.853, "b1": 0.842, "le": 0.961, "mt": 1.238}
+"""bench_speed.py's bare fp32 epoch seconds, 1 thread, residual network (bench/RESULTS.md)."""
 
 
-def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1) -> list[dict[str, Any]]:
+def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
+            precision: str = "fp32") -> list[dict[str, Any]]:
     """One study per method, one cell each, run to the end: its wall seconds and trial counts."""
     from tagtune.launch.study import run_study
     from tagtune.study import data
@@ -56,7 +69,8 @@ def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1) -> list[di
         settings = StudySettings(data=str(path), name=f"slice-{m}", storage=str(out), methods=(m,),
                                  missing=(SLICE_MISSING,), trials=size["trials"],
                                  replicates=size["replicates"], epochs=size["epochs"],
-                                 cpus_per_trial=cpus_per_trial, reuse_best_replicate=True)
+                                 cpus_per_trial=cpus_per_trial, reuse_best_replicate=True,
+                                 train={"precision": precision})
         t0 = time.perf_counter()
         result = run_study(settings, verbose=0)
         wall = time.perf_counter() - t0
@@ -83,17 +97,43 @@ def project(rows: list[dict[str, Any]], size: dict[str, Any]) -> dict[str, float
     return {"whole_s": whole, "not_reused_s": unsaved}
 
 
+def reproject(speedup: float, proportions: int = 5) -> dict[str, Any]:
+    """The recorded fp32 slice's projection, and the same with each bare epoch ``speedup`` times
+    faster (the harness's share of an epoch unchanged): whole-study wall seconds, and per method
+    the core-seconds per epoch before and after."""
+    rows = {}
+    for m, (wall, core_s) in RECORDED.items():
+        after = core_s - BARE_FP32[m] + BARE_FP32[m] / speedup
+        rows[m] = {"wall_s": wall, "core_s_per_epoch": core_s, "bf16_core_s_per_epoch": after,
+                   "bf16_wall_s": wall * after / core_s}
+    return {"rows": rows, "fp32_s": sum(r["wall_s"] for r in rows.values()) * proportions,
+            "bf16_s": sum(r["bf16_wall_s"] for r in rows.values()) * proportions}
+
+
 def main(argv: list[str] | None = None, out: Path | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="B1 only, 2 trials, 2 epochs, 300 clips")
     ap.add_argument("--cpus-per-trial", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                    help="the trials' TrainConfig.precision")
+    ap.add_argument("--reproject-bf16", type=float, metavar="SPEEDUP",
+                    help="no run: the recorded fp32 slice re-projected with bare epochs SPEEDUP x faster")
     args = ap.parse_args(argv)
+    if args.reproject_bf16 is not None:
+        r = reproject(args.reproject_bf16)
+        print(f"{'method':8}{'fp32 core-s/epoch':>19}{'bf16 core-s/epoch':>19}")
+        for m, row in r["rows"].items():
+            print(f"{m:8}{row['core_s_per_epoch']:>19.2f}{row['bf16_core_s_per_epoch']:>19.2f}")
+        print(f"projected whole study, recorded fp32 slice: {study_cost.hours(r['fp32_s'])}; "
+              f"bare epochs {args.reproject_bf16:.2f}x faster (bf16): {study_cost.hours(r['bf16_s'])}")
+        return r
     size = QUICK if args.quick else PAPER
     with tempfile.TemporaryDirectory(prefix="paper-scale-") as tmp:
-        rows = measure(size, Path(out or tmp), args.cpus_per_trial)
+        rows = measure(size, Path(out or tmp), args.cpus_per_trial, args.precision)
     proj = project(rows, size)
-    print(f"slice: one cell per method (missing {SLICE_MISSING}), {size['trials']} trials + "
-          f"{size['replicates']} replicates, {size['epochs']} epochs, {size['n_train']:,} training clips")
+    print(f"slice ({args.precision}): one cell per method (missing {SLICE_MISSING}), "
+          f"{size['trials']} trials + {size['replicates']} replicates, {size['epochs']} epochs, "
+          f"{size['n_train']:,} training clips")
     # The cell's epochs as study_cost counts them (ASHA simulated): wall x cores / epochs is the
     # core-seconds an epoch took inside the harness, to set beside bench_speed's bare epoch.
     _, reused = budgets(size)

@@ -22,7 +22,7 @@ BatchNorm's statistics; what it costs is precision, which the science check meas
 from __future__ import annotations
 
 import functools
-import warnings
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -59,7 +59,8 @@ def resolve(name: str, device: torch.device, native: bool | None = None) -> str:
     """What precision ``name`` (fp32, bf16, auto) means on ``device``: ``fp32`` or ``bf16``.
 
     ``bf16`` on a device without native bf16 stays ``bf16`` (it runs, emulated) with a one-line
-    warning that it is slower there; ``auto`` picks bf16 only where it is native.
+    warning on stderr, once a process, that it is slower there; ``auto`` picks bf16 only where
+    it is native.
     """
     if name not in PRECISIONS:
         raise ConfigError("precision", f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
@@ -69,10 +70,16 @@ def resolve(name: str, device: torch.device, native: bool | None = None) -> str:
     if name == "auto":
         return "bf16" if native else "fp32"
     if not native:
-        warnings.warn(f"precision bf16: this {device.type.upper()} has no native bf16 "
-                      f"({' / '.join(CPU_FLAGS) if device.type == 'cpu' else 'bf16 support'}); "
-                      "it runs, slower than fp32", RuntimeWarning, stacklevel=2)
+        _warn_emulated(device.type)
     return "bf16"
+
+
+@functools.cache
+def _warn_emulated(device_type: str) -> None:
+    # One line, once: a fit resolves the precision at every stage, the CLI once before it.
+    what = " / ".join(CPU_FLAGS) if device_type == "cpu" else "bf16 support"
+    print(f"warning: precision bf16: this {device_type.upper()} has no native bf16 ({what}); it runs, "
+          "emulated, slower than fp32 (use fp32 or auto)", file=sys.stderr)
 
 
 def dtype(resolved: str) -> torch.dtype | None:

@@ -24,7 +24,8 @@ def test_bench_gpu_cpu_only_quick_runs_with_torch_numpy_h5py_alone(tmp_path):
     for method in ("b1", "le", "mt"):
         row = next(line for line in out.splitlines() if line.startswith(method + " "))
         assert all(float(x) > 0 for x in row.split()[1:3]), row
+    assert "== precision fp32" in out and "== precision bf16" in out  # both precisions, each step
     rates = [line.split() for line in out.splitlines() if line[:1].isdigit() and len(line.split()) == 3]
-    assert [int(r[0]) for r in rates] == [1, 2] and all(float(r[1]) > 0 for r in rates)
+    assert [int(r[0]) for r in rates] == [1, 2, 1, 2] and all(float(r[1]) > 0 for r in rates)
     assert "1 cpu, K = 2" in out and "CPU cores, 1 a trial" in out  # the projection table
     assert out.rstrip().endswith("imported Ray/Optuna/MLflow: none")

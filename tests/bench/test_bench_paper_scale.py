@@ -37,3 +37,13 @@ def test_study_cost_counts_asha_and_the_replicate_saving():
         assert plain.replicate[m] == 5 * 5 * 100 and plain.total(m) - reused.total(m) == 5 * 100
     assert plain.replicate["le"] == 5 * (5 * 100 + 4 * 100)  # students, and the teachers of new seeds
     assert plain.search["le"] - plain.search["b1"] == 5 * 100  # one shared teacher per cell
+
+
+def test_bf16_reprojection_scales_only_the_bare_epoch():
+    same = bench_paper_scale.reproject(1.0)
+    recorded = sum(wall for wall, _ in bench_paper_scale.RECORDED.values()) * 5
+    assert same["fp32_s"] == pytest.approx(recorded) and same["bf16_s"] == pytest.approx(recorded)
+    fast = bench_paper_scale.reproject(2.0)
+    assert same["fp32_s"] / 2 < fast["bf16_s"] < same["fp32_s"]  # the harness's share does not shrink
+    b1 = fast["rows"]["b1"]
+    assert b1["bf16_core_s_per_epoch"] == pytest.approx(1.17 - 0.842 / 2)

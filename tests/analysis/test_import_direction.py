@@ -45,15 +45,18 @@ import tagtune.analysis.pipeline
 assert "ray" not in sys.modules, "import tagtune.analysis.pipeline loaded Ray"
 from typer.testing import CliRunner
 from tagtune.launch.cli import app
-CliRunner().invoke(app, ["analyze", sys.argv[1]])  # not a study: refused after its imports
+r = CliRunner().invoke(app, ["analyze", sys.argv[1], "--out", sys.argv[2], "--no-mlflow"])
+assert r.exit_code == 0, r.output
 assert "ray" not in sys.modules, "tagtune analyze loaded Ray"
 print("ok")
 """
 
 
-def test_analysis_and_tagtune_analyze_load_no_ray(tmp_path):
+def test_analysis_and_tagtune_analyze_load_no_ray(tiny_study, tmp_path):
     # Ray takes seconds to import and is not needed to read a study's files: a laptop that
-    # analyses a cluster's study need not have it working.
-    done = subprocess.run([sys.executable, "-c", NO_RAY, str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
+    # analyses a cluster's study need not have it working. (Out of the study and without
+    # MLflow: the session's study stays as the other tests expect it.)
+    _, result = tiny_study
+    done = subprocess.run([sys.executable, "-c", NO_RAY, str(result.study_dir), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -17,7 +17,7 @@ the cells' studies in the analysis.
 Ranges come from :class:`Ranges` (defaults below) or a YAML file (:func:`load_ranges`,
 example with every option in ``default.yaml`` next to this file). The network (``arch``:
 residual or paper) is searched only where the ranges list the choices; the trial config
-then carries ``arch``, which :func:`tagtune.study.trainable.train_config` puts into
+then carries ``arch``, which :func:`tagtune.study.folder.train_config` puts into
 ``model.arch``.
 """
 

@@ -187,7 +187,7 @@ def test_ranges_built_in_code_are_validated_too():
 def test_the_network_is_searched_only_where_the_ranges_list_it(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
-    from tagtune.study.trainable import train_config
+    from tagtune.study.folder import train_config
 
     f = tmp_path / "ranges.yaml"
     f.write_text("search:\n  arch: [residual, paper]\n")

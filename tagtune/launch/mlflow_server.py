@@ -7,8 +7,9 @@ Its admin user is whoever MLflow's client is: the credentials the client itself 
 (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, else ``~/.mlflow/credentials``),
 so that the study driver on the head and tagtune on the laptop log in with the very same
 file. MLflow creates the admin the first time it starts on an empty user store
-(``DIR/auth.db``) and ignores the setting afterwards: to change the password later, use
-MLflow's update-password API or start over with a new ``auth.db``.
+(``DIR/auth.db``, or the ``_auth`` database on Postgres) and ignores the setting afterwards:
+to change the password later, use MLflow's update-password API or start over with an empty
+user store.
 
 ``DIR`` holds the run store (``mlflow.db``: SQLite on the head's local disk, never on NFS),
 the user store, the auth config and the Flask secret key the auth app requires; this process

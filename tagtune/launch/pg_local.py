@@ -56,12 +56,18 @@ class LocalPostgres:
         self.uri = f"postgresql://{USER}@127.0.0.1:{self.port}/{DATABASE}"
         # Short, under /tmp: the socket's path must stay under 107 bytes, and the postgres user
         # must be able to reach it (a pytest tmp_path sits in root's private directory).
-        self.root = Path(tempfile.mkdtemp(prefix="tt-pg-", dir="/tmp"))
         self.prefix: list[str] = []
+        owner = None
         if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-            self.prefix = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise FileNotFoundError("Postgres refuses to run as root, and there is no `postgres` "
+                                        "user to run it as (Debian's postgresql package makes one)") from None
+            self.prefix = ["setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--init-groups"]
+        self.root = Path(tempfile.mkdtemp(prefix="tt-pg-", dir="/tmp"))
+        if owner is not None:
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
         self.data = self.root / "data"
 
     def _run(self, tool: str, *args: str) -> None:

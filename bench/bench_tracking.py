@@ -27,7 +27,7 @@ share those pages; 64 fresh interpreters would need ~25 GB. On one machine the w
 and the server share the CPUs (on a cluster the trials' drivers are elsewhere): the
 figures are a lower bound for the server.
 
-    python bench/bench_tracking.py            # K:P = 1:0 64:0 64:4 64:1, 15 epochs (~12 min, 2 cores)
+    python bench/bench_tracking.py            # K:P = 1:0 64:0 64:4 64:1, 15 epochs (~17 min, 2 busy cores)
     python bench/bench_tracking.py --quick    # K:P = 1:0 64:1, 10 epochs (< 5 min)
     python bench/bench_tracking.py --loads 8:0,64:2 --epochs 20 --backends postgres
 """

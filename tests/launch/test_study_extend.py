@@ -188,6 +188,36 @@ def test_extend_by_replicates_adds_only_the_missing_seeds(base_study, tmp_path):
     assert parent.data.metrics["replicates"] == 3
 
 
+def test_a_cell_whose_best_changed_is_replicated_again_and_its_old_replicates_superseded(
+        base_study, tmp_path):
+    d = _copy(base_study, tmp_path)
+    # As if the round's search had found a new best: the record of the best before it is not
+    # the best after (the search of the round is what changes it; here it adds no trial).
+    best = json.loads((d / "best.json").read_text())
+    best["b1@0.00"]["trial_id"] = "an-earlier-best"
+    (d / "best.json").write_text(json.dumps(best))
+    before = _runs(d)
+    _extend(d, "--replicates", "3")
+    after = _runs(d)
+    _check_grown(before, after, {"b1@0.00"})
+    superseded = sorted(r.data.tags[TRIAL_TAG] for r in _trial_runs(after) if SUPERSEDED in r.data.tags)
+    assert len(superseded) == 2 and superseded == read_rounds(d)[1]["superseded"]
+    assert all(before[r.info.run_id].data.tags["phase"] == "replicate" for r in _trial_runs(after)
+               if SUPERSEDED in r.data.tags)
+    assert _phases(after) == {"search": 2, "replicate": 3}
+    assert _phases(after, False) == {"search": 2, "replicate": 5}
+    summary = json.loads((d / "summary.json").read_text())
+    assert sorted(r["seed"] for r in summary["replicates"]) == [0, 1, 2]
+    from tagtune.analysis.pipeline import analyze
+
+    analyze(d, log_mlflow=False)
+    import pandas as pd
+
+    table = pd.read_csv(d / "analysis" / "trials.csv")
+    reps = table[table["phase"] == "replicate"]
+    assert sorted(reps["seed"]) == [0, 1, 2] and not set(reps["trial_id"]) & set(superseded)
+
+
 def test_refused_changes_are_one_line_exit_2_and_change_nothing(base_study, tmp_path, tiny_dataset):
     d = _copy(base_study, tmp_path)
     files = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}

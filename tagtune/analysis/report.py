@@ -13,6 +13,7 @@ import pandas as pd
 
 from tagtune.analysis import stats
 from tagtune.analysis.stats import method_name, metric_label, percent, statement
+from tagtune.study.folder import read_rounds
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
@@ -120,6 +121,10 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
     else:
         parts.append(f"<p>{_esc(dataset['text'])}</p>")
     parts += ["<h2>Study settings</h2>", _table(_settings_table(s))]
+    if rounds := round_lines(r.study_dir):
+        parts += ["<h2>Rounds</h2><p>The study was extended (<code>tagtune study extend</code>); "
+                  "the analysis covers every round. What each round added or grew, and when:</p>",
+                  _list(rounds)]
 
     parts += ["<h2>Completeness per cell</h2><p>Search trials by status against the "
               "per-cell budget (stopped early = cut by ASHA), and replicates found.</p>",
@@ -154,6 +159,30 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
     parts += ["<h2>Files</h2>", _list([f"results table: {p}" for p in r.table_files]
                                       + [f"tracking: {r.mlflow_note}"]), "</body></html>"]
     return "\n".join(parts)
+
+
+def round_lines(study_dir) -> list[str]:
+    """One line per round of an extended study (rounds.json): when, what it added or grew."""
+    out = []
+    for r in read_rounds(study_dir):
+        when = (f"{r.get('started') or '?'} to {r['ended']}" if r.get("ended")
+                else f"started {r.get('started')}, not ended (resume it)")
+        if r.get("round") == 1:
+            what = f"{len(r.get('added_cells', []))} cells, {r.get('trials')} trials each, " \
+                   f"{r.get('replicates')} replicates"
+        else:
+            parts = []
+            if r.get("added_cells"):
+                parts.append("added " + ", ".join(r["added_cells"]))
+            if r.get("grown_cells"):
+                parts.append("grown " + ", ".join(f"{c} (+{n} trials)" for c, n in r["grown_cells"].items()))
+            if r.get("replicates") != r.get("previous_replicates"):
+                parts.append(f"replicates {r.get('previous_replicates')} -> {r.get('replicates')}")
+            if r.get("superseded"):
+                parts.append(f"{len(r['superseded'])} earlier replicates superseded (new best config)")
+            what = "; ".join(parts) or "nothing added"
+        out.append(f"round {r.get('round')} ({when}): {what}")
+    return out
 
 
 def dataset_summary(data_path: str, fingerprint: str | None) -> dict[str, Any]:

@@ -33,7 +33,9 @@ from tagtune.study.folder import (
     SEARCH,
     SUMMARY,
     StudySettings,
+    phase_dirs,
     read_study,
+    superseded,
     train_config,
     trial_id_of,
 )
@@ -157,15 +159,16 @@ def _status(results: list[dict], end: str | None, tune_status: str | None) -> st
 
 def trial_rows(study: StudyFiles) -> list[dict[str, Any]]:
     ended = ended_trials(study.dir)
+    # Replicates a later round re-ran for a new best config (an extended study) do not count.
+    gone = superseded(study.dir)
     rows = []
-    for phase in PHASES:
-        root = study.dir / phase
+    for phase, root in phase_dirs(study.dir):  # every round's experiments (search.2, ...)
         if not root.is_dir():
             continue
         recorded = recorded_trials(root)
         for trial_dir in sorted(p for p in root.iterdir() if (p / "params.json").is_file()):
             trial_id = trial_id_of(trial_dir.name)
-            if recorded is not None and trial_id not in recorded:
+            if (recorded is not None and trial_id not in recorded) or trial_id in gone:
                 continue
             try:
                 config = json.loads((trial_dir / "params.json").read_text())
@@ -243,7 +246,7 @@ def best_configs(study: StudyFiles, df: pd.DataFrame) -> dict[str, dict[str, Any
     out = {}
     for cell, group in done.groupby("cell"):
         row = group.loc[group[SELECTION].idxmin()]
-        trial_dir = next((study.dir / SEARCH).glob(f"*_{row['trial_id']}"))
+        trial_dir = next(p for _, d in phase_dirs(study.dir, SEARCH) for p in d.glob(f"*_{row['trial_id']}"))
         config = json.loads((trial_dir / "params.json").read_text())
         out[str(cell)] = {"value": float(row[SELECTION]), "trial_id": row["trial_id"],
                           "config": config}

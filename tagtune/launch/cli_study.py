@@ -105,6 +105,31 @@ def resume(
             address=address or os.environ.get("RAY_ADDRESS"))
 
 
+@study_app.command("extend")
+@user_errors
+def extend(
+    study_dir: Annotated[Path, typer.Argument(help="The finished study directory.")],
+    methods: Annotated[str | None, typer.Option(help="Comma list of methods to add.")] = None,
+    missing: Annotated[str | None, typer.Option(help="Comma list of proportions to add.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials per cell, in all.")] = None,
+    replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config, in all.")] = None,
+    data: Annotated[Path | None, typer.Option(help="The study's data file, if it moved.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Must be the study's (refused otherwise).")] = None,
+    config: Annotated[Path | None, typer.Option(help="study.yaml with the same fields.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
+    quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
+) -> None:
+    """Grow a finished study: new methods, proportions, trials or replicates, as one study with the union of the settings would have run them; nothing finished runs again."""  # noqa: E501
+    from tagtune.launch.extend import extend_study
+
+    _report(study_dir, extend_study, study_dir, config=config, verbose=_verbosity(quiet, verbose),
+            methods=_csv(methods), missing=_csv(missing, float), trials=trials,
+            replicates=replicates, data=str(data.absolute()) if data else None, epochs=epochs,
+            address=address or os.environ.get("RAY_ADDRESS"))
+
+
 @mlflow_app.command("sync")
 @user_errors
 def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:

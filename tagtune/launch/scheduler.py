@@ -29,12 +29,17 @@ class CellASHA(FIFOScheduler):
     and arrive here through ``set_search_properties``.
     """
 
-    def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: float = 3):
+    def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: float = 3,
+                 earlier: dict[str, dict[str, list[tuple[float, float]]]] | None = None):
         super().__init__()
         self.max_t, self.grace_period, self.reduction_factor = max_t, grace_period, reduction_factor
         self._metric: str | None = None
         self._mode: str | None = None
         self._cells: dict[str, AsyncHyperBandScheduler] = {}
+        # A later round of an extended study: per cell, per earlier trial, its (budget, metric)
+        # reports. Fed into the cell's rungs first, so that the new trials are cut against the
+        # same rungs as if one study had run them all.
+        self._earlier = earlier or {}
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if (self._metric and metric) or (self._mode and mode):
@@ -49,7 +54,16 @@ class CellASHA(FIFOScheduler):
                 time_attr=TIME_ATTR, metric=self._metric, mode=self._mode, max_t=self.max_t,
                 grace_period=self.grace_period, reduction_factor=self.reduction_factor,
             )
+            self._seed(self._cells[cell], self._earlier.get(cell, {}))
         return self._cells[cell]
+
+    def _seed(self, asha: AsyncHyperBandScheduler, trials: dict[str, list[tuple[float, float]]]) -> None:
+        """Record earlier trials' reports at the rungs they reached (as ASHA recorded them then)."""
+        for trial_id, reports in trials.items():
+            bracket, trial = asha._brackets[0], _Earlier(trial_id)  # one bracket: ASHA's default
+            for t, value in reports:
+                if t < self.max_t:  # at max_t ASHA stops without recording
+                    bracket.on_result(trial, t, asha._metric_op * value)
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._asha(trial).on_trial_add(tune_controller, trial)
@@ -81,6 +95,13 @@ class CellASHA(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+class _Earlier:
+    """An earlier round's trial as a bracket sees it: its id."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
 
 
 __all__ = ["TIME_ATTR", "CellASHA", "TrialScheduler"]

@@ -147,10 +147,12 @@ class CellSearcher(Searcher):
     # -- handing out trials -------------------------------------------------------------
 
     def _setup(self) -> None:
-        if self._studies:
+        if self._studies and all(cid in self._studies for cid in self._cells):
             return
         self._metric, self._mode = self._metric or DEFAULT_METRIC, self._mode or DEFAULT_MODE
         for cid in self._cells:
+            if cid in self._studies:  # carried over from an earlier round: it has its trials
+                continue
             # multivariate TPE models lr x gamma (or lr x alpha x beta) jointly: they interact.
             # constant_liar (Optuna 5's default) treats running trials as bad, so trials dealt
             # out in parallel spread out instead of piling on the same point.
@@ -285,6 +287,24 @@ class CellSearcher(Searcher):
                               to_storage=target, to_study_name=cid)
         target.engine.dispose()  # no connection left open on the file (it may be renamed next)
         return list(self._studies)
+
+    # -- a later round (tagtune study extend) --------------------------------------------
+
+    def continue_from(self, earlier: CellSearcher) -> dict[str, int]:
+        """Carry ``earlier``'s Optuna studies (a finished round's searcher) into this one, so each
+        existing cell's TPE sees every earlier trial and its paper point is not asked again; a
+        cell new here gets a fresh study (its paper point first). Returns, per cell, the trials
+        this round adds: its budget less what ``earlier`` already handed out."""
+        self._storage = earlier._storage
+        self._studies = {cid: s for cid, s in earlier._studies.items() if cid in self._cells}
+        self._trials = dict(earlier._trials)  # Tune ids are unique across experiments
+        self._metric, self._mode = self._metric or earlier._metric, self._mode or earlier._mode
+        added = {cid: self._budgets[cid] - len(self._handed_out(cid)) if cid in self._studies
+                 else self._budgets[cid] for cid in self._cells}
+        bad = {cid: n for cid, n in added.items() if n < 0}
+        if bad:
+            raise ConfigError("trials", f"fewer than the trials already run in {sorted(bad)}")
+        return added
 
     # -- resume -------------------------------------------------------------------------
 

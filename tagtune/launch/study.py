@@ -35,12 +35,14 @@ from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.snapshots import SnapshotKeeper
 from tagtune.launch.tracking import (
+    SUPERSEDED_TAG,
     MlflowJournalCallback,
     cell_summaries,
     final_sync,
     journal_outcomes,
     mlflow_experiment,
     record_cells,
+    tag_trials,
 )
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study import atomic, tunestate
@@ -52,14 +54,22 @@ from tagtune.study.folder import (
     JOURNAL,
     OPTUNA_DB,
     PHASES,
+    REPLICATE,
+    ROUNDS,
     SEARCH,
     SETTINGS,
     SUMMARY,
     StudySettings,
     load_settings,
     load_study,
+    phase_dirname,
+    phase_dirs,
+    read_rounds,
+    round_count,
+    superseded,
     train_config,
     trial_dirname,
+    trial_id_of,
 )
 from tagtune.study.methods import check_supported
 from tagtune.study.trainable import TRIAL_STATE, train_trial
@@ -99,8 +109,9 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     check_mlflow(settings.tracking_uri)
     ds = load(settings.data)
     check_supported(settings.methods, ds.observation)
+    rnd = round_count(study_dir)  # the round to run: the last one begun (1: never extended)
     for phase in PHASES:  # before anything is written: a refusal leaves every file as it was
-        _restore_checked(settings, phase)
+        _restore_checked(settings, phase_dirname(phase, rnd))
     _prepare_dir(study_dir, settings)
     with library_logs(study_dir, enabled=verbose < 2) as logs:
         experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
@@ -134,14 +145,15 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     study_dir = settings.study_dir
     check_trial_fits(settings.cpus_per_trial, local=settings.address is None, gpus=settings.gpus_per_trial)
     check_shared_storage(study_dir)
-    searcher_summary = _search(settings, ds, ranges, experiment_id, out)
-    best = _best_per_cell(study_dir / SEARCH, settings)
+    rnd = round_count(study_dir)
+    searcher_summary = _search(settings, ds, ranges, experiment_id, out, rnd)
+    best = _best_per_cell(settings)
     atomic.write_json(study_dir / BEST, best, indent=2)
     cells = settings.cells
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
                  cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
-    replicates = _replicate(settings, ds, best, experiment_id, out) if settings.replicates else []
+    replicates = _replicate(settings, ds, best, experiment_id, out, rnd) if settings.replicates else []
     if settings.replicates:
         record_cells(study_dir, settings.tracking_uri, experiment_id,
                      cell_summaries(cells, best, replicates, out.dataset))
@@ -151,22 +163,41 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
                "cells": searcher_summary, "replicates": replicates,
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
+    rounds = read_rounds(study_dir)
+    if rounds:  # an extended study: what each round added, and when (the report shows it)
+        rounds[-1]["ended"] = rounds[-1].get("ended") or now()
+        summary["rounds"] = rounds
     atomic.write_json(study_dir / SUMMARY, summary, indent=2, default=str)
+    if rounds:  # after the summary: a round is over once what it found is written
+        atomic.write_json(study_dir / ROUNDS, rounds, indent=2)
     return StudyResult(study_dir, settings.tracking_uri, experiment_id, best, replicates, summary,
                        synced)
 
 
 def resume_study(study_dir: str | Path, *, verbose: int = 1, **overrides: Any) -> StudyResult:
-    """Continue an interrupted study: finished trials are neither rerun nor logged twice."""
+    """Continue an interrupted study (or an interrupted extension of one): finished trials are
+    neither rerun nor logged twice."""
+    study_dir = Path(study_dir).expanduser().absolute()
+    rounds = read_rounds(study_dir)
+    if rounds and rounds[-1].get("ended") is None and rounds[-1].get("study_yaml"):
+        # An extension killed between writing its round and its settings: the round's are the truth.
+        atomic.write_text(study_dir / SETTINGS, rounds[-1]["study_yaml"])
     return run_study(load_study(study_dir, **overrides), verbose=verbose)
+
+
+def now() -> str:
+    """The time as rounds.json records it (UTC, to the second)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def study_trial_ids(study_dir: Path) -> set[str]:
     """Ids of every trial the study's Tune experiments recorded (read from disk, no Ray): from
-    each phase's newest whole snapshot, a kept generation where the newest is torn."""
+    each phase's (every round's) newest whole snapshot, a kept generation where the newest is torn."""
     ids: set[str] = set()
-    for phase in PHASES:
-        ids |= set(tunestate.recorded_trials(study_dir / phase) or {})
+    for _, path in phase_dirs(study_dir):
+        ids |= set(tunestate.recorded_trials(path) or {})
     return ids
 
 
@@ -238,8 +269,9 @@ def trial_resources(settings: StudySettings) -> dict[str, float]:
 
 
 def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _Output) -> tune.RunConfig:
-    tracking = MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id, phase,
-                                     dataset=out.dataset)
+    # phase: the experiment's directory (search, search.2, ...); MLflow's tag is its kind.
+    tracking = MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id,
+                                     _kind(phase), dataset=out.dataset)
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
@@ -324,7 +356,7 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
     else:
         tuner = make_tuner()
     if out.display is not None:
-        out.display.start_phase(phase, expected, ended, best)
+        out.display.start_phase(_kind(phase), expected, ended, best)
     with out.logs.stdout() if out.logs is not None else contextlib.nullcontext():
         results = tuner.fit()
     if out.display is not None:
@@ -337,64 +369,129 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
     return results
 
 
+def _kind(phase: str) -> str:
+    """search or replicate, for an experiment directory of any round (``search.2``)."""
+    return phase.split(".")[0]
+
+
 def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,
-            out: _Output) -> dict:
+            out: _Output, rnd: int = 1) -> dict:
     cells = [Cell(m, p) for m in settings.methods for p in settings.missing]
     searcher = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                             preset=settings.preset, seed=settings.seed,
                             base_config=settings.base_config(phase="search"))
+    expected, earlier, previous = len(cells) * settings.trials, None, None
+    if rnd > 1:
+        # A later round: each existing cell's Optuna study goes on (TPE sees every earlier trial)
+        # and only the added trials are handed out; its ASHA knows the earlier trials' rungs.
+        previous = _final_searcher(settings, ranges, rnd - 1)
+        expected = sum(searcher.continue_from(previous).values())
+        earlier = _earlier_reports(settings, rnd)
+    dirname = phase_dirname(SEARCH, rnd)
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
             _trainable(settings, ds),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=len(cells) * settings.trials,
+                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=expected,
                 reuse_actors=True,  # a worker process per trial would spend seconds importing torch
                 trial_dirname_creator=_trial_dirname,
                 scheduler=CellASHA(max_t=settings.epochs, grace_period=settings.grace_period,
-                                   reduction_factor=settings.reduction_factor),
+                                   reduction_factor=settings.reduction_factor, earlier=earlier),
             ),
-            run_config=_run_config(settings, "search", experiment_id, out),
+            run_config=_run_config(settings, dirname, experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "search", make_tuner, len(cells) * settings.trials, out,
-                             experiment_id)
+    if expected:  # an extension by replicates only adds no trial: no search experiment
+        _fit_or_resume(settings, ds, dirname, make_tuner, expected, out, experiment_id)
     # The searcher Tune ran may be one it restored from disk: read its final state back from
     # the experiment directory, then keep each cell's Optuna study for the analysis.
-    final = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
-                         preset=settings.preset, seed=settings.seed)
-    final.restore_from_dir(str(settings.study_dir / SEARCH))
+    final = _final_searcher(settings, ranges, rnd) if expected else previous
     # Written whole: a kill while Optuna builds its tables would leave a store it cannot open.
     with atomic.atomic_path(settings.study_dir / OPTUNA_DB) as tmp:
         final.export(f"sqlite:///{tmp}")
-    counts = _cell_counts(results)
+    counts = _cell_counts(settings)
     return {cell: {**counts.get(cell, {}), "optuna": info} for cell, info in final.summary().items()}
+
+
+def _final_searcher(settings: StudySettings, ranges: Ranges, rnd: int) -> CellSearcher:
+    """The searcher as the newest search experiment up to round ``rnd`` saved it (its state
+    holds every cell's Optuna study with every trial so far)."""
+    for r in range(rnd, 0, -1):
+        path = settings.study_dir / phase_dirname(SEARCH, r)
+        if any(path.glob("searcher-state-*")):
+            final = CellSearcher([Cell(m, p) for m in settings.methods for p in settings.missing],
+                                 trials_per_cell=settings.trials, ranges=ranges,
+                                 preset=settings.preset, seed=settings.seed)
+            final.restore_from_dir(str(path))
+            return final
+    raise ConfigError(SEARCH, "no saved searcher state: the search has not run",
+                      where=str(settings.study_dir))
+
+
+def _search_trials(settings: StudySettings, before: int | None = None):
+    """(trial id, trial directory) of every recorded search trial, rounds before ``before``."""
+    for r, (_, path) in enumerate(phase_dirs(settings.study_dir, SEARCH), start=1):
+        if (before is not None and r >= before) or not path.is_dir():
+            continue
+        recorded = tunestate.recorded_trials(path)
+        for trial_dir in sorted(p for p in path.iterdir() if (p / "params.json").is_file()):
+            tid = trial_id_of(trial_dir.name)
+            if recorded is None or tid in recorded:
+                yield tid, trial_dir
+
+
+def _earlier_reports(settings: StudySettings, rnd: int) -> dict[str, dict[str, list]]:
+    """Per cell, per search trial of the rounds before ``rnd``: its (budget, metric) reports."""
+    out: dict[str, dict[str, list]] = {}
+    for tid, trial_dir in _search_trials(settings, before=rnd):
+        cell = json.loads((trial_dir / "params.json").read_text())["cell"]
+        reports = []
+        path = trial_dir / "result.json"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            value = row.get(METRIC)
+            if "budget" in row and isinstance(value, int | float) and math.isfinite(value):
+                reports.append((row["budget"], float(value)))
+        out.setdefault(cell, {})[tid] = reports
+    return out
 
 
 def _trial_dirname(trial) -> str:
     return trial_dirname(trial.config["cell"], trial.trial_id)
 
 
-def _cell_counts(results: tune.ResultGrid) -> dict[str, dict[str, int]]:
+def _cell_counts(settings: StudySettings) -> dict[str, dict[str, int]]:
+    """Per cell, its search trials over every round: ran, completed, stopped early, failed."""
     counts: dict[str, dict[str, int]] = {}
-    for r in results:
-        c = counts.setdefault(r.config["cell"],
-                              {"trials": 0, "completed": 0, "stopped_early": 0, "failed": 0})
-        c["trials"] += 1
-        if r.error is not None:
-            c["failed"] += 1
-        elif (r.metrics or {}).get("complete"):
-            c["completed"] += 1
-        else:
-            c["stopped_early"] += 1
+    for _, path in phase_dirs(settings.study_dir, SEARCH):
+        for trial in tune.ExperimentAnalysis(str(path)).trials if path.is_dir() else ():
+            _count(counts, trial.config["cell"], trial.status == "ERROR", trial.last_result or {})
     return counts
 
 
-def _best_per_cell(search_dir: Path, settings: StudySettings) -> dict[str, dict[str, Any]]:
-    """Per cell, the trial with the lowest selection loss among those that ran to the end."""
-    analysis = tune.ExperimentAnalysis(str(search_dir), default_metric=METRIC, default_mode=MODE)
+def _count(counts: dict, cell: str, error: bool, metrics: dict) -> None:
+    c = counts.setdefault(cell, {"trials": 0, "completed": 0, "stopped_early": 0, "failed": 0})
+    c["trials"] += 1
+    if error:
+        c["failed"] += 1
+    elif metrics.get("complete"):
+        c["completed"] += 1
+    else:
+        c["stopped_early"] += 1
+
+
+def _best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
+    """Per cell, the trial with the lowest selection loss among those that ran to the end, over
+    every round's search."""
+    trials = [t for _, path in phase_dirs(settings.study_dir, SEARCH) if path.is_dir()
+              for t in tune.ExperimentAnalysis(str(path), default_metric=METRIC,
+                                               default_mode=MODE).trials]
     best: dict[str, dict[str, Any]] = {}
-    for trial in analysis.trials:
+    for trial in trials:
         last = trial.last_result or {}
         if not last.get("complete") or METRIC not in last:
             continue  # cut short by ASHA: its score is from a smaller budget
@@ -411,8 +508,8 @@ def _reusable(settings: StudySettings, cell: str, b: dict[str, Any]) -> tuple[in
     """The best trial's seed and its last checkpoint relative to the study directory (the final
     state of a run that went to the end; Tune keeps the last two), or None where it has none."""
     seed = train_config(b["config"]).seed
-    trial_dir = settings.study_dir / SEARCH / trial_dirname(cell, b["trial_id"])
-    done = sorted(trial_dir.glob("checkpoint_*/" + TRIAL_STATE))
+    done = sorted(p for _, path in phase_dirs(settings.study_dir, SEARCH)
+                  for p in (path / trial_dirname(cell, b["trial_id"])).glob("checkpoint_*/" + TRIAL_STATE))
     if not done:
         return None
     return seed, done[-1].parent.relative_to(settings.study_dir)
@@ -443,15 +540,26 @@ class ListSearcher(Searcher):
         self.configs, self.next = state["configs"], state["next"]
 
 
-def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str, Any]]:
+def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) -> list[dict[str, Any]]:
+    """The replicates of each cell's best config; in a later round only what it lacks: every seed
+    of a cell that is new or whose best trial changed (its earlier replicates superseded), the
+    added seeds of the others. Returns the rows of every round's replicates that count."""
+    seeds = {cell: range(settings.replicates) for cell in best}
+    if rnd > 1:
+        record = read_rounds(settings.study_dir)[rnd - 1]
+        rerun = {c for c, b in best.items() if record["previous_best"].get(c) != b["trial_id"]}
+        seeds = {cell: range(0 if cell in rerun else record["previous_replicates"], settings.replicates)
+                 for cell in best}
+        _supersede(settings, experiment_id, rnd, rerun)
     configs = []
     for cell, b in best.items():
         reusable = _reusable(settings, cell, b) if settings.reuse_best_replicate else None
-        for r in range(settings.replicates):
+        for r in seeds[cell]:
             configs.append({**b["config"], "phase": "replicate", "replicate": r,
                             "seed": settings.seed + r, "cell": cell})
             if reusable is not None and reusable[0] == settings.seed + r:
                 configs[-1]["reused_checkpoint"] = str(reusable[1])
+    dirname = phase_dirname(REPLICATE, rnd)
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
@@ -459,17 +567,51 @@ def _replicate(settings, ds, best, experiment_id, out: _Output) -> list[dict[str
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
-            run_config=_run_config(settings, "replicate", experiment_id, out),
+            run_config=_run_config(settings, dirname, experiment_id, out),
         )
 
-    results = _fit_or_resume(settings, ds, "replicate", make_tuner, len(configs), out, experiment_id)
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        rows.append({"cell": r.config["cell"], "method": r.config["method"], "missing": r.config["missing"],
-                     "seed": r.config["seed"], "error": None if r.error is None else str(r.error)[:200],
-                     **{k: v for k, v in m.items() if k.startswith(("test", "val/"))}})
+    rows = _earlier_replicates(settings, rnd)
+    if configs:  # an extension by trials whose best stayed adds no replicate
+        results = _fit_or_resume(settings, ds, dirname, make_tuner, len(configs), out, experiment_id)
+        rows += [_replicate_row(r.config, r.metrics or {}, None if r.error is None else str(r.error))
+                 for r in results]
     return sorted(rows, key=lambda row: (row["cell"], row["seed"]))
+
+
+def _replicate_row(config: dict, metrics: dict, error: str | None) -> dict[str, Any]:
+    return {"cell": config["cell"], "method": config["method"], "missing": config["missing"],
+            "seed": config["seed"], "error": None if error is None else error[:200],
+            **{k: v for k, v in metrics.items() if k.startswith(("test", "val/"))}}
+
+
+def _replicate_trials(settings: StudySettings, before: int):
+    """Every recorded replicate trial of the rounds before ``before``: (trial id, Tune's trial)."""
+    for r, (_, path) in enumerate(phase_dirs(settings.study_dir, REPLICATE), start=1):
+        if r < before and path.is_dir():
+            for trial in tune.ExperimentAnalysis(str(path)).trials:
+                yield trial.trial_id, trial
+
+
+def _earlier_replicates(settings: StudySettings, rnd: int) -> list[dict[str, Any]]:
+    gone = superseded(settings.study_dir)
+    return [_replicate_row(t.config, t.last_result or {}, "ERROR" if t.status == "ERROR" else None)
+            for tid, t in _replicate_trials(settings, rnd) if tid not in gone]
+
+
+def _supersede(settings: StudySettings, experiment_id: str, rnd: int, cells: set[str]) -> None:
+    """The earlier replicates of ``cells`` (whose best config changed) no longer count: listed in
+    the round's record (the analysis leaves them out) and tagged in MLflow, otherwise unchanged."""
+    rounds = read_rounds(settings.study_dir)
+    record = rounds[rnd - 1]
+    gone = sorted(set(record.get("superseded", [])) | {
+        tid for tid, t in _replicate_trials(settings, rnd) if t.config["cell"] in cells
+        and tid not in superseded(settings.study_dir)})
+    if gone != record.get("superseded", []):
+        record["superseded"] = gone
+        atomic.write_json(settings.study_dir / ROUNDS, rounds, indent=2)
+    # Again on a resume (idempotent): a kill may have cut the tagging short.
+    tag_trials(settings.study_dir, settings.tracking_uri, experiment_id, gone,
+               {SUPERSEDED_TAG: "true"})
 
 
 __all__ = ["PHASES", "StudyInterrupted", "StudyResult", "StudySettings", "resume_study", "run_study"]

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 TRIAL_TAG = "tagtune.trial_id"
 CELL_TAG = "tagtune.cell_run"  # on a cell's parent run, value = the cell id
 PARENT_TAG = "mlflow.parentRunId"  # what the UI nests child runs by
+SUPERSEDED_TAG = "tagtune.superseded"  # a replicate a later round re-ran for a new best config
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -146,7 +147,13 @@ class Tracker:
                 self.client.log_batch(run_id, metrics=ms[i:i + 200])
             self._steps[run_id].add(step)
         elif op == "end":
-            self.client.set_terminated(run_id, status=event["status"])
+            # Not again on a replay: a finished run keeps its end time (an extension's final
+            # sync replays the whole journal, and earlier runs must stay as they were).
+            if self.client.get_run(run_id).info.status != event["status"]:
+                self.client.set_terminated(run_id, status=event["status"])
+        elif op == "tag":  # a tag added to a finished run; nothing else of it changes
+            for k, v in event["tags"].items():
+                self.client.set_tag(run_id, k, str(v))
 
     def apply_cell(self, event: dict) -> None:
         """A cell's summary onto its parent run: params once, metrics where they changed."""
@@ -325,6 +332,23 @@ def record_cells(study_dir: Path, tracking_uri: str, experiment_id: str, events:
                 tracker.apply_cell(event)
     except Exception as e:  # noqa: BLE001 -- MLflow down: the journal keeps them
         log.warning("MLflow unreachable (%s); cell summaries kept in %s", first_line(e, 200),
+                    Path(study_dir) / JOURNAL)
+
+
+def tag_trials(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids: list[str],
+               tags: dict[str, str]) -> None:
+    """Journal tags for the runs of ``trial_ids``, then set them in MLflow if it answers (else the
+    final sync or ``tagtune mlflow sync`` does)."""
+    events = [{"op": "tag", "trial_id": tid, "tags": tags} for tid in trial_ids]
+    for event in events:
+        append(Path(study_dir) / JOURNAL, event)
+    try:
+        with quick_mlflow_http():
+            tracker = Tracker(tracking_uri, experiment_id)
+            for event in events:
+                tracker.apply(event)
+    except Exception as e:  # noqa: BLE001 -- MLflow down: the journal keeps them
+        log.warning("MLflow unreachable (%s); tags kept in %s", first_line(e, 200),
                     Path(study_dir) / JOURNAL)
 
 

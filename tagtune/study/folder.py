@@ -16,6 +16,9 @@ A study lives in ``STORAGE/NAME/``::
     le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
     ui.log                the UI servers' output (tagtune.launch.ui)
     analysis/             what ``tagtune analyze`` wrote (its default output)
+    rounds.json           an extended study's rounds (``tagtune study extend``): when each
+                          began and ended, what it added or grew; round k > 1 runs in
+                          ``search.k/`` and ``replicate.k/``
 
 A cell is one method at one proportion of training labels removed; its id (``mt@0.40``)
 names its Optuna study, its MLflow parent run and the ``cell`` key of its trials' configs.
@@ -48,6 +51,7 @@ JOURNAL = "mlflow-journal.jsonl"
 TEACHERS = "le-teachers"
 LOG_FILE = "study.log"
 ANALYSIS = "analysis"
+ROUNDS = "rounds.json"
 # Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
               "reused_checkpoint")
@@ -82,6 +86,43 @@ def trial_dirname(cell: str, trial_id: str) -> str:
 def trial_id_of(dirname: str) -> str:
     """The trial id in a trial's directory name (see :func:`trial_dirname`)."""
     return dirname.rsplit("_", 1)[-1]
+
+
+def phase_dirname(phase: str, round_: int = 1) -> str:
+    """The Tune experiment directory of ``phase`` in round ``round_`` (``search``, ``search.2``):
+    an extension runs in new experiments, so Tune never has to restore a finished one."""
+    return phase if round_ == 1 else f"{phase}.{round_}"
+
+
+def read_rounds(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The study's rounds (rounds.json); empty for a study never extended (one round)."""
+    import json
+
+    path = Path(study_dir) / ROUNDS
+    if not path.is_file():
+        return []
+    try:
+        rounds = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(ROUNDS, f"unreadable ({first_line(e, None)})", where=str(study_dir)) from None
+    return rounds if isinstance(rounds, list) else []
+
+
+def round_count(study_dir: str | Path) -> int:
+    """How many rounds the study has begun (1 for a study never extended)."""
+    return max(1, len(read_rounds(study_dir)))
+
+
+def phase_dirs(study_dir: str | Path, phase: str | None = None) -> list[tuple[str, Path]]:
+    """(phase, directory) of every round's Tune experiments, in order; only ``phase`` if given."""
+    n = round_count(study_dir)
+    return [(p, Path(study_dir) / phase_dirname(p, r)) for r in range(1, n + 1) for p in PHASES
+            if phase in (None, p)]
+
+
+def superseded(study_dir: str | Path) -> set[str]:
+    """Replicate trials a later round re-ran for a new best config: kept, but not counted."""
+    return {tid for r in read_rounds(study_dir) for tid in r.get("superseded", [])}
 
 
 def tracking_uri(study_dir: Path, mlflow_uri: str | None) -> str:

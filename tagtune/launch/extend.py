@@ -22,14 +22,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tagtune.launch.study import StudyResult, now, run_study
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study import atomic
 from tagtune.study.config import ConfigError
 from tagtune.study.data import load
-from tagtune.study.errors import first_line
 from tagtune.study.folder import (
     BEST,
     ROUNDS,
@@ -38,6 +35,7 @@ from tagtune.study.folder import (
     StudySettings,
     load_study,
     proportion_text,
+    read_fields,
     read_rounds,
 )
 from tagtune.study.methods import check_supported
@@ -57,7 +55,7 @@ def extend_study(study_dir: str | Path, *, config: str | Path | None = None, ver
     study_dir = Path(study_dir).expanduser().absolute()
     old = load_study(study_dir)
     _check_finished(study_dir)
-    asked = _config_fields(Path(config)) if config is not None else {}
+    asked = read_fields(Path(config).absolute()) if config is not None else {}
     asked |= {k: v for k, v in given.items() if v is not None}
     new = _union(old, asked)
     _check_ranges(old, new)
@@ -101,19 +99,6 @@ def _check_finished(study_dir: Path) -> None:
     if not (study_dir / SUMMARY).is_file() or (rounds and rounds[-1].get("ended") is None):
         raise ConfigError("study", f"unfinished: resume it first (tagtune study resume {study_dir})",
                           where=str(study_dir))
-
-
-def _config_fields(path: Path) -> dict[str, Any]:
-    """A study YAML's fields as given (its ``search:`` mapping: the file is the search space)."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("file", f"cannot read YAML ({first_line(e, None)})", where=str(path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError("file", "expected a mapping", where=str(path))
-    if raw.pop("search", None) is not None and "search_space" not in raw:
-        raw["search_space"] = str(path.absolute())
-    return raw
 
 
 def _union(old: StudySettings, asked: dict[str, Any]) -> StudySettings:

@@ -323,32 +323,32 @@ def cell_summaries(cells: list[str], best: dict[str, dict], replicates: list[dic
 def record_cells(study_dir: Path, tracking_uri: str, experiment_id: str, events: list[dict]) -> None:
     """Journal the cells' summaries, then write them to MLflow if it answers (else the final sync
     or ``tagtune mlflow sync`` does)."""
-    for event in events:
-        append(Path(study_dir) / JOURNAL, event)
-    try:
-        with quick_mlflow_http():
-            tracker = Tracker(tracking_uri, experiment_id)
-            for event in events:
-                tracker.apply_cell(event)
-    except Exception as e:  # noqa: BLE001 -- MLflow down: the journal keeps them
-        log.warning("MLflow unreachable (%s); cell summaries kept in %s", first_line(e, 200),
-                    Path(study_dir) / JOURNAL)
+    _journal_then_send(study_dir, tracking_uri, experiment_id, events, "cell summaries")
 
 
 def tag_trials(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids: list[str],
                tags: dict[str, str]) -> None:
     """Journal tags for the runs of ``trial_ids``, then set them in MLflow if it answers (else the
     final sync or ``tagtune mlflow sync`` does)."""
-    events = [{"op": "tag", "trial_id": tid, "tags": tags} for tid in trial_ids]
+    _journal_then_send(study_dir, tracking_uri, experiment_id,
+                       [{"op": "tag", "trial_id": tid, "tags": tags} for tid in trial_ids], "tags")
+
+
+def _journal_then_send(study_dir: Path, tracking_uri: str, experiment_id: str, events: list[dict],
+                       what: str) -> None:
+    # The journal first: whatever MLflow does next, a sync can replay them.
     for event in events:
         append(Path(study_dir) / JOURNAL, event)
     try:
         with quick_mlflow_http():
             tracker = Tracker(tracking_uri, experiment_id)
             for event in events:
-                tracker.apply(event)
+                if event.get("op") == "cell":
+                    tracker.apply_cell(event)
+                else:
+                    tracker.apply(event)
     except Exception as e:  # noqa: BLE001 -- MLflow down: the journal keeps them
-        log.warning("MLflow unreachable (%s); tags kept in %s", first_line(e, 200),
+        log.warning("MLflow unreachable (%s); %s kept in %s", first_line(e, 200), what,
                     Path(study_dir) / JOURNAL)
 
 

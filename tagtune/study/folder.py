@@ -321,9 +321,9 @@ def _check(ok: bool, name: str, problem: str) -> None:
         raise ConfigError(name, problem, where="study")
 
 
-def load_settings(path: str | Path, *, known_only: bool = False, **overrides: Any) -> StudySettings:
-    """Settings from a YAML file (its top-level keys are the fields), then ``overrides``;
-    ``known_only``: keys that are no field are left out rather than refused."""
+def read_fields(path: str | Path) -> dict[str, Any]:
+    """A study YAML's top-level fields as given. Its ``search:`` mapping is the search space, read
+    by tagtune.search_spaces from the file itself: ``search_space`` names the file where it is."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -331,15 +331,22 @@ def load_settings(path: str | Path, *, known_only: bool = False, **overrides: An
         raise ConfigError("file", f"cannot read YAML ({first_line(e, None)})", where=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError("file", "expected a mapping", where=str(path))
-    has_ranges = raw.pop("search", None) is not None  # the ranges, read by tagtune.search_spaces
+    if raw.pop("search", None) is not None and "search_space" not in raw:
+        raw["search_space"] = str(path)
+    return raw
+
+
+def load_settings(path: str | Path, *, known_only: bool = False, **overrides: Any) -> StudySettings:
+    """Settings from a YAML file (its top-level keys are the fields), then ``overrides``;
+    ``known_only``: keys that are no field are left out rather than refused."""
+    path = Path(path)
+    raw = read_fields(path)
     known = {f.name for f in fields(StudySettings)}
     unknown = sorted(set(raw) - known)
     if unknown and not known_only:
         raise ConfigError(unknown[0], "unknown key", where=str(path))
     merged = {**{k: v for k, v in raw.items() if k in known},
               **{k: v for k, v in overrides.items() if v is not None}}
-    if "search_space" not in merged and has_ranges:
-        merged["search_space"] = str(path)
     try:
         return StudySettings(**merged)
     except TypeError as e:

@@ -146,23 +146,23 @@ class MlflowServer:
     def __init__(self, db: Path):
         self.db, self.port = db, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.db}",
+                     "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        # No job runner: MLflow 3 starts ~8 huey worker processes for server-side jobs (none
+        # used here) -- on 2 cores they slow everything else in the test.
+        self.env = {**base_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = db.with_suffix(".log")
+        self.cwd = db.parent  # its artifact store (./mlartifacts) next to its database
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
-        log = self.db.with_suffix(".log")
-        with open(log, "a") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.db}",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                # No job runner: MLflow 3 starts ~8 huey worker processes for server-side jobs
-                # (none used here) -- on 2 cores they slow everything else in the test.
-                env={**base_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=out,
-                # Its artifact store (./mlartifacts) next to its database, not in the cwd.
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.db.parent)
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server failed:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.argv[0]} failed:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.3)
 
     def answers(self) -> bool:

@@ -14,7 +14,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tagtune.launch.cli import app
 from tagtune.launch.pg_local import LocalPostgres, free_port, postgres_bin
 from tagtune.launch.preflight import psycopg_uri
 from tagtune.study.folder import JOURNAL
-from tests.launch.processes import base_env, kill_session
+from tests.launch.processes import MlflowServer, base_env, kill_session
 from tests.launch.test_reliability import TRIAL_RUNS, mlflow_equals_results, slow_study, tagtune
 
 
@@ -98,7 +97,7 @@ def test_study_refuses_a_postgres_store_with_a_wrong_password(tmp_path, postgres
     assert not (tmp_path / "s").exists()  # before any trial, before the study directory
 
 
-class PostgresServer:
+class PostgresServer(MlflowServer):
     """``python -m tagtune.launch.mlflow_server`` on the throwaway Postgres; killed and started
     again at will (the databases stay)."""
 
@@ -113,30 +112,11 @@ class PostgresServer:
                      "--backend-store-uri", pg.uri, "--db-password-file", str(secret)]
         self.env = base_env(HOME=str(root), MLFLOW_TRACKING_USERNAME="admin",
                             MLFLOW_TRACKING_PASSWORD=password)
-        self.log = root / "server.log"
+        self.log, self.cwd = root / "server.log", root
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> None:
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow_server failed:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.3)
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     def kill(self) -> None:
-        if self.proc is not None:
-            kill_session(self.proc)  # the server and its workers, SIGKILL: no clean shutdown
-            self.proc = None
+        self.stop()  # the server and its workers, SIGKILL: no clean shutdown
 
 
 def _results(journal: Path) -> int:

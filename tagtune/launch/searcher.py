@@ -51,7 +51,7 @@ from ray.tune.search import Searcher
 
 from tagtune.search_spaces import SPACES, Ranges, paper_point
 from tagtune.study import atomic
-from tagtune.study.config import METHODS, ConfigError
+from tagtune.study.config import METHODS, ConfigError, check_proportion
 from tagtune.study.folder import cell_id, parse_cell
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ class Cell:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError("cell.method", f"unknown method {self.method!r}")
-        if not 0 <= self.missing < 1:
-            raise ConfigError("cell.missing", f"must be in [0, 1), got {self.missing}")
+        check_proportion(self.missing, "cell.missing")
 
     @property
     def id(self) -> str:

@@ -192,7 +192,7 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        _check(0 <= self.missing < 1, "missing", f"must be in [0, 1), got {self.missing}")
+        check_proportion(self.missing)
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
         _check(self.device in DEVICES, "device",
                f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
@@ -249,6 +249,13 @@ def preset_config(preset: str, method: str | None) -> dict[str, Any]:
 def _check(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(name, problem)
+
+
+def check_proportion(p: float, field: str = "missing", where: str = "config") -> None:
+    """The one check of a missing-label proportion (a run's, a study's, a cell's): in [0, 1);
+    1 would remove every observed label."""
+    if not 0 <= p < 1:
+        raise ConfigError(field, f"must be in [0, 1), got {p}", where=where)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

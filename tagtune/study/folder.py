@@ -36,7 +36,15 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tagtune.study.config import METHODS, PRESETS, ConfigError, TrainConfig, from_dict, typed
+from tagtune.study.config import (
+    METHODS,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    check_proportion,
+    from_dict,
+    typed,
+)
 from tagtune.study.errors import first_line
 
 SETTINGS = "study.yaml"
@@ -213,7 +221,8 @@ class StudySettings:
         _check(not bad, "methods", f"unknown method {bad[0] if bad else ''!r}; use {', '.join(METHODS)}")
         _check(len(self.methods) > 0, "methods", "at least one method")
         _check(len(set(self.methods)) == len(self.methods), "methods", "listed twice")
-        _check(all(0 <= p < 1 for p in self.missing), "missing", "proportions must be in [0, 1)")
+        for p in self.missing:
+            check_proportion(p, where="study")
         _check(len(self.missing) > 0, "missing", "at least one proportion")
         for name in ("trials", "replicates", "epochs", "grace_period", "cpus_per_trial",
                      "checkpoint_every"):

@@ -149,38 +149,51 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
         raise ConfigError("le_teacher", f"only for method {', '.join(shared)}, not {cfg.method}")
     hooks = methods.hooks(cfg.method)
     train, valid = _Data.of(ds.train, device), _Data.of(ds.valid, device)
-    stages = methods.stages(cfg.method)
-    first = len(stages) - 1 if le_teacher is not None else 0
-    if resume is not None:
-        payload = load_payload(resume, cfg)
-        fs = _new_stage_state(stages, payload["stage"], train, ds, cfg)
-        restore(fs, payload)
-    else:
-        fs = _new_stage_state(stages, first, train, ds, cfg)
-        if le_teacher is not None:
-            hooks.begin_stage(fs, _as_state(le_teacher, ds, cfg), train, cfg)
-
+    fs = _start(ds, cfg, train, resume, le_teacher)
     taxonomy = taxonomy_of(ds)  # parsed once a fit, not every epoch
     while True:
         while fs.stage_epoch < cfg.epochs and not fs.stopped:
             _epoch(fs, hooks, train, valid, ds.valid, cfg, on_epoch, taxonomy)
-        if fs.stage == len(stages) - 1:
+        if fs.stage == len(fs.stages) - 1:
             break
-        # The stage boundary: the stage's selected network goes to the method (LE: it enhances
-        # the labels of the next stage's fresh network).
-        selected = fs.best_model if fs.best_model is not None else clone_state(fs.model)
-        fs = _next_stage(fs, train, ds, cfg)
-        if hooks.begin_stage is not None:
-            hooks.begin_stage(fs, selected, train, cfg)
+        fs = _stage_boundary(fs, hooks, train, ds, cfg)
     return _result(fs, ds, cfg)
 
 
+def _start(ds: Dataset, cfg: TrainConfig, train: _Data, resume: str | Path | None, le_teacher: Any,
+           generic: bool | None = None) -> FitState:
+    """The state a fit starts from: fresh, resumed from a saved state, or at the last stage with a
+    given LE teacher."""
+    stages = methods.stages(cfg.method)
+    if resume is not None:
+        payload = load_payload(resume, cfg)
+        fs = _new_stage_state(stages, payload["stage"], train, ds, cfg, generic)
+        restore(fs, payload)
+        return fs
+    first = len(stages) - 1 if le_teacher is not None else 0
+    fs = _new_stage_state(stages, first, train, ds, cfg, generic)
+    if le_teacher is not None:
+        methods.hooks(cfg.method).begin_stage(fs, _as_state(le_teacher, ds, cfg), train, cfg)
+    return fs
+
+
+def _stage_boundary(fs: FitState, hooks: Hooks, train: _Data, ds: Dataset, cfg: TrainConfig) -> FitState:
+    """The next stage's state. The stage's selected network goes to the method (LE: it enhances
+    the labels of the next stage's fresh network)."""
+    selected = fs.best_model if fs.best_model is not None else clone_state(fs.model)
+    fs = _next_stage(fs, train, ds, cfg)
+    if hooks.begin_stage is not None:
+        hooks.begin_stage(fs, selected, train, cfg)
+    return fs
+
+
 def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Dataset,
-                     cfg: TrainConfig) -> FitState:
-    """Fresh networks, optimizer and random streams for ``stages[stage]``."""
+                     cfg: TrainConfig, generic: bool | None = None) -> FitState:
+    """Fresh networks, optimizer and random streams for ``stages[stage]``; ``generic``: the
+    generic torch path whatever the device (fused trials, tagtune.study.stacked)."""
     device = train.X.device
     model = _network(ds, cfg, stage).to(device)
-    model.generic = devices.generic(device)
+    model.generic = devices.generic(device) if generic is None else generic
     model.lowp = precision.dtype(precision.resolve(cfg.precision, device))  # None: fp32
     # The batch order is drawn on the CPU on every device (the same order for a seed; a
     # checkpoint's stream resumes anywhere); the noise where the masks are made.
@@ -198,7 +211,7 @@ def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Data
 
 def _next_stage(fs: FitState, train: _Data, ds: Dataset, cfg: TrainConfig) -> FitState:
     """The following stage: a fresh network and optimizer at the initial learning rate."""
-    nxt = _new_stage_state(fs.stages, fs.stage + 1, train, ds, cfg)
+    nxt = _new_stage_state(fs.stages, fs.stage + 1, train, ds, cfg, generic=fs.model.generic)
     nxt.history = fs.history
     return nxt
 
@@ -234,12 +247,24 @@ def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
 def _epoch(fs: FitState, hooks: Hooks, train: _Data, valid: _Data, valid_split: Split,
            cfg: TrainConfig, on_epoch: OnEpoch | None, taxonomy: Taxonomy | None) -> None:
     """Train one epoch, validate, update the selection, log, call back."""
+    lr = _set_lr(fs, cfg)
+    train_logs = _train_epoch(fs, hooks, train, cfg)
+    _close_epoch(fs, hooks, valid, valid_split, cfg, on_epoch, taxonomy, lr, train_logs)
+
+
+def _set_lr(fs: FitState, cfg: TrainConfig) -> float:
+    """The learning rate of the epoch about to be trained, set in the optimizer."""
     lr = lr_at(cfg, fs.stage_epoch + 1, fs.stages[fs.stage])
     for group in fs.optimizer.param_groups:
         group["lr"] = lr
-    train_logs = _train_epoch(fs, hooks, train, cfg)
-    fs.stage_epoch += 1
+    return lr
 
+
+def _close_epoch(fs: FitState, hooks: Hooks, valid: _Data, valid_split: Split, cfg: TrainConfig,
+                 on_epoch: OnEpoch | None, taxonomy: Taxonomy | None, lr: float,
+                 train_logs: dict[str, float]) -> None:
+    """After an epoch's training: validate, update the selection, log, call back."""
+    fs.stage_epoch += 1
     selected, other = _selected(fs, cfg)
     val_loss, val_metrics = _validate(selected, valid, valid_split, taxonomy)
     logs: dict[str, Any] = {
@@ -280,17 +305,11 @@ def _selected(fs: FitState, cfg: TrainConfig) -> tuple[AttentionMIL, AttentionMI
 
 def _train_epoch(fs: FitState, hooks: Hooks, train: _Data, cfg: TrainConfig) -> dict[str, float]:
     """One pass over the training clips in a random order; the mean of the step logs."""
-    fs.model.train()
-    if fs.teacher is not None:
-        fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
-    state = MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher,
-                        positives_per_clip=train.positives_per_clip)
+    state = _begin_train_epoch(fs, cfg, train)
     after_step = hooks.after_step
-    N, B = train.X.shape[0], cfg.batch_size
-    perm = torch.randperm(N, generator=fs.batches).to(train.X.device)
-    starts = list(range(0, N, B))
-    if len(starts) > 1 and N - starts[-1] == 1:
-        starts.pop()  # a lone clip cannot be batch-normalised when T = 1; it is seen next epoch
+    perm = torch.randperm(train.X.shape[0], generator=fs.batches).to(train.X.device)
+    starts = batch_starts(train.X.shape[0], cfg.batch_size)
+    B = cfg.batch_size
     sums: dict[str, Tensor] = {}
     for i, start in enumerate(starts):
         idx = perm[start : start + B]
@@ -308,6 +327,23 @@ def _train_epoch(fs: FitState, hooks: Hooks, train: _Data, cfg: TrainConfig) -> 
         for k, v in {"train/loss": loss, **logs}.items():
             sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach()
     return {k: float(v) / len(starts) for k, v in sums.items()}
+
+
+def _begin_train_epoch(fs: FitState, cfg: TrainConfig, train: _Data) -> MethodState:
+    """Train mode, and the state a step reads."""
+    fs.model.train()
+    if fs.teacher is not None:
+        fs.teacher.train()  # dropout is the teacher's noise too (Tarvainen & Valpola 2017)
+    return MethodState(fs.model, cfg, fs.noise, fs.stage_name, fs.teacher,
+                       positives_per_clip=train.positives_per_clip)
+
+
+def batch_starts(N: int, B: int) -> list[int]:
+    """The first clip of each mini-batch of an epoch over ``N`` clips, ``B`` a batch."""
+    starts = list(range(0, N, B))
+    if len(starts) > 1 and N - starts[-1] == 1:
+        starts.pop()  # a lone clip cannot be batch-normalised when T = 1; it is seen next epoch
+    return starts
 
 
 def _validate(model: AttentionMIL, data: _Data, split: Split, taxonomy: Taxonomy | None,

@@ -307,7 +307,8 @@ def fit_many(ds: Dataset, cfgs: Sequence[TrainConfig], *,
         return call
 
     resume, le_teacher = resume or [None] * n, le_teacher or [None] * n
-    members = [stack.add(cfg, caller(k), resume=resume[k], le_teacher=le_teacher[k]) for k, cfg in enumerate(cfgs)]
+    members = [stack.add(cfg, caller(k), resume=resume[k], le_teacher=le_teacher[k])
+               for k, cfg in enumerate(cfgs)]
     while stack.active:
         stack.epoch()
         for k in sorted(left):

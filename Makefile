@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench science clean
+.PHONY: demo test test-gpu lint bench science clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The GPU tests (tests/gpu) on a GPU node, which has no venv and no internet: installs nothing, runs
+# with the venv's python where there is one, else python3. TAGTUNE_GPU_TESTS_ON=cpu: a dry run here.
+test-gpu:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python -m tagtune.launch.demo

@@ -43,6 +43,8 @@ def study(
     cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs per trial.")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(
         help="GPUs per trial; a fraction shares one (0.25: four trials a GPU).")] = None,
+    fuse: Annotated[str | None, typer.Option(
+        help="Train up to N trials of a cell as one stacked network (fused), or auto; 1: off.")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
@@ -74,7 +76,7 @@ def study(
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
         "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
-        "grace_period": grace_period,
+        "grace_period": grace_period, "fuse": fuse,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
         "max_failures": max_failures, "share_le_teacher": share_le_teacher,
         "reuse_best_replicate": reuse_best_replicate,

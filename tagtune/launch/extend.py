@@ -42,7 +42,7 @@ from tagtune.study.methods import check_supported
 
 GROWN = ("methods", "missing", "trials", "replicates")
 """What an extension may add to: the union of old and new is the study's."""
-RUNTIME = ("address", "num_cpus", "cpus_per_trial", "gpus_per_trial", "max_failures")
+RUNTIME = ("address", "num_cpus", "cpus_per_trial", "gpus_per_trial", "max_failures", "fuse")
 """Where and how fast it runs, not what: may differ from the first round's."""
 NOT_COMPARED = ("name", "storage", "data", "search_space")
 """The study is the directory given; the data is compared by content, the ranges by value."""

@@ -103,7 +103,8 @@ class CellSearcher(Searcher):
     def __init__(self, cells: list[Cell], trials_per_cell: int | Mapping[str, int],
                  ranges: Ranges | None = None, preset: str = "openmic", seed: int = 0,
                  metric: str | None = None, mode: str | None = None,
-                 base_config: dict[str, Any] | None = None, n_startup_trials: int = 10):
+                 base_config: dict[str, Any] | None = None, n_startup_trials: int = 10,
+                 block: int = 1):
         super().__init__(metric=metric, mode=mode)
         ids = [c.id for c in cells]
         if not cells or len(set(ids)) != len(ids):
@@ -130,6 +131,9 @@ class CellSearcher(Searcher):
         self._open: dict[str, _Open] = {}
         self._trials: dict[str, tuple[str, int]] = {}  # Tune trial_id -> (cell id, Optuna number)
         self._next = 0  # index of the cell to try first on the next suggest
+        # Fused trials: a cell's trials are dealt ``block`` in a row, so that they can train as one
+        # stack; Optuna asks them one after the other with the constant liar (a batch ask).
+        self._block, self._dealt = block, 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec) -> bool:
@@ -170,10 +174,15 @@ class CellSearcher(Searcher):
         """
         self._setup()
         ids = list(self._cells)
+        block = getattr(self, "_block", 1)  # a searcher saved before fused trials: 1
         for k in range(len(ids)):
             cid = ids[(self._next + k) % len(ids)]
             if len(self._handed_out(cid)) < self._budgets[cid]:
-                self._next = (self._next + k + 1) % len(ids)
+                self._dealt = (getattr(self, "_dealt", 0) + 1) if k == 0 else 1
+                if self._dealt >= block:  # the cell's block is out: the next cell's turn
+                    self._next, self._dealt = (self._next + k + 1) % len(ids), 0
+                else:
+                    self._next = (self._next + k) % len(ids)
                 return self._ask(trial_id, cid)
         return Searcher.FINISHED
 

@@ -23,6 +23,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from tagtune.launch import fusion
 from tagtune.launch.display import DisplayCallback, LibraryLogs, StudyDisplay, library_logs
 from tagtune.launch.preflight import (
     check_address,
@@ -255,6 +256,12 @@ def _trainable(settings: StudySettings, ds: Dataset, ended: dict[str, dict] | No
     # checkpoint, which its config names relative to it. ended: trials a resumed snapshot had
     # not seen end and the journal has (their last results), reported again, not retrained.
     cache = str(settings.teacher_cache) if settings.teacher_cache else None
+    if settings.fuse_size > 1:  # fused: light member trials, the resources are their stacks'
+        stacks = fusion.registry(ds, settings.fuse_size, trial_resources(settings), cache)
+        return tune.with_resources(tune.with_parameters(fusion.member_trial, stacks=stacks,
+                                                        study_dir=str(settings.study_dir),
+                                                        ended=ended or None),
+                                   {"cpu": fusion.MEMBER_CPU})
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
                                                     study_dir=str(settings.study_dir),
                                                     ended=ended or None),
@@ -266,6 +273,19 @@ def trial_resources(settings: StudySettings) -> dict[str, float]:
     sets the trial's CUDA_VISIBLE_DEVICES to the card it assigned)."""
     gpus = {"gpu": settings.gpus_per_trial} if settings.gpus_per_trial > 0 else {}
     return {"cpu": settings.cpus_per_trial, **gpus}
+
+
+def max_concurrent(settings: StudySettings) -> int | None:
+    """Fused trials: as many member trials at once as the stacks that fit can hold (a member asks
+    Ray for next to nothing, so Tune alone would start every trial of the phase at once)."""
+    if settings.fuse_size <= 1:
+        return None
+    cluster = ray.cluster_resources()
+    per_stack = settings.cpus_per_trial + settings.fuse_size * fusion.MEMBER_CPU
+    stacks = int(cluster.get("CPU", 1) // per_stack)
+    if settings.gpus_per_trial > 0:
+        stacks = min(stacks, int(cluster.get("GPU", 0) // settings.gpus_per_trial))
+    return max(1, stacks) * settings.fuse_size
 
 
 def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _Output) -> tune.RunConfig:
@@ -379,7 +399,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
     cells = [Cell(m, p) for m in settings.methods for p in settings.missing]
     searcher = CellSearcher(cells, trials_per_cell=settings.trials, ranges=ranges,
                             preset=settings.preset, seed=settings.seed,
-                            base_config=settings.base_config(phase="search"))
+                            base_config=settings.base_config(phase="search"), block=settings.fuse_size)
     expected, earlier, previous = len(cells) * settings.trials, None, None
     if rnd > 1:
         # A later round: each existing cell's Optuna study goes on (TPE sees every earlier trial)
@@ -394,6 +414,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
             _trainable(settings, ds),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=searcher, num_samples=expected,
+                max_concurrent_trials=max_concurrent(settings),
                 reuse_actors=True,  # a worker process per trial would spend seconds importing torch
                 trial_dirname_creator=_trial_dirname,
                 scheduler=CellASHA(max_t=settings.epochs, grace_period=settings.grace_period,
@@ -566,6 +587,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
             _trainable(settings, ds),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
+                                        max_concurrent_trials=max_concurrent(settings),
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(settings, dirname, experiment_id, out),
         )

@@ -150,6 +150,9 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
 
 DEFAULT_MISSING = (0.0, 0.1, 0.2, 0.4, 0.8)
 DEFAULT_GRACE_PERIOD = 5
+FUSE_ON_GPU = 16
+"""``fuse: auto`` on a GPU: trials a stack. Unmeasured (no GPU has run tagtune yet): bench_fused.py
+measures N = 1 ... 64; off on CPUs, where the stacked generic path is slower than the CPU path."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,10 @@ class StudySettings:
     gpus_per_trial: float = 0.0
     """GPUs per trial, a fraction to share one (0.25: four trials a card); 0 = trials train on
     their CPUs. A trial trains on the GPU Ray assigns it (device cuda)."""
+    fuse: int | str = 1
+    """Fused trials: up to this many trials of a cell train as one stacked network in one process
+    holding the trial's resources (tagtune.launch.fusion; each still its own Tune trial, Optuna trial
+    and MLflow run); 1 = off; ``auto``: FUSE_ON_GPU where trials have a GPU, off on CPUs."""
     checkpoint_every: int = 5
     """Checkpoint a trial every this many epochs (and at its end)."""
     max_failures: int = 3
@@ -251,6 +258,13 @@ class StudySettings:
         train_config(self.base_config(method="b1", missing=0.0))  # overrides must be valid
 
     @property
+    def fuse_size(self) -> int:
+        """How many trials train as one stack (``fuse`` with ``auto`` resolved); 1: unfused."""
+        if self.fuse == "auto":
+            return FUSE_ON_GPU if self.gpus_per_trial > 0 else 1
+        return int(self.fuse)
+
+    @property
     def study_dir(self) -> Path:
         return Path(self.storage) / self.name
 
@@ -306,6 +320,12 @@ def _typed(name: str, annotation: str, v: Any) -> Any:
         items = v if isinstance(v, list | tuple) else [v]
         item = "str" if "str" in annotation else "float"
         return tuple(_typed(name, item, x) for x in items)
+    if name == "fuse":  # a number of trials, or auto
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        n = typed(name, "int", int(v) if isinstance(v, str) and v.strip().isdigit() else v, where="study")
+        _check(n >= 1, name, f"must be >= 1 (1: off) or auto, got {n}")
+        return n
     if name in _PATHS and isinstance(v, os.PathLike):
         v = os.fspath(v)
     return typed(name, kind, v, where="study")

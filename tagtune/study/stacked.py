@@ -145,10 +145,10 @@ class Stack:
     def active(self) -> list[Member]:
         return [m for m in self.members if not m.done]
 
-    def epoch(self) -> list[Member]:
-        """Train every active member one epoch, stacked; validate each, call its ``on_epoch``,
-        move it to its next stage where one ended. The members trained, in order."""
-        group = self.active
+    def epoch(self, group: Sequence[Member] | None = None) -> list[Member]:
+        """Train every active member (of ``group``: those) one epoch, stacked; validate each, call its
+        ``on_epoch``, move it to its next stage where one ended. The members trained, in order."""
+        group = [m for m in (self.members if group is None else group) if not m.done]
         if not group:
             return []
         with devices.deterministic(self.like.deterministic):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,48 +51,87 @@ TRIAL_STATE = "trial_state.json"
 REPLAYED = "replayed"
 
 
+class Reporter:
+    """What a trial reports after each epoch and when it checkpoints, for a trial trained alone or
+    fused (tagtune.launch.fusion); its state rides in the checkpoint (TRIAL_STATE), so a resumed
+    trial reports exactly as before."""
+
+    def __init__(self, config: dict[str, Any]):
+        cfg = train_config(config)
+        self.every = int(config.get("checkpoint_every", 5))
+        self.names = stages(cfg.method)
+        self.total = cfg.epochs * len(self.names)
+        # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
+        self.before_last = (len(self.names) - 1) * cfg.epochs
+        self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
+
+    def metrics(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """The report of an epoch, from the fit loop's logs."""
+        state = self.state
+        if logs["stage"] != state["stage"]:
+            state.update(stage=logs["stage"], best=math.inf)
+        last_stage = logs["stage"] == self.names[-1]
+        if last_stage:  # an earlier stage's network is not a candidate model: no score yet
+            state["best"] = min(state["best"], float(logs["val/loss"]))
+        epoch = int(logs["epoch"])
+        metrics = {
+            **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
+            "budget": epoch - self.before_last if last_stage else 0,
+            "val/best_loss": state["best"],
+            "complete": epoch >= self.total,
+        }
+        state["last"] = metrics
+        return metrics
+
+    def due(self, epoch: int) -> bool:
+        """Whether the state after ``epoch`` goes with its report as a checkpoint."""
+        return epoch % self.every == 0 or epoch >= self.total
+
+    def write(self, directory: Path) -> None:
+        (Path(directory) / TRIAL_STATE).write_text(json.dumps(self.state))
+
+    def read(self, directory: Path) -> None:
+        self.state.update(json.loads((Path(directory) / TRIAL_STATE).read_text()))
+
+    def finish(self, config: dict[str, Any], evaluation: Callable[[], dict[str, float]]) -> None:
+        """The last report: a replicate's test metrics, or the end of a fit that stopped on its own."""
+        last = self.state["last"] or {}
+        if config.get("phase") == "replicate":
+            tune.report({**last, **evaluation(), "complete": True})
+        elif not last.get("complete", False):
+            # The fit loop stopped on its own (patience): say so, or the searcher
+            # would take the trial for one the scheduler cut short.
+            tune.report({**last, "complete": True})
+
+
+def replayed(ended: dict[str, dict] | None) -> bool:
+    """A trial that ended between the snapshot a resume started from and the interruption (the
+    study's journal has its end): Tune and the searcher hear its last result again, nothing is
+    retrained or logged twice. True where this trial is one."""
+    trial_id = tune.get_context().get_trial_id() or ""
+    if ended and trial_id in ended:
+        tune.report({**ended[trial_id], REPLAYED: True})
+        return True
+    return False
+
+
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,
                 study_dir: str | None = None, ended: dict[str, dict] | None = None) -> None:
     from tagtune.study.teachers import TeacherCache
     from tagtune.study.train import evaluate_fit, fit
 
-    trial_id = tune.get_context().get_trial_id() or ""
-    if ended and trial_id in ended:
-        # It ended between the snapshot a resume started from and the interruption (the
-        # study's journal has its end): Tune and the searcher hear its last result again,
-        # nothing is retrained or logged twice.
-        tune.report({**ended[trial_id], REPLAYED: True})
+    if replayed(ended):
         return
-
+    trial_id = tune.get_context().get_trial_id() or ""
     cfg = train_config(config)
-    every = int(config.get("checkpoint_every", 5))
-    names = stages(cfg.method)
-    total = cfg.epochs * len(names)
-    # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
-    before_last = (len(names) - 1) * cfg.epochs
-    # The trainable's own state (the stage's best loss, the last report) rides in the
-    # checkpoint next to the fit loop's, so a resumed trial reports exactly as before.
-    state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
+    reporter = Reporter(config)
 
     def on_epoch(logs: dict, save) -> None:
-        if logs["stage"] != state["stage"]:
-            state.update(stage=logs["stage"], best=math.inf)
-        last_stage = logs["stage"] == names[-1]
-        if last_stage:  # an earlier stage's network is not a candidate model: no score yet
-            state["best"] = min(state["best"], float(logs["val/loss"]))
-        epoch = int(logs["epoch"])
-        budget = epoch - before_last if last_stage else 0
-        metrics = {
-            **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
-            "budget": budget,
-            "val/best_loss": state["best"],
-            "complete": epoch >= total,
-        }
-        state["last"] = metrics
-        if epoch % every == 0 or epoch >= total:
+        metrics = reporter.metrics(logs)
+        if reporter.due(int(logs["epoch"])):
             with tempfile.TemporaryDirectory() as tmp:
                 save(Path(tmp))
-                (Path(tmp) / TRIAL_STATE).write_text(json.dumps(state))
+                reporter.write(Path(tmp))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
             tune.report(metrics)
@@ -101,7 +141,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
         # A replicate that is the search's best trial (same config, same seed): its final state,
         # written by that trial, continued -- nothing left to train -- and tested.
         reused = Path(study_dir or ".") / config["reused_checkpoint"]
-        state.update(json.loads((reused / TRIAL_STATE).read_text()))
+        reporter.read(reused)
         result = fit(dataset, cfg, on_epoch=on_epoch, resume=reused)
     elif checkpoint is None:
         teacher = None
@@ -110,13 +150,6 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
         result = fit(dataset, cfg, on_epoch=on_epoch, le_teacher=teacher)
     else:
         with checkpoint.as_directory() as state_dir:
-            state.update(json.loads((Path(state_dir) / TRIAL_STATE).read_text()))
+            reporter.read(Path(state_dir))
             result = fit(dataset, cfg, on_epoch=on_epoch, resume=Path(state_dir))
-
-    last = state["last"] or {}
-    if config.get("phase") == "replicate":
-        tune.report({**last, **evaluate_fit(result, dataset), "complete": True})
-    elif not last.get("complete", False):
-        # The fit loop stopped on its own (patience): say so, or the searcher
-        # would take the trial for one the scheduler cut short.
-        tune.report({**last, "complete": True})
+    reporter.finish(config, lambda: evaluate_fit(result, dataset))

@@ -2,8 +2,8 @@
 
 Every fused trial stays an ordinary Ray Tune trial: its own trial id, config, Optuna trial,
 ASHA decisions, MLflow run, checkpoints and resume. What changes is where its epochs run. The
-trial itself (:func:`member_trial`) is a light process holding almost no resources
-(``MEMBER_CPU``); it hands its config to a :class:`StackActor`, an actor holding one trial's
+trial itself (:func:`member_trial`) is a light process holding no CPU
+(``MEMBER_RESOURCES``); it hands its config to a :class:`StackActor`, an actor holding one trial's
 resources (its CPUs and share of a GPU), which trains every member it holds one epoch at a time
 as one :class:`tagtune.study.stacked.Stack`, then answers each member with its epoch's logs (and,
 when a checkpoint is due, its state). The member reports them to Tune exactly as a trial trained
@@ -39,8 +39,10 @@ from ray import tune
 from tagtune.study.data import Dataset
 from tagtune.study.trainable import Reporter, replayed
 
-MEMBER_CPU = 0.01
-"""What a member trial asks Ray for: it only waits for its stack."""
+MEMBER_RESOURCES = {"cpu": 0, "memory": 2**20}
+"""What a member trial asks Ray for: it only waits for its stack. No CPU (a fraction of one would
+leave a stack of ``cpus_per_trial`` CPUs unplaceable on a node its members fill); Ray wants some
+resource in a trial's request, so a MiB of memory."""
 GRACE_S = 30.0
 """The longest a stack's round waits for a member that has not asked for its next epoch."""
 
@@ -262,4 +264,4 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
         stacks.release.remote(trial_id)
 
 
-__all__ = ["GRACE_S", "MEMBER_CPU", "StackActor", "StackRegistry", "member_trial", "registry"]
+__all__ = ["GRACE_S", "MEMBER_RESOURCES", "StackActor", "StackRegistry", "member_trial", "registry"]

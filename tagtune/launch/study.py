@@ -261,7 +261,7 @@ def _trainable(settings: StudySettings, ds: Dataset, ended: dict[str, dict] | No
         return tune.with_resources(tune.with_parameters(fusion.member_trial, stacks=stacks,
                                                         study_dir=str(settings.study_dir),
                                                         ended=ended or None),
-                                   {"cpu": fusion.MEMBER_CPU})
+                                   fusion.MEMBER_RESOURCES)
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
                                                     study_dir=str(settings.study_dir),
                                                     ended=ended or None),
@@ -277,12 +277,11 @@ def trial_resources(settings: StudySettings) -> dict[str, float]:
 
 def max_concurrent(settings: StudySettings) -> int | None:
     """Fused trials: as many member trials at once as the stacks that fit can hold (a member asks
-    Ray for next to nothing, so Tune alone would start every trial of the phase at once)."""
+    Ray for no CPU, so Tune alone would start every trial of the phase at once)."""
     if settings.fuse_size <= 1:
         return None
     cluster = ray.cluster_resources()
-    per_stack = settings.cpus_per_trial + settings.fuse_size * fusion.MEMBER_CPU
-    stacks = int(cluster.get("CPU", 1) // per_stack)
+    stacks = int(cluster.get("CPU", 1) // settings.cpus_per_trial)
     if settings.gpus_per_trial > 0:
         stacks = min(stacks, int(cluster.get("GPU", 0) // settings.gpus_per_trial))
     return max(1, stacks) * settings.fuse_size

@@ -28,6 +28,7 @@ from tests.launch.processes import base_env
 from tests.launch.test_reliability import TRIAL_RUNS, journal_restarts, slow_study
 from tests.launch.test_resume import _ended, _kill_tree, _resumable, _running_at, _tagtune
 
+# Two stacks of one CPU each on the session's 2-CPU Ray: their members (no CPU) leave both free.
 FUSED = dict(methods=("b1", "le", "mt"), missing=(0.4,), trials=4, replicates=2, epochs=3,
              grace_period=1, checkpoint_every=2, fuse=4)
 # hidden = F (6): a residual on every layer, so that rounding stays rounding (tests/study/test_stacked.py).

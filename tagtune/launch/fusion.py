@@ -217,13 +217,36 @@ class StackRegistry:
         """Stacks made so far (tests)."""
         return self.made
 
+    def close(self) -> None:
+        """End every stack left (a phase is over, or was interrupted)."""
+        for s in self.stacks:
+            ray.kill(s["actor"])
+        self.stacks = []
+
+
+_REGISTRIES: list[Any] = []  # made by this driver, ended by close_registries
+
 
 def registry(ds: Dataset, fuse: int, resources: dict[str, float], teacher_cache: str | None) -> Any:
     """A phase's StackRegistry actor (no resources of its own); the dataset goes to the object
     store once, and each stack maps it from there."""
     ref = ray.put(ds)
     # In a list: a bare ObjectRef argument would be resolved into a copy of the dataset here.
-    return ray.remote(StackRegistry).options(num_cpus=0).remote([ref], fuse, resources, teacher_cache)
+    actor = ray.remote(StackRegistry).options(num_cpus=0).remote([ref], fuse, resources, teacher_cache)
+    _REGISTRIES.append(actor)
+    return actor
+
+
+def close_registries() -> None:
+    """End the registries this driver made, and their stacks: a phase's end (its processes would
+    otherwise hold their memory, and a stack its CPUs, until Ray shuts down)."""
+    while _REGISTRIES:
+        actor = _REGISTRIES.pop()
+        try:
+            ray.get(actor.close.remote(), timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # already gone: nothing of it to end
+        ray.kill(actor)
 
 
 def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = None,
@@ -264,4 +287,5 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
         stacks.release.remote(trial_id)
 
 
-__all__ = ["GRACE_S", "MEMBER_RESOURCES", "StackActor", "StackRegistry", "member_trial", "registry"]
+__all__ = ["GRACE_S", "MEMBER_RESOURCES", "StackActor", "StackRegistry", "close_registries", "member_trial",
+           "registry"]

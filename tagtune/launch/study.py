@@ -376,8 +376,11 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
         tuner = make_tuner()
     if out.display is not None:
         out.display.start_phase(_kind(phase), expected, ended, best)
-    with out.logs.stdout() if out.logs is not None else contextlib.nullcontext():
-        results = tuner.fit()
+    try:
+        with out.logs.stdout() if out.logs is not None else contextlib.nullcontext():
+            results = tuner.fit()
+    finally:
+        fusion.close_registries()  # fused trials' stacks end with their phase
     if out.display is not None:
         out.display.stop()
     # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials

@@ -23,7 +23,7 @@ from tagtune.study.methods import shares_teacher
 from tagtune.study.teachers import TeacherCache
 from tagtune.study.train import fit
 from tagtune.study.trainable import Reporter
-from tests.conftest import TINY_TRAIN, make_split
+from tests.conftest import TINY_TRAIN, invoke, make_split
 from tests.launch.processes import base_env
 from tests.launch.test_reliability import TRIAL_RUNS, journal_restarts, slow_study
 from tests.launch.test_resume import _ended, _kill_tree, _resumable, _running_at, _tagtune
@@ -100,6 +100,17 @@ def test_fused_trials_are_trials_of_their_own(fused_study):
         assert row["error"] is None and np.isfinite(row["test/f1_macro"])
 
 
+def test_a_fused_phase_leaves_no_stack_behind(fused_study, ray_session):
+    # Every stack and registry ended with its phase: Ray has all its CPUs back.
+    from tagtune.launch import fusion
+
+    assert not fusion._REGISTRIES
+    deadline = time.monotonic() + 30
+    while ray_session.available_resources().get("CPU") != ray_session.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray_session.available_resources()
+        time.sleep(0.1)
+
+
 def test_every_fused_epoch_equals_its_config_alone(fused_study, monkeypatch):
     settings, _ = fused_study
     ds = load(settings.data)
@@ -150,6 +161,8 @@ def test_fuse_is_refused_in_one_line_when_bad(tmp_path):
                  test=make_split(rng, 6, prefix="te"), classes=("a", "b", "c"), name="t")
     path = save(ds, tmp_path / "t.h5")
     for bad, says in (("0", "must be >= 1 (1: off) or auto, got 0"), ("many", "expected an integer")):
-        out = subprocess.run(_tagtune("study", "--data", str(path), "--fuse", bad, "--storage",
-                                      str(tmp_path)), capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1], out.stderr
+        out = invoke("study", "--data", path, "--fuse", bad, "--storage", tmp_path / "st")
+        assert out.exit_code == 2, out.output
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "fuse" in line and says in line, out.stderr
+    assert not (tmp_path / "st").exists()  # refused before anything is written

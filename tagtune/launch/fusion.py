@@ -114,6 +114,9 @@ class StackActor:
         from tagtune.study.train import evaluate_fit
 
         member = self.members[trial_id]
+        if member.failed is not None:  # its error alone: its trial fails, its stack-mates go on
+            error = member.failed
+            return {"done": True, "final": None, "error": f"{type(error).__name__}: {error}"}
         if not member.done:
             return {"done": False, "final": None}
         final = None
@@ -164,7 +167,7 @@ class StackActor:
     def _absent(self) -> list[str]:
         """Members the round waits for: holding, not done, not asking yet, not late."""
         return [t for t, m in self.members.items()
-                if t not in self.waiting and t not in self.late and not m.done]
+                if t not in self.waiting and t not in self.late and not m.done and m.failed is None]
 
     def _train(self, trial_ids: list[str]) -> dict[str, dict]:
         group = [self.members[t] for t in trial_ids if t in self.members]
@@ -281,6 +284,8 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
                     _write(epoch["files"], Path(tmp))
                     reporter.write(Path(tmp))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if answer.get("error"):
+            raise RuntimeError(f"fused trial {trial_id}: {answer['error']}")
         reporter.finish(config, lambda: answer["final"])
     finally:  # also when Tune stops the trial inside tune.report (ASHA), or an error
         # Not waited for: Tune gives a stopped trial's thread 2 s to end before it replaces the actor.

@@ -79,6 +79,9 @@ class Member:
     on_epoch: OnEpoch | None = None
     done: bool = False
     """Its last stage has ended (every epoch trained, or patience)."""
+    failed: BaseException | None = None
+    """What ended it with an error (its step, validation, callback or stage boundary raised): the
+    others go on, as a trial's error ends only that trial."""
     logs: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, directory: str | Path) -> Path:
@@ -143,20 +146,26 @@ class Stack:
 
     @property
     def active(self) -> list[Member]:
-        return [m for m in self.members if not m.done]
+        return [m for m in self.members if not m.done and m.failed is None]
 
     def epoch(self, group: Sequence[Member] | None = None) -> list[Member]:
         """Train every active member (of ``group``: those) one epoch, stacked; validate each, call its
         ``on_epoch``, move it to its next stage where one ended. The members trained, in order."""
-        group = [m for m in (self.members if group is None else group) if not m.done]
+        group = [m for m in (self.members if group is None else group) if not m.done and m.failed is None]
         if not group:
             return []
         with devices.deterministic(self.like.deterministic):
-            lrs = [_set_lr(m.fs, m.cfg) for m in group]
+            lrs = {id(m): _set_lr(m.fs, m.cfg) for m in group}
             train_logs = self._train_epoch(group)
-            for m, lr, logs in zip(group, lrs, train_logs, strict=True):
-                _close_epoch(m.fs, m.hooks, m.valid, m.ds.valid, m.cfg, m.on_epoch, self.taxonomy, lr, logs)
-                self._advance(m)
+            for m in group:
+                if m.failed is not None:
+                    continue
+                try:
+                    _close_epoch(m.fs, m.hooks, m.valid, m.ds.valid, m.cfg, m.on_epoch, self.taxonomy,
+                                 lrs[id(m)], train_logs[id(m)])
+                    self._advance(m)
+                except Exception as e:  # noqa: BLE001 -- its error, not its stack-mates'
+                    m.failed = e
         return group
 
     def _advance(self, m: Member) -> None:
@@ -166,48 +175,60 @@ class Stack:
                 return
             m.fs = _stage_boundary(m.fs, m.hooks, m.train, m.ds, m.cfg)
 
-    def _train_epoch(self, group: list[Member]) -> list[dict[str, float]]:
-        """One pass over the clips for each member (its own order), every step one stacked forward."""
-        states = [_begin_train_epoch(m.fs, m.cfg, m.train) for m in group]
+    def _train_epoch(self, group: list[Member]) -> dict[int, dict[str, float]]:
+        """One pass over the clips for each member (its own order), every step one stacked forward.
+        A member whose step raises leaves the pass (``failed``); the others' numbers do not change."""
+        states = {id(m): _begin_train_epoch(m.fs, m.cfg, m.train) for m in group}
         N = self.train_X.shape[0]
         B = self.like.batch_size
-        perms = [torch.randperm(N, generator=m.fs.batches).to(self.device) for m in group]
+        perms = {id(m): torch.randperm(N, generator=m.fs.batches).to(self.device) for m in group}
         starts = batch_starts(N, B)
-        students = [m.fs.model for m in group]
-        teachers = [m.fs.teacher for m in group]
-        noise = [m.fs.noise for m in group]
-        sums: list[dict[str, Tensor]] = [{} for _ in group]
+        sums: dict[int, dict[str, Tensor]] = {id(m): {} for m in group}
         for i, start in enumerate(starts):
-            idx = torch.stack([perm[start : start + B] for perm in perms])
+            alive = [m for m in group if m.failed is None]
+            if not alive:
+                break
+            idx = torch.stack([perms[id(m)][start : start + B] for m in alive])
             X = self.train_X[idx]  # (members, B, T, F): one gather
             # Each member's noise in its solo order: the student's masks, then the teacher's.
-            P = forward(students, X, noise, self.lowp)
+            noise = [m.fs.noise for m in alive]
+            P = forward([m.fs.model for m in alive], X, noise, self.lowp)
             Pt = None
-            if teachers[0] is not None:
+            if alive[0].fs.teacher is not None:
                 with torch.no_grad():
-                    Pt = forward(teachers, X, noise, self.lowp)
+                    Pt = forward([m.fs.teacher for m in alive], X, noise, self.lowp)
             total: Tensor | None = None
-            for n, (m, state) in enumerate(zip(group, states, strict=True)):
+            stepped = []
+            for n, m in enumerate(alive):
+                state = states[id(m)]
                 rows = idx[n]
                 batch = Batch(X[n], m.train.Y.index_select(0, rows), m.fs.train_M.index_select(0, rows))
                 state.progress = m.fs.stage_epoch + i / len(starts)
                 view = MethodState(_Ran(P[n], batch.X), m.cfg, m.fs.noise, m.fs.stage_name,
                                    None if Pt is None else _Ran(Pt[n], batch.X), state.progress,
                                    state.step, state.positives_per_clip)
-                loss, logs = m.hooks.step(batch, view)
+                try:
+                    loss, logs = m.hooks.step(batch, view)
+                except Exception as e:  # noqa: BLE001 -- its error (a diverged lr, ...), not its stack-mates'
+                    m.failed = e
+                    continue
+                stepped.append(m)
                 total = loss if total is None else total + loss
                 for k, v in {"train/loss": loss, **logs}.items():
-                    sums[n][k] = sums[n].get(k, 0.0) + torch.as_tensor(v).detach()
-            for m in group:
+                    sums[id(m)][k] = sums[id(m)].get(k, 0.0) + torch.as_tensor(v).detach()
+            if total is None:
+                break
+            for m in stepped:
                 m.fs.optimizer.zero_grad(set_to_none=True)
             total.backward()  # disjoint parameters: each member gets its own loss's gradient
-            for m, state in zip(group, states, strict=True):
+            for m in stepped:
+                state = states[id(m)]
                 m.fs.optimizer.step()
                 m.fs.steps += 1
                 state.step = m.fs.steps
                 if m.hooks.after_step is not None:
                     m.hooks.after_step(state)
-        return [{k: float(v) / len(starts) for k, v in s.items()} for s in sums]
+        return {k: {name: float(v) / len(starts) for name, v in s.items()} for k, s in sums.items()}
 
 
 def _labels(X: Tensor, split: Any) -> _Data:
@@ -314,6 +335,9 @@ def fit_many(ds: Dataset, cfgs: Sequence[TrainConfig], *,
         for k in sorted(left):
             if members[k] in stack.members:
                 stack.leave(members[k])
+    failed = [m.failed for m in members if m.failed is not None]
+    if failed:  # as fit would have raised it; the other members trained to their end
+        raise failed[0]
     return [m.result() for m in members]
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tagtune.study import device as devices
+from tagtune.study import methods
 from tagtune.study.config import ConfigError, ModelConfig
 from tagtune.study.methods import METHODS
 from tagtune.study.model import build_model
@@ -169,3 +170,34 @@ def test_fused_predictions_equal_alone(tiny_dataset, monkeypatch):
     alone = _alone(tiny_dataset, cfgs, monkeypatch)
     for f, a in zip(fused, alone, strict=True):
         np.testing.assert_allclose(f.predict(tiny_dataset.test.X), a.predict(tiny_dataset.test.X), atol=1e-4)
+
+
+def test_a_member_that_fails_fails_alone(tiny_dataset, monkeypatch):
+    # One member's step raises mid-epoch (as a diverged lr's BCE would), another's callback raises
+    # after an epoch: each of them fails, and the third trains on exactly as it would alone.
+    cfgs = [dataclasses.replace(c, epochs=3) for c in _members("mt")]
+    stack = Stack(tiny_dataset, cfgs[0])
+
+    def broken_callback(logs, save):
+        if logs["epoch"] == 2:
+            raise ValueError("its callback")
+
+    members = [stack.add(cfgs[0]), stack.add(cfgs[1], broken_callback), stack.add(cfgs[2])]
+    calls = []
+
+    def broken_step(batch, state):
+        calls.append(1)
+        if len(calls) == 3:
+            raise FloatingPointError("its step")
+        return methods.hooks("mt").step(batch, state)
+
+    members[0].hooks = dataclasses.replace(members[0].hooks, step=broken_step)
+    while stack.active:
+        stack.epoch()
+    assert isinstance(members[0].failed, FloatingPointError) and members[0].fs.history == []
+    assert isinstance(members[1].failed, ValueError) and len(members[1].fs.history) == 2
+    assert members[2].failed is None and members[2].done
+    _assert_same_runs([members[2].result()], _alone(tiny_dataset, cfgs[2:], monkeypatch))
+    with pytest.raises(FloatingPointError):  # fit_many raises it, as fit would
+        fit_many(tiny_dataset, cfgs[:1], on_epoch=[lambda logs, save: (_ for _ in ()).throw(
+            FloatingPointError("x"))])

@@ -1,0 +1,108 @@
+"""A fused study's stack actor on its own (tagtune.launch.fusion.StackActor, its methods called
+in-process): rounds, stragglers, leaving, checkpoints due, a member's error kept to itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from tagtune.launch import fusion
+from tagtune.study import methods
+from tests.conftest import TINY_TRAIN
+
+CONFIG = {**TINY_TRAIN, "model": {"layers": 2, "hidden": 6}, "method": "b1", "missing": 0.3, "epochs": 3,
+          "checkpoint_every": 2, "cell": "b1@0.30", "phase": "search"}
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _epochs(actor, trial_id, n):
+    return [await actor.epoch(trial_id) for _ in range(n)]
+
+
+def test_members_asking_together_train_as_one_round(tiny_dataset):
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        for k, lr in enumerate((1e-3, 3e-3)):
+            assert await actor.join(f"t{k}", {**CONFIG, "lr": lr, "seed": k}, None) == {"done": False,
+                                                                                        "final": None}
+        return await asyncio.gather(_epochs(actor, "t0", 3), _epochs(actor, "t1", 3))
+
+    a, b = _run(go())
+    for answers in (a, b):
+        assert [x["done"] for x in answers] == [False, False, True]
+        epochs = [x["epochs"][0] for x in answers]
+        assert [e["logs"]["epoch"] for e in epochs] == [1, 2, 3]
+        assert [e["fused"] for e in epochs] == [2, 2, 2]  # every epoch, both in one stack
+        assert [e["files"] is not None for e in epochs] == [False, True, True]  # due at 2 and at the end
+        assert "state.pt" in epochs[1]["files"]
+    assert a[0]["epochs"][0]["logs"]["val/loss"] != b[0]["epochs"][0]["logs"]["val/loss"]
+
+
+def test_a_straggler_is_not_waited_for_past_the_grace(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(fusion, "GRACE_S", 0.2)
+
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        await actor.join("t0", {**CONFIG, "seed": 0}, None)
+        await actor.join("t1", {**CONFIG, "seed": 1}, None)  # joins, never asks (its process died)
+        first = await asyncio.wait_for(actor.epoch("t0"), timeout=30)
+        second = await asyncio.wait_for(actor.epoch("t0"), timeout=30)  # t1 is late now: no wait
+        return first, second
+
+    first, second = _run(go())
+    assert first["epochs"][0]["fused"] == 1 and second["epochs"][0]["logs"]["epoch"] == 2
+
+
+def test_a_member_that_leaves_is_not_waited_for(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(fusion, "GRACE_S", 60.0)  # a wait for t1 would time the test out
+
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        await actor.join("t0", {**CONFIG, "seed": 0}, None)
+        await actor.join("t1", {**CONFIG, "seed": 1}, None)
+        await asyncio.gather(actor.epoch("t0"), actor.epoch("t1"))
+        assert await actor.leave("t1") == 1  # ASHA stopped it
+        return await asyncio.wait_for(actor.epoch("t0"), timeout=20)
+
+    assert _run(go())["epochs"][0]["fused"] == 1
+
+
+def test_a_member_error_is_its_own(tiny_dataset):
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        await actor.join("bad", {**CONFIG, "seed": 0}, None)
+        await actor.join("good", {**CONFIG, "seed": 1}, None)
+
+        def broken(batch, state):
+            raise FloatingPointError("diverged")
+
+        member = actor.members["bad"]
+        member.hooks = dataclasses.replace(methods.hooks("b1"), step=broken)
+        bad, good = await asyncio.gather(actor.epoch("bad"), actor.epoch("good"))
+        rest = await _epochs(actor, "good", 2)
+        return bad, good, rest
+
+    bad, good, rest = _run(go())
+    assert bad["done"] and bad["error"] == "FloatingPointError: diverged" and bad["epochs"] == []
+    assert "error" not in good and [x["epochs"][0]["logs"]["epoch"] for x in (good, *rest)] == [1, 2, 3]
+    assert rest[-1]["done"]
+
+
+def test_a_replicate_resumed_at_its_end_is_done_at_join_with_its_test_metrics(tiny_dataset):
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        cfg = {**CONFIG, "seed": 0, "phase": "replicate"}
+        await actor.join("r", cfg, None)
+        answers = await _epochs(actor, "r", 3)
+        files = answers[-1]["epochs"][0]["files"]
+        again = fusion.StackActor(tiny_dataset, None)
+        return answers[-1], await again.join("r2", cfg, files)
+
+    last, joined = _run(go())
+    assert last["done"] and "test/loss" in last["final"]
+    assert joined["done"] and joined["final"] == pytest.approx(last["final"])

@@ -106,3 +106,16 @@ def test_a_replicate_resumed_at_its_end_is_done_at_join_with_its_test_metrics(ti
     last, joined = _run(go())
     assert last["done"] and "test/loss" in last["final"]
     assert joined["done"] and joined["final"] == pytest.approx(last["final"])
+
+
+def test_tune_starts_as_many_members_as_the_stacks_that_fit_hold(ray_session, tmp_path):
+    from tagtune.launch.study import max_concurrent
+    from tagtune.study.folder import StudySettings
+
+    def settings(**kw):
+        return StudySettings(data=str(tmp_path / "d.h5"), **kw)
+
+    assert max_concurrent(settings()) is None  # unfused: Tune's own resource accounting
+    assert max_concurrent(settings(fuse=4)) == 8  # 2 CPUs: two stacks of one CPU, 4 members each
+    assert max_concurrent(settings(fuse=4, cpus_per_trial=2)) == 4
+    assert max_concurrent(settings(fuse="auto")) is None  # auto is off without GPUs

@@ -87,6 +87,18 @@ def test_unequal_budgets_cells_that_finish_early_are_skipped():
         searcher(budget={"b1@0.00": 2, "le@0.20": 0, "mt@0.40": 1})
 
 
+def test_fused_trials_are_dealt_a_cell_block_at_a_time_each_config_its_own():
+    # fuse 3: a cell's trials come 3 in a row (one stack), TPE asked 3 times with the constant liar;
+    # a cell whose budget runs out mid-block hands over to the next; budgets stay exact.
+    s = CellSearcher(CELLS, {"b1@0.00": 5, "le@0.20": 2, "mt@0.40": 4}, block=3, n_startup_trials=1)
+    dealt = [s.suggest(f"t{i}") for i in range(11)]
+    assert [c["cell"] for c in dealt] == ["b1@0.00"] * 3 + ["le@0.20"] * 2 + ["mt@0.40"] * 3 + [
+        "b1@0.00"] * 2 + ["mt@0.40"]
+    assert s.suggest("t11") == FINISHED
+    block = [c["lr"] for c in dealt[:3]]
+    assert len(set(block)) == 3  # the paper point, then two others: no config handed out twice
+
+
 def test_first_trial_of_every_cell_is_the_paper_point_and_configs_are_complete():
     s = searcher(budget=2, preset="sonyc", base_config={"epochs": 7, "gamma": 50.0})
     first = [s.suggest(f"t{i}") for i in range(3)]

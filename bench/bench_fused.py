@@ -52,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_cost  # noqa: E402
-from bench_gpu import epoch_seconds, shared  # noqa: E402
+from bench_gpu import epoch_seconds, shared, usable_cores  # noqa: E402
 from bench_speed import N_TRAIN, N_VALID, make_data  # noqa: E402
 
 FORBIDDEN = ("ray", "optuna", "mlflow", "tagtune.launch")
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         device = "cuda"
     else:
         sys.exit("bench_fused: torch sees no GPU; use --cpu-only")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{cpu_name()} ({cores} cores)"
     load = os.getloadavg()
     print(f"device: {name}; torch {torch.__version__}; CPU cores: {cores}; "

@@ -40,6 +40,11 @@ METHODS = ("b1", "le", "mt")
 FORBIDDEN = ("ray", "optuna", "mlflow")
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _path(generic: bool) -> None:
     """--cpu-only: the GPU's steps run the GPU's code path (the generic one) on the CPU."""
     from tagtune.study import device
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     n_train, n_valid = (2_000, 400) if args.quick else (N_TRAIN, N_VALID)
     epochs, ks = (2, (1, 2)) if args.quick else (4, (1, 2, 4, 8))
     name = torch.cuda.get_device_name(0) if gpu == "cuda" else "none (--cpu-only: its code path on the CPU)"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     print(f"GPU: {name}; CPU cores: {cores}; torch {torch.__version__}; {n_train:,} training clips")
 
     for precision in precisions:

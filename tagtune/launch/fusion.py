@@ -27,6 +27,7 @@ alone would (:class:`tagtune.study.trainable.Reporter`: the same keys, the same 
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -188,7 +189,6 @@ class StackRegistry:
         self.ds_ref, self.fuse = dataset_ref[0], fuse
         self.resources, self.teacher_cache = resources, teacher_cache
         self.stacks: list[dict[str, Any]] = []  # {"cell", "actor", "members": set of trial ids}
-        self.made = 0
 
     def assign(self, cell: str, trial_id: str) -> Any:
         """The stack ``trial_id`` joins: its cell's newest with room, or a new one."""
@@ -201,7 +201,6 @@ class StackRegistry:
                 return s["actor"]
         options = {"num_cpus": self.resources.get("cpu", 1), "num_gpus": self.resources.get("gpu", 0),
                    "max_concurrency": 1000}  # every member's request open at once (async actor)
-        self.made += 1
         actor = ray.remote(StackActor).options(**options).remote(self.ds_ref, self.teacher_cache)
         self.stacks.append({"cell": cell, "actor": actor, "members": {trial_id}})
         return actor
@@ -215,10 +214,6 @@ class StackRegistry:
                 if not s["members"]:
                     self.stacks.remove(s)
                     ray.kill(s["actor"])
-
-    def count(self) -> int:
-        """Stacks made so far (tests)."""
-        return self.made
 
     def close(self) -> None:
         """End every stack left (a phase is over, or was interrupted)."""
@@ -259,16 +254,8 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
         return
     trial_id = tune.get_context().get_trial_id() or ""
     reporter = Reporter(config)
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as state_dir:
-            reporter.read(Path(state_dir))
-            resume = _files(Path(state_dir))
-    elif config.get("reused_checkpoint"):  # a replicate standing on the search's best trial
-        reused = Path(study_dir or ".") / config["reused_checkpoint"]
-        reporter.read(reused)
-        resume = _files(reused)
+    with reporter.resumed(config, study_dir) as state_dir:
+        resume = None if state_dir is None else _files(state_dir)
     stack = ray.get(stacks.assign.remote(config["cell"], trial_id))
     try:
         answer = ray.get(stack.join.remote(trial_id, config, resume))
@@ -277,13 +264,8 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
             for epoch in answer["epochs"]:
                 # fused: how many trials trained this epoch as one stack (MLflow shows it per epoch)
                 metrics = {**reporter.metrics(epoch["logs"]), "fused": epoch["fused"]}
-                if epoch["files"] is None:
-                    tune.report(metrics)
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    _write(epoch["files"], Path(tmp))
-                    reporter.write(Path(tmp))
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                files = epoch["files"]
+                reporter.report(metrics, None if files is None else functools.partial(_write, files))
         if answer.get("error"):
             raise RuntimeError(f"fused trial {trial_id}: {answer['error']}")
         reporter.finish(config, lambda: answer["final"])

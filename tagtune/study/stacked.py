@@ -32,7 +32,7 @@ stops leaves); :func:`fit_many` the plain loop over it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class Member:
     failed: BaseException | None = None
     """What ended it with an error (its step, validation, callback or stage boundary raised): the
     others go on, as a trial's error ends only that trial."""
-    logs: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, directory: str | Path) -> Path:
         """Its complete state, an ordinary trial's checkpoint (``fit(..., resume=directory)``)."""

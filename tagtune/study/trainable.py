@@ -36,7 +36,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,36 @@ class Reporter:
         """Whether the state after ``epoch`` goes with its report as a checkpoint."""
         return epoch % self.every == 0 or epoch >= self.total
 
-    def write(self, directory: Path) -> None:
-        (Path(directory) / TRIAL_STATE).write_text(json.dumps(self.state))
+    def report(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
+        """Report an epoch to Tune; with ``save`` (it writes the fit's state into a directory) as a
+        checkpoint of that state and the reporter's own."""
+        if save is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save(Path(tmp))
+            (Path(tmp) / TRIAL_STATE).write_text(json.dumps(self.state))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    def read(self, directory: Path) -> None:
-        self.state.update(json.loads((Path(directory) / TRIAL_STATE).read_text()))
+    @contextmanager
+    def resumed(self, config: dict[str, Any], study_dir: str | None) -> Iterator[Path | None]:
+        """The state the trial goes on from, its reporter's state read from it: Tune's checkpoint of
+        a restarted trial; or, for a replicate that is the search's best trial (same config, same
+        seed), that trial's final state, continued -- nothing left to train -- and tested; or None."""
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as state_dir:
+                self._read(Path(state_dir))
+                yield Path(state_dir)
+        elif config.get("reused_checkpoint"):
+            reused = Path(study_dir or ".") / config["reused_checkpoint"]
+            self._read(reused)
+            yield reused
+        else:
+            yield None
+
+    def _read(self, directory: Path) -> None:
+        self.state.update(json.loads((directory / TRIAL_STATE).read_text()))
 
     def finish(self, config: dict[str, Any], evaluation: Callable[[], dict[str, float]]) -> None:
         """The last report: a replicate's test metrics, or the end of a fit that stopped on its own."""
@@ -127,29 +153,11 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
     reporter = Reporter(config)
 
     def on_epoch(logs: dict, save) -> None:
-        metrics = reporter.metrics(logs)
-        if reporter.due(int(logs["epoch"])):
-            with tempfile.TemporaryDirectory() as tmp:
-                save(Path(tmp))
-                reporter.write(Path(tmp))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:
-            tune.report(metrics)
+        reporter.report(reporter.metrics(logs), save if reporter.due(int(logs["epoch"])) else None)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None and config.get("reused_checkpoint"):
-        # A replicate that is the search's best trial (same config, same seed): its final state,
-        # written by that trial, continued -- nothing left to train -- and tested.
-        reused = Path(study_dir or ".") / config["reused_checkpoint"]
-        reporter.read(reused)
-        result = fit(dataset, cfg, on_epoch=on_epoch, resume=reused)
-    elif checkpoint is None:
+    with reporter.resumed(config, study_dir) as state_dir:
         teacher = None
-        if shares_teacher(cfg.method) and teacher_cache:
+        if state_dir is None and shares_teacher(cfg.method) and teacher_cache:
             teacher = TeacherCache(teacher_cache).get(dataset, cfg, owner=trial_id)
-        result = fit(dataset, cfg, on_epoch=on_epoch, le_teacher=teacher)
-    else:
-        with checkpoint.as_directory() as state_dir:
-            reporter.read(Path(state_dir))
-            result = fit(dataset, cfg, on_epoch=on_epoch, resume=Path(state_dir))
+        result = fit(dataset, cfg, on_epoch=on_epoch, resume=state_dir, le_teacher=teacher)
     reporter.finish(config, lambda: evaluate_fit(result, dataset))

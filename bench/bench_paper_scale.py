@@ -81,6 +81,112 @@ def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
     return rows
 
 
+def measure_together(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
+                     precision: str = "fp32") -> dict[str, Any]:
+    """The slice as the study runs it: ONE study holding one cell per method, side by side (a
+    fifth of the paper-sized study's cells; its trials keep the cores busy as the whole study's
+    do, with one tail per phase where a core may wait, as the whole study has). Sampled from /proc:
+    every process of this session (the driver, Ray's daemons, the trial workers); and the epochs
+    each method really trained (ASHA decides those, not study_cost's simulation)."""
+    from bench_study import Sampler
+
+    from tagtune.launch.study import run_study
+    from tagtune.study import data
+    from tagtune.study.folder import StudySettings
+
+    path = data.save(make_data(size["n_train"], size["n_valid"]), out / "openmic-size.h5")
+    settings = StudySettings(data=str(path), name="slice", storage=str(out), methods=size["methods"],
+                             missing=(SLICE_MISSING,), trials=size["trials"],
+                             replicates=size["replicates"], epochs=size["epochs"],
+                             cpus_per_trial=cpus_per_trial, reuse_best_replicate=True,
+                             train={"precision": precision})
+    before = Sampler(os.getsid(0))
+    before.sample()  # processes already running (a Ray the caller started): count only from now
+    sampler = Sampler(os.getsid(0))
+    sampler.start()
+    load0, t0, driver0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    result = run_study(settings, verbose=0)
+    wall, driver = time.perf_counter() - t0, time.process_time() - driver0
+    sampler.stop.set()
+    sampler.join()
+    sampler.sample()
+    cpu = _cpu_split(sampler, before, driver)
+    return {"wall_s": wall, "cpu": cpu, "epochs": trained_epochs(result.study_dir),
+            "cells": result.summary["cells"], "replicates": len(result.replicates), "load_before": load0}
+
+
+def _cpu_split(sampler: Any, before: Any, driver: float) -> dict[str, float]:
+    """CPU seconds the run took, by role: the trial workers, Ray's own daemons (both from /proc,
+    less what a process had used before the run), and the driver (this process)."""
+    split = {"trials": 0.0, "ray": 0.0, "driver": driver}
+    for key, sec in sampler.cpu.items():
+        if key[0] == os.getpid():
+            continue
+        name = sampler.names.get(key, "")
+        role = "trials" if name.startswith("ray::") or "default_worker.py" in name else "ray"
+        split[role] += sec - before.cpu.get(key, 0.0)
+    return split
+
+
+def trained_epochs(study_dir: Path) -> dict[str, int]:
+    """Epochs each method trained in a study: every trial's reported epochs (search and replicate
+    phases) plus the shared LE teachers' (those train outside any trial)."""
+    import json
+
+    from tagtune.study.folder import TEACHERS
+    from tagtune.study.teachers import TeacherCache
+
+    epochs: dict[str, int] = {}
+    for result in study_dir.glob("*/*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            method = rows[0]["config"]["method"]
+            epochs[method] = epochs.get(method, 0) + len(rows)
+    cache = TeacherCache(study_dir / TEACHERS)
+    for t in cache.trainings():
+        meta = json.loads((cache.root / t["key"] / "meta.json").read_text())
+        epochs["le"] = epochs.get("le", 0) + meta["epochs"]  # the slice's one teacher-sharing method
+    return epochs
+
+
+def bare_epoch(method: str, precision: str) -> float:
+    """Seconds of one OpenMIC-size epoch (LE: per stage) of ``fit`` alone: bench_precision's worker."""
+    from bench_precision import spawn
+
+    return spawn(method, 1, precision, PAPER["n_train"], PAPER["n_valid"], False)["wall"]
+
+
+def report_together(r: dict[str, Any], size: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Print the together-slice and its projection: the whole study is ``proportions`` such slices
+    one after another (each slice's one-per-phase tail counted every time: an over- not an
+    under-estimate)."""
+    cores = os.cpu_count() or 1
+    epochs = sum(r["epochs"].values())
+    busy = sum(r["cpu"].values())
+    r["whole_s"] = r["wall_s"] * size["proportions"]
+    r["core_s_per_epoch"] = busy / epochs
+    print(f"slice ({precision}), one study: one cell per method (missing {SLICE_MISSING}) side by side, "
+          f"{size['trials']} trials + {size['replicates']} replicates, {size['epochs']} epochs, "
+          f"{size['n_train']:,} training clips, {cores} cores (load before {r['load_before']:.2f})")
+    print(f"  wall {study_cost.hours(r['wall_s'])}; epochs trained "
+          + ", ".join(f"{m} {e:,}" for m, e in sorted(r["epochs"].items())) + f" ({epochs:,} in all)")
+    print(f"  CPU {busy:,.0f} core-s = trials {r['cpu']['trials']:,.0f} + Ray {r['cpu']['ray']:,.0f} "
+          f"+ driver {r['cpu']['driver']:,.0f}; {r['core_s_per_epoch']:.2f} core-s per epoch trained; "
+          f"cores busy {busy / (r['wall_s'] * cores):.0%}")
+    print(f"projected whole study ({len(size['methods'])} methods x {size['proportions']} proportions): "
+          f"{study_cost.hours(r['whole_s'])}")
+    if r.get("bare"):
+        # The study's epochs (study_cost, the replicate reused) at the bare epoch's seconds, on
+        # every core at once: what no harness, scheduler or precision setting of ours can go below.
+        _, reused = budgets(size)
+        r["floor_s"] = sum(reused.total(m) * r["bare"][m] for m in r["bare"]) / cores
+        seconds = ", ".join(f"{m} {s:.3f} s" for m, s in r["bare"].items())
+        print(f"  bare epoch (fit alone, 1 thread): {seconds}"
+              + f"; the whole study's {sum(reused.total(m) for m in r['bare']):,.0f} epochs at those "
+              f"seconds on {cores} cores: {study_cost.hours(r['floor_s'])} (the floor)")
+    return r
+
+
 def budgets(size: dict[str, Any]) -> tuple[study_cost.Budget, study_cost.Budget]:
     """The study's epochs as study_cost counts them: every replicate trained, and replicate 0 reused."""
     args = (size["methods"], size["proportions"], size["trials"], size["replicates"], size["epochs"])
@@ -116,6 +222,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict[str, An
     ap.add_argument("--cpus-per-trial", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                     help="the trials' TrainConfig.precision")
+    ap.add_argument("--together", action="store_true",
+                    help="the slice as ONE study, its cells side by side (as the whole study runs)")
     ap.add_argument("--reproject-bf16", type=float, metavar="SPEEDUP",
                     help="no run: the recorded fp32 slice re-projected with bare epochs SPEEDUP x faster")
     args = ap.parse_args(argv)
@@ -128,6 +236,13 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict[str, An
               f"bare epochs {args.reproject_bf16:.2f}x faster (bf16): {study_cost.hours(r['bf16_s'])}")
         return r
     size = QUICK if args.quick else PAPER
+    if args.together:
+        # The bare epoch of each method (a fresh process, 1 thread, no harness) in this run too: the
+        # floor the study could reach were Ray, Optuna, MLflow and the scheduling free.
+        bare = {} if args.quick else {m: bare_epoch(m, args.precision) for m in size["methods"]}
+        with tempfile.TemporaryDirectory(prefix="paper-scale-") as tmp:
+            r = measure_together(size, Path(out or tmp), args.cpus_per_trial, args.precision)
+        return report_together({**r, "bare": bare}, size, args.precision)
     with tempfile.TemporaryDirectory(prefix="paper-scale-") as tmp:
         rows = measure(size, Path(out or tmp), args.cpus_per_trial, args.precision)
     proj = project(rows, size)

@@ -103,7 +103,9 @@ def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,
         from tagtune.study.config import ModelConfig, TrainConfig
         from tagtune.study.train import fit
 
-        cfg = TrainConfig(method=method, epochs=1, threads=threads,
+        # fp32, as the paper's code computes: the comparison is of the code, not of the arithmetic
+        # (bf16, the default where native, is bench_precision.py's)
+        cfg = TrainConfig(method=method, epochs=1, threads=threads, precision="fp32",
                           model=ModelConfig(layers=LAYERS, hidden=HIDDEN, arch=arch))
 
         def run(d):

@@ -15,9 +15,7 @@ import torch
 from torch import Tensor
 
 from tagtune.study.fast import masks as _masks
-from tagtune.study.precision import addmm as _addmm
-from tagtune.study.precision import low as _low
-from tagtune.study.precision import mm as _mm
+from tagtune.study.precision import products as _products
 
 
 class _TrainForward(torch.autograd.Function):
@@ -40,13 +38,18 @@ class _TrainForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, model, generator, *params: Tensor) -> Tensor:
+        # bf16: every matrix product of the pass on bf16 operands (precision.products)
+        with _products(getattr(model, "lowp", None)):
+            return _TrainForward._forward(ctx, x, model, generator, *params)
+
+    @staticmethod
+    def _forward(ctx, x: Tensor, model, generator, *params: Tensor) -> Tensor:
         N, T, F = x.shape
         L = (len(params) - 6) // 4  # params: see train_parameters
         norm, bns = model.norm, list(model.bns)
         weights, biases = params[2 : 2 + 2 * L : 2], params[3 : 3 + 2 * L : 2]
         gammas, betas = params[2 + 2 * L : 2 + 4 * L : 2], params[3 + 2 * L : 3 + 4 * L : 2]
         stats = [(bn.running_mean, bn.running_var) for bn in bns]
-        lowp = getattr(model, "lowp", None)  # bf16: the products' operands (precision.py)
         torch._foreach_add_([b.num_batches_tracked for b in (norm, *bns)], 1)
         x2 = x.reshape(N * T, F)
         save = ctx is not None  # None: no gradient wanted (MT's teacher), nothing kept
@@ -62,8 +65,7 @@ class _TrainForward(torch.autograd.Function):
         masks = _masks(N * T * weights[0].shape[0], L, model.p, generator) if dropout else None
         saved = []
         for i in range(L):
-            h_op = _low(h, lowp)  # the product's operand, kept for the weight gradient
-            z = _mm(h_op, weights[i].t(), lowp)  # z - b: BatchNorm's output is the same
+            z = torch.mm(h, weights[i].t())  # z - b: BatchNorm's output is the same
             y, mean, invstd = torch.native_batch_norm(z, gammas[i], betas[i], *stats[i], True,
                                                       bns[i].momentum, bns[i].eps)
             d = y.relu_() if masks is None else y.relu_().mul_(masks[i].view_as(y))
@@ -72,7 +74,7 @@ class _TrainForward(torch.autograd.Function):
             else:
                 h_next = d * k if k != 1.0 else d
             if save:
-                saved.append((h_op, z, d, mean, invstd))
+                saved.append((h, z, d, mean, invstd))
             h = h_next
         if L:  # the running means of z, not of z - b
             torch._foreach_add_([m for m, _ in stats], [b.detach() for b in biases],
@@ -81,13 +83,12 @@ class _TrainForward(torch.autograd.Function):
         # softmax over time stays on dim 1: over a last dim of 10 it is ~8x slower.
         W = torch.cat([params[-4], params[-2]])
         C = params[-4].shape[0]
-        h = _low(h, lowp)
-        S = _addmm(torch.cat([params[-3], params[-1]]), h, W.t(), lowp).view(N, T, 2 * C)
+        S = torch.addmm(torch.cat([params[-3], params[-1]]), h, W.t()).view(N, T, 2 * C)
         att = torch.softmax(S[..., :C], 1)
         cla = torch.sigmoid(S)[..., C:]  # all of S: contiguous, faster than the strided half
         out = (att * cla).sum(1)
         if save:
-            ctx.k, ctx.layers, ctx.lowp = k, saved, lowp
+            ctx.k, ctx.layers, ctx.lowp = k, saved, getattr(model, "lowp", None)
             ctx.weights = (weights, gammas, [bn.eps for bn in bns], norm.eps, params[0],
                            params[1])
             ctx.head = (x2, xhat0, mean0, invstd0, h, W, att, cla, out)
@@ -95,16 +96,19 @@ class _TrainForward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        with _products(ctx.lowp):
+            return _TrainForward._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g: Tensor):
         k, (weights, gammas, eps, norm_eps, gamma0, beta0) = ctx.k, ctx.weights
         x2, xhat0, mean0, invstd0, h, W, att, cla, out = ctx.head
-        lowp = ctx.lowp
         N, T, C = att.shape
         g = (g * ((out >= 0.0) & (out <= 1.0))).unsqueeze(1)  # clamp's gradient
         gS = torch.cat([torch._softmax_backward_data(g * cla, att, 1, att.dtype),
                         _sigmoid_backward(g * att, cla)], 2).view(N * T, 2 * C)
-        gS_op = _low(gS, lowp)
-        gW, gb = _mm(gS_op.t(), h, lowp), gS.sum(0)
-        gh = _mm(gS_op, W, lowp)
+        gW, gb = torch.mm(gS.t(), h), gS.sum(0)
+        gh = torch.mm(gS, W)
         linear_grads, bn_grads = [], []
         for i in range(len(weights) - 1, -1, -1):
             # Popped: once used, a layer's activations are freed, and the allocator hands
@@ -120,14 +124,11 @@ class _TrainForward(torch.autograd.Function):
             bn_grads += [gb_bn, gw_bn]
             if i == 0:
                 break
-            gz_op = _low(gz, lowp)
-            if h_in.shape == d.shape and lowp is None:
+            if h_in.shape == d.shape:
                 g_in = gh.addmm_(gz, weights[i])  # the residual's gradient plus the layer's
-            elif h_in.shape == d.shape:
-                g_in = gh.add_(_mm(gz_op, weights[i], lowp))
             else:
-                g_in = _mm(gz_op, weights[i], lowp)
-            linear_grads += [g_bias, _mm(gz_op.t(), h_in, lowp)]  # reversed at the end
+                g_in = torch.mm(gz, weights[i])
+            linear_grads += [g_bias, torch.mm(gz.t(), h_in)]  # reversed at the end
             gh = g_in
         if k != 1.0:
             torch._foreach_mul_(bn_grads, k)
@@ -136,7 +137,7 @@ class _TrainForward(torch.autograd.Function):
             # weight gradient gz' h0 = P gamma0 + (sum gz) beta0' and, with W0, the input
             # BatchNorm's gradients sum_r (gz W0) * xhat0 = sum_c W0 * P and sum_r gz W0 --
             # the (frames x F) input gradient gz W0 itself is never formed.
-            P = _mm(gz.t(), xhat0, lowp)
+            P = torch.mm(gz.t(), xhat0)
             linear_grads += [g_bias, torch.addr(P * gamma0, g_bias, beta0)]
             gw0, gb0 = (weights[0] * P).sum(0), torch.mv(weights[0].t(), g_bias)
             if xhat0.shape == d.shape:  # the residual carries gh to h0 as it is
@@ -177,19 +178,24 @@ def eval_forward(model, x: Tensor) -> Tensor:
     """``model.reference_forward(x)`` in eval mode, without gradient: each BatchNorm, now a
     fixed affine map, is folded into the Linear before it (or, the input one, into one
     ``addcmul``), ReLU and residual run in place, both heads in one product."""
+    with _products(getattr(model, "lowp", None)):
+        return _eval_forward(model, x)
+
+
+def _eval_forward(model, x: Tensor) -> Tensor:
     N, T, F = x.shape
-    norm, lowp = model.norm, getattr(model, "lowp", None)
+    norm = model.norm
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     h = torch.addcmul(torch.addcmul(norm.bias, norm.running_mean, scale, value=-1.0),
                       x.reshape(N * T, F), scale)
     for linear, bn in zip(model.linears, model.bns, strict=True):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         bias = torch.addcmul(bn.bias, linear.bias - bn.running_mean, scale)
-        y = _addmm(bias, h, (linear.weight * scale.unsqueeze(1)).t(), lowp).relu_()
+        y = torch.addmm(bias, h, (linear.weight * scale.unsqueeze(1)).t()).relu_()
         h = h.add_(y) if y.shape == h.shape else y  # h is never the caller's x here
     W = torch.cat([model.att.weight, model.cla.weight])
     C = model.att.out_features
-    S = _addmm(torch.cat([model.att.bias, model.cla.bias]), h, W.t(), lowp).view(N, T, 2 * C)
+    S = torch.addmm(torch.cat([model.att.bias, model.cla.bias]), h, W.t()).view(N, T, 2 * C)
     return (torch.softmax(S[..., :C], 1) * torch.sigmoid(S)[..., C:]).sum(1).clamp(0.0, 1.0)
 
 

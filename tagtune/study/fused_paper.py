@@ -16,18 +16,16 @@ from torch import Tensor
 
 from tagtune.study.fast import masks as _masks
 from tagtune.study.fused import _batch_norm_backward, _sigmoid_backward, _threshold_backward
-from tagtune.study.precision import addmm as _addmm
-from tagtune.study.precision import low as _low
-from tagtune.study.precision import mm as _mm
+from tagtune.study.precision import products as _products
 
 EPS_ATT = 1e-7
 """The paper network's clamp of the sigmoid attention: [EPS_ATT, 1 - EPS_ATT]."""
 
 
-def _head(h: Tensor, W: Tensor, b: Tensor, N: int, T: int, C: int, lowp: torch.dtype | None = None):
+def _head(h: Tensor, W: Tensor, b: Tensor, N: int, T: int, C: int):
     """Attention (clamped sigmoid, its unclamped value kept for the clamp's gradient), frame
     probabilities and the clip probability before hardtanh, as the reference computes them."""
-    S = _addmm(b, h, W.t(), lowp).view(N, T, 2 * C)
+    S = torch.addmm(b, h, W.t()).view(N, T, 2 * C)
     sig = torch.sigmoid(S)  # all of S: contiguous, faster than the strided halves
     a, cla = sig[..., :C], sig[..., C:]
     att = a.clamp(EPS_ATT, 1.0 - EPS_ATT)
@@ -41,6 +39,12 @@ class _TrainForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, model, generator, *params: Tensor) -> Tensor:
+        # bf16: every matrix product of the pass on bf16 operands (precision.products)
+        with _products(getattr(model, "lowp", None)):
+            return _TrainForward._forward(ctx, x, model, generator, *params)
+
+    @staticmethod
+    def _forward(ctx, x: Tensor, model, generator, *params: Tensor) -> Tensor:
         N, T, F = x.shape
         L = (len(params) - 6) // 3  # params: see train_parameters
         norm, bns = model.norm, list(model.bns)
@@ -48,7 +52,6 @@ class _TrainForward(torch.autograd.Function):
         gammas, betas = params[2 + L : 2 + 3 * L : 2], params[3 + L : 2 + 3 * L : 2]
         torch._foreach_add_([b.num_batches_tracked for b in (norm, *bns)], 1)
         x2 = x.reshape(N * T, F)
-        lowp = getattr(model, "lowp", None)  # bf16: the products' operands (precision.py)
         save = ctx is not None  # None: no gradient wanted (MT's teacher), nothing kept
         # The input BatchNorm without its affine part: the backward needs xhat0 (see there).
         xhat0, mean0, invstd0 = torch.native_batch_norm(
@@ -61,7 +64,7 @@ class _TrainForward(torch.autograd.Function):
         for i in range(L):
             # A layer's input is d * k (its dropout scale): k goes into the weight instead, a
             # pass over (frames x H) less; the saved input is d, its gradients get the k back.
-            z = _mm(h, (weights[i] * k if i and k != 1.0 else weights[i]).t(), lowp)
+            z = torch.mm(h, (weights[i] * k if i and k != 1.0 else weights[i]).t())
             y, mean, invstd = torch.native_batch_norm(z, gammas[i], betas[i], bns[i].running_mean,
                                                       bns[i].running_var, True, bns[i].momentum,
                                                       bns[i].eps)
@@ -72,28 +75,30 @@ class _TrainForward(torch.autograd.Function):
         h = torch.add(x2, h, alpha=k) if L else h + x2
         W, b = torch.cat([params[-4], params[-2]]), torch.cat([params[-3], params[-1]])
         C = params[-4].shape[0]
-        h = _low(h, lowp)  # the head's operand, kept for its weight gradient
-        a, att, total, cla, out = _head(h, W, b, N, T, C, lowp)
+        a, att, total, cla, out = _head(h, W, b, N, T, C)
         if save:
-            ctx.k, ctx.layers, ctx.lowp = k, saved, lowp
+            ctx.k, ctx.layers, ctx.lowp = k, saved, getattr(model, "lowp", None)
             ctx.weights = (weights, gammas, [bn.eps for bn in bns], params[0], params[1])
             ctx.head = (xhat0, h, W, a, att, total, cla, out)
         return out.clamp(0.0, 1.0)  # hardtanh's forward
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        with _products(ctx.lowp):
+            return _TrainForward._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g: Tensor):
         k, (weights, gammas, eps, gamma0, beta0) = ctx.k, ctx.weights
         xhat0, h, W, a, att, total, cla, out = ctx.head
-        lowp = ctx.lowp
         N, T, C = att.shape
         g = (g * ((out > 0.0) & (out < 1.0))).unsqueeze(1)  # hardtanh's gradient: open interval
         # out = sum_t att_t cla_t / total: d/d att_s = (cla_s - out) / total, d/d cla_s = att_s / total
         g_att = (g * (cla - out.unsqueeze(1)) / total) * ((a >= EPS_ATT) & (a <= 1.0 - EPS_ATT))
         gS = torch.cat([_sigmoid_backward(g_att, a), _sigmoid_backward(g * att / total, cla)],
                        2).view(N * T, 2 * C)
-        gS_op = _low(gS, lowp)
-        gW, gb = _mm(gS_op.t(), h, lowp), gS.sum(0)
-        gh = _mm(gS_op, W, lowp)  # the skip's share goes to the raw input: no gradient wanted
+        gW, gb = torch.mm(gS.t(), h), gS.sum(0)
+        gh = torch.mm(gS, W)  # the skip's share goes to the raw input: no gradient wanted
         linear_grads, bn_grads = [], []
         gz = None
         for i in range(len(weights) - 1, -1, -1):
@@ -107,16 +112,14 @@ class _TrainForward(torch.autograd.Function):
             if i == 0:
                 break
             d_in = ctx.layers[-1][1]  # the layer's input is d_in * k
-            gz_op = _low(gz, lowp)
-            g_w = _mm(gz_op.t(), d_in, lowp)
-            linear_grads.append(g_w.mul_(k) if k != 1.0 else g_w)
-            gh = _mm(gz_op, weights[i], lowp)
+            linear_grads.append(torch.mm(gz.t(), d_in).mul_(k) if k != 1.0 else torch.mm(gz.t(), d_in))
+            gh = torch.mm(gz, weights[i])
         if k != 1.0:
             torch._foreach_mul_(bn_grads, k)
         if weights:
             # h0 = xhat0 * gamma0 + beta0: P = gz' xhat0 gives the first weight's gradient and,
             # with W0, the input BatchNorm's (as in tagtune.study.fused).
-            P, g_sum = _mm(gz.t(), xhat0, lowp), gz.sum(0)
+            P, g_sum = torch.mm(gz.t(), xhat0), gz.sum(0)
             linear_grads.append(torch.addr(P * gamma0, g_sum, beta0))
             gw0, gb0 = (weights[0] * P).sum(0), torch.mv(weights[0].t(), g_sum)
         else:  # h = BN(x) + x: the head's gradient reaches the input BatchNorm directly
@@ -145,18 +148,23 @@ def train_forward(model, x: Tensor, generator: torch.Generator | None = None) ->
 def eval_forward(model, x: Tensor) -> Tensor:
     """``model.reference_forward(x)`` in eval mode (paper network), without gradient: each
     BatchNorm folded into the Linear before it, ReLU in place, both heads in one product."""
+    with _products(getattr(model, "lowp", None)):
+        return _eval_forward(model, x)
+
+
+def _eval_forward(model, x: Tensor) -> Tensor:
     N, T, F = x.shape
-    norm, x2, lowp = model.norm, x.reshape(N * T, F), getattr(model, "lowp", None)
+    norm, x2 = model.norm, x.reshape(N * T, F)
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     h = torch.addcmul(torch.addcmul(norm.bias, norm.running_mean, scale, value=-1.0), x2, scale)
     for linear, bn in zip(model.linears, model.bns, strict=True):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         bias = torch.addcmul(bn.bias, bn.running_mean, scale, value=-1.0)
-        h = _addmm(bias, h, (linear.weight * scale.unsqueeze(1)).t(), lowp).relu_()
+        h = torch.addmm(bias, h, (linear.weight * scale.unsqueeze(1)).t()).relu_()
     h = h.add_(x2)  # h is a fresh tensor here, never the caller's x
     W = torch.cat([model.att.weight, model.cla.weight])
     b = torch.cat([model.att.bias, model.cla.bias])
-    return _head(h, W, b, N, T, model.att.out_features, lowp)[-1].clamp(0.0, 1.0)
+    return _head(h, W, b, N, T, model.att.out_features)[-1].clamp(0.0, 1.0)
 
 
 __all__ = ["EPS_ATT", "eval_forward", "train_forward", "train_parameters"]

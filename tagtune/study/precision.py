@@ -1,17 +1,18 @@
-"""Mixed precision: matrix products and their activations in bf16, everything else in fp32.
+"""Mixed precision: matrix products in bf16, everything else in fp32.
 
 ``TrainConfig.precision``: ``fp32`` (every op as before, bitwise), ``bf16`` or ``auto`` (bf16
 where the hardware has it natively -- a CPU with ``avx512_bf16`` or AMX, a GPU that supports
-bf16 -- else fp32). bf16 here is mixed precision: the master weights, Adam's moments, the
-BatchNorms, the attention and class probabilities, the losses, BCE and the metrics stay fp32;
-only the matrix products (embedding layers and heads, forward and backward) take bf16
-operands (8 mantissa bits, fp32's exponent range: no loss scaling needed) and accumulate in
-fp32. A model carries its choice as ``model.lowp`` (None: fp32):
+bf16 -- else fp32; the default since the science check, docs/precision.md). bf16 here is mixed
+precision: the master weights, Adam's moments, the BatchNorms, the attention and class
+probabilities, the losses, BCE and the metrics stay fp32; only the matrix products (embedding
+layers and heads, forward and backward) take bf16 operands (8 mantissa bits, fp32's exponent
+range: no loss scaling needed) and accumulate in fp32. A model carries its choice as
+``model.lowp`` (None: fp32):
 
 - the CPU path's hand-fused kernels (:mod:`tagtune.study.fused`, :mod:`tagtune.study.fused_paper`)
-  cast the operands of each product themselves through :func:`mm` / :func:`addmm` -- autocast
-  does not reach a custom autograd Function's hand-written backward, and measured, the fused
-  kernels with bf16 products beat the generic path under autocast on this network;
+  run each pass inside :func:`products`: oneDNN's bf16 math mode, which rounds each product's
+  operands to bf16 inside the kernel and returns fp32 (autocast does not reach a custom autograd
+  Function's hand-written backward, and casting by hand cost what bf16 saved: measured);
 - the generic path (GPU) runs ``reference_forward`` under :func:`autocast`.
 
 Why bf16 and not fp16: fp32's exponent range, so no gradient scaler and no overflow in
@@ -23,11 +24,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from tagtune.study.config import PRECISIONS, ConfigError
 
@@ -79,7 +80,7 @@ def _warn_emulated(device_type: str) -> None:
     # One line, once: a fit resolves the precision at every stage, the CLI once before it.
     what = " / ".join(CPU_FLAGS) if device_type == "cpu" else "bf16 support"
     print(f"warning: precision bf16: this {device_type.upper()} has no native bf16 ({what}); it runs, "
-          "emulated, slower than fp32 (use fp32 or auto)", file=sys.stderr)
+          "emulated or in fp32, no faster and likely slower than fp32 (use fp32 or auto)", file=sys.stderr)
 
 
 def dtype(resolved: str) -> torch.dtype | None:
@@ -94,25 +95,31 @@ def autocast(device: torch.device, lowp: torch.dtype | None) -> AbstractContextM
     return torch.autocast(device.type, dtype=lowp)
 
 
-def low(t: Tensor, lowp: torch.dtype | None) -> Tensor:
-    """``t`` as a product operand: in ``lowp``, or itself (fp32)."""
-    return t if lowp is None else t.to(lowp)
+@contextmanager
+def products(lowp: torch.dtype | None) -> Iterator[None]:
+    """The fused CPU kernels' matrix products, in ``lowp``: for bf16, oneDNN's bf16 math mode
+    (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``) for the duration -- each product
+    rounds its fp32 operands to bf16 inside the kernel, accumulates in fp32 and returns fp32. No
+    cast of our own: measured (docs/precision.md), a cast to bf16 and back around every product
+    cost what the bf16 product saved, and rounded the result to bf16 too. For fp32 (None),
+    nothing is set: the same ops, bitwise, as before precision existed.
 
-
-def mm(a: Tensor, b: Tensor, lowp: torch.dtype | None) -> Tensor:
-    """``a @ b`` in fp32: ``torch.mm`` itself for fp32, else on ``lowp`` operands (accumulated in
-    fp32 by the kernel), the result back in fp32."""
+    torch keeps a product whose inner dimension is 16 or less on its fp32 BLAS path even in this
+    mode (its heuristic: too small for oneDNN to pay), so a toy network's products stay fp32 (and
+    the head's input gradient where 2 x classes <= 16); every other product of the OpenMIC
+    (F = H = 128) and SONYC-UST (F = H = 512) networks runs in bf16.
+    """
     if lowp is None:
-        return torch.mm(a, b)
-    return torch.mm(a.to(lowp), b.to(lowp)).float()
+        yield
+        return
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
-def addmm(bias: Tensor, a: Tensor, b: Tensor, lowp: torch.dtype | None) -> Tensor:
-    """``bias + a @ b`` in fp32 (``torch.addmm`` itself for fp32), the product as :func:`mm`'s."""
-    if lowp is None:
-        return torch.addmm(bias, a, b)
-    return torch.mm(a.to(lowp), b.to(lowp)).float().add_(bias)
-
-
-__all__ = ["CPU_FLAGS", "LOWP", "PRECISIONS", "addmm", "autocast", "cpu_native_bf16", "dtype", "low", "mm",
-           "native_bf16", "resolve"]
+__all__ = ["CPU_FLAGS", "LOWP", "PRECISIONS", "autocast", "cpu_native_bf16", "dtype", "native_bf16",
+           "products", "resolve"]

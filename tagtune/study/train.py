@@ -271,6 +271,7 @@ def _close_epoch(fs: FitState, hooks: Hooks, valid: _Data, valid_split: Split, c
         "epoch": fs.stage * cfg.epochs + fs.stage_epoch,
         "stage": fs.stage_name,
         "lr": lr,
+        "precision": "bf16" if fs.model.lowp is not None else "fp32",  # auto, resolved
         **train_logs,
         "val/loss": val_loss,
         **val_metrics,

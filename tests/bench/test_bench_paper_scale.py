@@ -47,3 +47,16 @@ def test_bf16_reprojection_scales_only_the_bare_epoch():
     assert same["fp32_s"] / 2 < fast["bf16_s"] < same["fp32_s"]  # the harness's share does not shrink
     b1 = fast["rows"]["b1"]
     assert b1["bf16_core_s_per_epoch"] == pytest.approx(1.17 - 0.842 / 2)
+
+
+def test_together_slice_runs_the_cells_as_one_study_and_counts_what_they_cost(tmp_path, ray_session, capsys):
+    """``--together``: the slice's cells in ONE study (as the whole study runs them), the epochs
+    ASHA really let them train, and the CPU of every process of the run, by role."""
+    r = bench_paper_scale.main(["--quick", "--together"], out=tmp_path)
+    q = bench_paper_scale.QUICK
+    assert (tmp_path / "slice" / "best.json").is_file()  # the real harness ran, one study
+    assert set(r["epochs"]) == {"b1"} and r["epochs"]["b1"] >= q["trials"] * 1
+    assert r["whole_s"] == pytest.approx(r["wall_s"] * q["proportions"])
+    assert r["cpu"]["driver"] > 0 and r["cpu"]["trials"] > 0  # the workers' CPU, not only ours
+    assert r["core_s_per_epoch"] == pytest.approx(sum(r["cpu"].values()) / r["epochs"]["b1"])
+    assert "projected whole study" in capsys.readouterr().out

@@ -18,19 +18,27 @@ from tagtune.study.config import ConfigError, ModelConfig, TrainConfig, from_dic
 from tagtune.study.model import build_model
 from tagtune.study.train import fit
 
+# hidden 32: torch keeps a product with an inner dimension of 16 or less in fp32 even in
+# oneDNN's bf16 mode (precision.products), so a narrower toy network would compute fp32 in "bf16".
 TINY = TrainConfig(epochs=3, batch_size=16, lr=3e-3, lr_decay_epochs=(),
-                   model=ModelConfig(layers=2, hidden=8, dropout=0.3))
+                   model=ModelConfig(layers=2, hidden=32, dropout=0.3))
 CPU = torch.device("cpu")
 
 
 class _Dtypes(TorchDispatchMode):
-    """Records the dtype of every tensor an op returns."""
+    """Records the dtype of every tensor an op returns, and oneDNN's math mode at every matrix
+    product (the fused kernels' bf16 is that mode: no bf16 tensor of their own)."""
+
+    PRODUCTS = ("aten.mm.", "aten.addmm.", "aten.addmm_.")
 
     def __init__(self):
         super().__init__()
         self.seen: set[torch.dtype] = set()
+        self.modes: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.PRODUCTS):
+            self.modes.add(torch.backends.mkldnn.matmul.fp32_precision)
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, tuple | list) else (out,):
             if isinstance(t, torch.Tensor):
@@ -43,8 +51,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_precision_field_is_validated_round_trips_and_defaults_to_fp32():
-    assert TrainConfig().precision == "fp32"
+def test_precision_field_is_validated_round_trips_and_defaults_to_auto():
+    assert TrainConfig().precision == "auto"
     assert from_dict(TrainConfig, {**to_dict(TINY), "precision": "bf16"}).precision == "bf16"
     with pytest.raises(ConfigError, match=r"^config: precision: unknown precision 'fp16'"):
         TrainConfig(precision="fp16")
@@ -79,10 +87,35 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path):
 @pytest.mark.parametrize("generic", [False, True])
 def test_fp32_runs_no_bf16_op_and_bf16_does(tiny_dataset, monkeypatch, generic):
     monkeypatch.setattr(devices, "GENERIC_ON_CPU", generic)
-    for name, want in (("fp32", False), ("bf16", True)):
+    for name in ("fp32", "bf16"):
         with _Dtypes() as mode:
             fit(tiny_dataset, replace(TINY, method="mt", epochs=1, precision=name))
-        assert (torch.bfloat16 in mode.seen) is want, name
+        if name == "fp32":  # no bf16 tensor, and no product in oneDNN's bf16 mode
+            assert torch.bfloat16 not in mode.seen and "bf16" not in mode.modes
+        elif generic:  # autocast: bf16 operands
+            assert torch.bfloat16 in mode.seen
+        else:  # the fused kernels: every product (training, MT's teacher, validation) in bf16 mode
+            assert mode.modes == {"bf16"} and torch.bfloat16 not in mode.seen
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # and the mode is put back
+
+
+def test_products_rounds_the_operands_to_bf16_and_returns_fp32():
+    """What bf16 means in the fused kernels, at the networks' sizes: fp32 operands rounded to bf16,
+    products accumulated in fp32 -- not rounded to bf16 afterwards -- and fp32 out; the mode
+    restored on the way out, an exception included."""
+    a, b = torch.randn(640, 128), torch.randn(128, 128)
+    exact = torch.mm(a.bfloat16().double(), b.bfloat16().double())
+    with precision.products(torch.bfloat16):
+        got = torch.mm(a, b)
+    assert got.dtype == torch.float32
+    assert float((got.double() - exact).abs().max()) < 1e-4 * float(exact.abs().max())
+    assert not torch.equal(got, torch.mm(a, b))  # outside it: fp32 again
+    with precision.products(None):  # fp32: nothing set
+        assert torch.equal(torch.mm(a, b), torch.mm(a, b))
+        assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"
+    with pytest.raises(RuntimeError), precision.products(torch.bfloat16):
+        raise RuntimeError
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"
 
 
 def _step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

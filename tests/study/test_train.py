@@ -13,7 +13,7 @@ from tagtune.study.data import Dataset, positives_only
 from tagtune.study.train import FitResult, evaluate_fit, fit, lr_at
 from tests.conftest import TINY_CONFIG, make_split
 
-BASE_KEYS = ["epoch", "stage", "lr", "train/loss", "val/loss", "val/f1_macro", "val/auprc_micro",
+BASE_KEYS = ["epoch", "stage", "lr", "precision", "train/loss", "val/loss", "val/f1_macro", "val/auprc_micro",
              "val/auprc_macro", "val_full/f1_macro", "val_full/auprc_micro",
              "val_full/auprc_macro", "val_full/map"]
 

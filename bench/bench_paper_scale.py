@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict[str, An
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="B1 only, 2 trials, 2 epochs, 300 clips")
     ap.add_argument("--cpus-per-trial", type=int, default=1)
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                    help="the trials' TrainConfig.precision")
+    ap.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
+                    help="the trials' TrainConfig.precision (default: the study's default, auto)")
     ap.add_argument("--together", action="store_true",
                     help="the slice as ONE study, its cells side by side (as the whole study runs)")
     ap.add_argument("--reproject-bf16", type=float, metavar="SPEEDUP",

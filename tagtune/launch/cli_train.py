@@ -108,8 +108,8 @@ def train(
         "--deterministic/--no-deterministic",
         help="torch's deterministic algorithms: GPU results repeat bitwise (slower).")] = None,
     precision: Annotated[str | None, typer.Option(
-        help="fp32 (the default), bf16 (mixed: bf16 matrix products, fp32 weights, losses and metrics), "
-             "or auto (bf16 where the CPU/GPU has it natively).")] = None,
+        help="auto (the default: bf16 where the CPU/GPU has it natively, else fp32), bf16 (mixed: bf16 "
+             "matrix products, fp32 weights, losses and metrics) or fp32.")] = None,
     layers: Annotated[int | None, typer.Option(help="Model: embedding layers L.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Model: layer width H.")] = None,
     dropout: Annotated[float | None, typer.Option(help="Model: dropout rate.")] = None,

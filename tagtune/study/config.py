@@ -171,9 +171,10 @@ class TrainConfig:
     when torch sees one). Checkpoints resume on either; see tagtune.study.device. The default
     keeps a run where it always was: an existing script or bench on a GPU node still uses the CPU."""
     precision: str = DEFAULT_PRECISION
-    """fp32, bf16 (mixed: matrix products in bf16; weights, BatchNorm, losses, metrics fp32) or
-    auto (bf16 where the CPU or GPU has it natively); see tagtune.study.precision. A checkpoint
-    resumes in either."""
+    """auto (bf16 where the CPU or GPU has it natively, else fp32), bf16 (mixed: matrix products in
+    bf16; weights, BatchNorm, losses, metrics fp32) or fp32; see tagtune.study.precision. The
+    default is auto since the science check (docs/precision.md); fp32 reproduces runs from before.
+    A checkpoint resumes in either."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms for the run: GPU results repeat bitwise, slower (the
     CPU path is deterministic either way)."""

@@ -46,7 +46,7 @@ def test_a_trials_mlflow_params_carry_the_precision():
 
     params = run_params({"method": "b0", "precision": "bf16", "epochs": 2})
     assert params["precision"] == "bf16"
-    assert run_params({"method": "le", "epochs": 2})["precision"] == "fp32"  # the default, logged too
+    assert run_params({"method": "le", "epochs": 2})["precision"] == "auto"  # the default, logged too
 
 
 def test_a_study_train_block_sets_the_precision(tmp_path):

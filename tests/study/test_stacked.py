@@ -31,6 +31,7 @@ RESIDUAL = ModelConfig(layers=2, hidden=6, dropout=0.3)
 
 def _members(method: str, **over) -> list:
     over.setdefault("model", RESIDUAL)
+    over.setdefault("precision", "fp32")  # equal to fp32 rounding; bf16 rounds each shape its own way
     base = dataclasses.replace(TINY_CONFIG, method=method, missing=0.3, **over)
     # Different seeds (own missing labels, weights, batch order, noise) and different lrs.
     return [dataclasses.replace(base, seed=1, lr=3e-3), dataclasses.replace(base, seed=2, lr=1e-2),

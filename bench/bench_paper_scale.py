@@ -18,12 +18,24 @@ its epochs with and without it (``study_cost.paper_study(reuse_best=...)``).
 Anchor: the paper's own code, at ~2.5-3.6 s an epoch on this machine and without early
 stopping, would need roughly 20-40 hours for the same study.
 
-With bf16 (``--precision bf16``: the study's ``train: {precision: bf16}``) the slice runs in mixed
-precision. ``--reproject-bf16 SPEEDUP`` re-projects the recorded fp32 slice (``RECORDED``) without
+``--together`` runs the slice as the whole study runs its cells: ONE study holding one cell per
+method side by side (the first form ran each method as a study of its own, one after another,
+which pays Ray's start and each cell's tail -- a core waiting for the last trial -- four times),
+and measures what it took: the CPU seconds of every process of the run by role (trial workers,
+Ray's daemons, the driver), and the epochs ASHA really let each method train. It also times each
+method's bare epoch (``fit`` alone, one thread, bench_precision's worker) in the same run, and
+gives the floor: the whole study's epochs at those seconds on every core at once -- what no
+harness, scheduling or setting of ours could go below on this machine.
+
+``--precision`` (default ``auto``, the study's default: bf16 where native) sets the trials'
+``train: {precision: ...}``.
+
+``--reproject-bf16 SPEEDUP`` re-projects the recorded fp32 slice (``RECORDED``) without
 running it: each method's core-seconds per epoch split into the bare epoch (``BARE_FP32``,
 bench_speed's), which bf16 divides by SPEEDUP (bench_precision's), and the harness's share
 (Ray, checkpoints, MLflow), which it leaves as it is.
 
+    python bench/bench_paper_scale.py --together   # the slice as one study, and the floor (~35 min)
     python bench/bench_paper_scale.py           # the slice: hours on 2 cores (not for a busy machine)
     python bench/bench_paper_scale.py --quick   # the same path, tiny: seconds once Ray is up
     python bench/bench_paper_scale.py --reproject-bf16 1.05   # arithmetic on the recorded slice

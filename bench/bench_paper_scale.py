@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_cost  # noqa: E402
 from bench_speed import N_TRAIN, N_VALID, make_data  # noqa: E402
+from bench_study import Sampler, is_trial_worker  # noqa: E402
 
 PAPER = {"methods": ("b0", "b1", "le", "mt"), "proportions": 5, "trials": 20, "replicates": 5,
          "epochs": 100, "n_train": N_TRAIN, "n_valid": N_VALID}
@@ -68,21 +69,32 @@ BARE_FP32 = {"b0": 0.853, "b1": 0.842, "le": 0.961, "mt": 1.238}
 """bench_speed.py's bare fp32 epoch seconds, 1 thread, residual network (bench/RESULTS.md)."""
 
 
+def _slice_data(size: dict[str, Any], out: Path) -> Path:
+    from tagtune.study import data
+
+    return data.save(make_data(size["n_train"], size["n_valid"]), out / "openmic-size.h5")
+
+
+def _slice_settings(size: dict[str, Any], data: Path, out: Path, name: str, methods: tuple[str, ...],
+                    cpus_per_trial: int, precision: str) -> Any:
+    """A study of the slice's cells of ``methods``, as a study runs them by default (replicate 0 reused)."""
+    from tagtune.study.folder import StudySettings
+
+    return StudySettings(data=str(data), name=name, storage=str(out), methods=methods,
+                         missing=(SLICE_MISSING,), trials=size["trials"], replicates=size["replicates"],
+                         epochs=size["epochs"], cpus_per_trial=cpus_per_trial, reuse_best_replicate=True,
+                         train={"precision": precision})
+
+
 def measure(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
             precision: str = "fp32") -> list[dict[str, Any]]:
     """One study per method, one cell each, run to the end: its wall seconds and trial counts."""
     from tagtune.launch.study import run_study
-    from tagtune.study import data
-    from tagtune.study.folder import StudySettings
 
-    path = data.save(make_data(size["n_train"], size["n_valid"]), out / "openmic-size.h5")
+    path = _slice_data(size, out)
     rows = []
     for m in size["methods"]:
-        settings = StudySettings(data=str(path), name=f"slice-{m}", storage=str(out), methods=(m,),
-                                 missing=(SLICE_MISSING,), trials=size["trials"],
-                                 replicates=size["replicates"], epochs=size["epochs"],
-                                 cpus_per_trial=cpus_per_trial, reuse_best_replicate=True,
-                                 train={"precision": precision})
+        settings = _slice_settings(size, path, out, f"slice-{m}", (m,), cpus_per_trial, precision)
         t0 = time.perf_counter()
         result = run_study(settings, verbose=0)
         wall = time.perf_counter() - t0
@@ -100,18 +112,10 @@ def measure_together(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
     do, with one tail per phase where a core may wait, as the whole study has). Sampled from /proc:
     every process of this session (the driver, Ray's daemons, the trial workers); and the epochs
     each method really trained (ASHA decides those, not study_cost's simulation)."""
-    from bench_study import Sampler
-
     from tagtune.launch.study import run_study
-    from tagtune.study import data
-    from tagtune.study.folder import StudySettings
 
-    path = data.save(make_data(size["n_train"], size["n_valid"]), out / "openmic-size.h5")
-    settings = StudySettings(data=str(path), name="slice", storage=str(out), methods=size["methods"],
-                             missing=(SLICE_MISSING,), trials=size["trials"],
-                             replicates=size["replicates"], epochs=size["epochs"],
-                             cpus_per_trial=cpus_per_trial, reuse_best_replicate=True,
-                             train={"precision": precision})
+    settings = _slice_settings(size, _slice_data(size, out), out, "slice", size["methods"],
+                               cpus_per_trial, precision)
     before = Sampler(os.getsid(0))
     before.sample()  # processes already running (a Ray the caller started): count only from now
     sampler = Sampler(os.getsid(0))
@@ -127,15 +131,14 @@ def measure_together(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
             "cells": result.summary["cells"], "replicates": len(result.replicates), "load_before": load0}
 
 
-def _cpu_split(sampler: Any, before: Any, driver: float) -> dict[str, float]:
+def _cpu_split(sampler: Sampler, before: Sampler, driver: float) -> dict[str, float]:
     """CPU seconds the run took, by role: the trial workers, Ray's own daemons (both from /proc,
     less what a process had used before the run), and the driver (this process)."""
     split = {"trials": 0.0, "ray": 0.0, "driver": driver}
     for key, sec in sampler.cpu.items():
         if key[0] == os.getpid():
             continue
-        name = sampler.names.get(key, "")
-        role = "trials" if name.startswith("ray::") or "default_worker.py" in name else "ray"
+        role = "trials" if is_trial_worker(sampler.names.get(key, "")) else "ray"
         split[role] += sec - before.cpu.get(key, 0.0)
     return split
 

@@ -197,10 +197,14 @@ def make_data(path: Path, n: tuple[int, int, int]) -> float:
     return sum(s.X.nbytes for s in ds.splits.values()) / 2**20
 
 
+def is_trial_worker(cmdline: str) -> bool:
+    """Whether a process (by its command line) is a Ray worker: what runs trials, not Ray's daemons."""
+    return "default_worker.py" in cmdline or cmdline.startswith("ray::")
+
+
 def trial_workers(s: Sampler) -> list[dict[str, float]]:
     """Peak memory of the processes that ran trials (Ray workers that loaded torch)."""
-    rows = [m for k, m in s.mem.items() if "default_worker.py" in s.names.get(k, "") or
-            s.names.get(k, "").startswith("ray::")]
+    rows = [m for k, m in s.mem.items() if is_trial_worker(s.names.get(k, ""))]
     return sorted(rows, key=lambda m: -m["rss"])[:2]
 
 

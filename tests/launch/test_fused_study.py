@@ -123,11 +123,9 @@ def test_every_fused_epoch_equals_its_config_alone(fused_study, monkeypatch):
 @pytest.mark.timeout(420)
 def test_killed_fused_study_resumes_every_member_exactly(tmp_path, monkeypatch):
     epochs = 4
-    train = {"batch_size": 64, "lr_decay_epochs": [], "precision": "fp32",  # fp32: see TRAIN
-             "model": {"layers": 1, "hidden": 32, "dropout": 0.3}}
     config = slow_study(tmp_path, "fusedkill", methods=["b1", "mt"], missing=[0.4], trials=4,
                         replicates=1, epochs=epochs, grace_period=4, checkpoint_every=1, fuse=4,
-                        train=train)
+                        train={"precision": "fp32"})  # fp32: see TRAIN
     env = base_env(TUNE_GLOBAL_CHECKPOINT_S="0")  # a snapshot at every step (see test_resume)
     driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

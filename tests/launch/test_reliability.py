@@ -50,8 +50,10 @@ def tagtune(*args: str) -> list[str]:
     return [sys.executable, "-m", "tagtune", *args]
 
 
-def slow_study(tmp_path: Path, name: str, n_train: int = 2000, **settings) -> Path:
-    """A data file whose epochs take ~0.1 s per 2000 training clips, and a study config over it."""
+def slow_study(tmp_path: Path, name: str, n_train: int = 2000, train: dict | None = None,
+               **settings) -> Path:
+    """A data file whose epochs take ~0.1 s per 2000 training clips, and a study config over it
+    (``train``: keys over its train block)."""
     rng = np.random.default_rng(0)
     ds = Dataset(train=make_split(rng, n_train, T=10, F=32, C=5, prefix="tr"),
                  valid=make_split(rng, 300, T=10, F=32, C=5, prefix="va"),
@@ -61,7 +63,7 @@ def slow_study(tmp_path: Path, name: str, n_train: int = 2000, **settings) -> Pa
     cfg = {"data": str(path), "name": name, "storage": str(tmp_path / "studies"),
            "checkpoint_every": EVERY, "preset": "openmic",
            "train": {"batch_size": 64, "lr_decay_epochs": [],
-                     "model": {"layers": 1, "hidden": 32, "dropout": 0.3}}, **settings}
+                     "model": {"layers": 1, "hidden": 32, "dropout": 0.3}, **(train or {})}, **settings}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "study.yaml"
 

@@ -89,9 +89,13 @@ def test_fused_trials_are_trials_of_their_own(fused_study):
     search = [r for r in runs if r.data.tags["phase"] == "search"]
     fused = [m.value for r in search for m in client.get_metric_history(r.info.run_id, "fused")]
     assert max(fused) == 4 and min(fused) >= 1
-    # ASHA stopped some (grace 1, reduction 3: at most a third of a rung goes on), Optuna heard it.
+    # Every trial ASHA stopped, Optuna heard of as pruned; every other ran to the end. How many ASHA
+    # stops is not asserted: asynchronous, it decides by the order the rung's results arrive in,
+    # and a stack's members report together in an order the machine's load decides (a CI run under
+    # load saw 1 of 12 stopped where a quiet one sees 3 or more).
     stopped = sum(c["stopped_early"] for c in cells.values())
-    assert stopped >= 3 and sum(c["optuna"]["pruned"] for c in cells.values()) == stopped
+    assert sum(c["optuna"]["pruned"] for c in cells.values()) == stopped
+    assert all(c["completed"] + c["stopped_early"] == c["trials"] for c in cells.values())
     for trial in tune.ExperimentAnalysis(str(settings.study_dir / "search")).trials:
         # Its own checkpoint, an ordinary trial's, where it got as far as one (every 2 epochs; the
         # shared-teacher LE's epochs count from 4).

@@ -1,0 +1,246 @@
+"""What the study's machinery costs around fast epochs: a real study against the bare ``fit``.
+
+A study on tiny real data goes through the whole real path (Ray Tune, one Optuna study and one
+ASHA per cell, checkpoints, Tune's snapshots, the journal, MLflow) -- one cell ``b1@0.00``, ASHA
+off (grace period = epochs), no replicates -- and the same configs, read back from the study,
+are fitted one after another in a plain process (1 thread): the bare cost. Every study runs in a
+fresh process in a session of its own, sampled from outside through /proc (bench_study.Sampler).
+
+Figures (the same machine state for every figure of one invocation):
+
+- fixed cost: a study of 1 trial x 1 epoch, end to end in its process (ray.init included);
+- per trial: (wall x slots - bare) / trials, the machinery's cost of one trial, fixed cost in;
+  per trial-epoch: the same over every epoch the trials trained;
+- harness efficiency = bare epoch-seconds / (wall x trial slots);
+- mean concurrency = sum of the trials' spans / the study's span (from mlflow-journal.jsonl);
+- the driver's share of the CPU: the study process's CPU seconds / every process's of its run;
+- ``--sizes 100,2000``: the per-trial cost at each number of trials (nothing should grow with it);
+- ``--fuse 16``: the main study again with fused trials (stacks of 16).
+
+Checked on every study (the bench fails otherwise, whatever the timings): every trial ran its
+epochs, and every epoch's metrics reached MLflow exactly once.
+
+    python bench/bench_harness.py                       # 60 trials x 40 epochs, then 1 x 1
+    python bench/bench_harness.py --fuse 16 --sizes 100,400
+    python bench/bench_harness.py --quick --out f.json  # seconds: what `make test` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CELL = ("b1", 0.0)
+TRAIN = {"model": {"layers": 1, "hidden": 16}, "lr_decay_epochs": [], "batch_size": 64}
+
+
+def _bench_study():
+    """bench_study.py as a module (bench/ holds scripts, not a package): its Sampler and launch."""
+    spec = importlib.util.spec_from_file_location("bench_study", HERE / "bench_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def worker_study(spec: dict) -> dict:
+    """One study in this process; what its files say about it."""
+    import ray
+
+    from tagtune.launch.study import run_study
+    from tagtune.study.folder import JOURNAL, SEARCH, StudySettings
+
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=spec.pop("num_cpus"), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    result = run_study(StudySettings(**spec), verbose=0)
+    wall = time.perf_counter() - t0
+    configs = []
+    for trial_dir in sorted((result.study_dir / SEARCH).iterdir()):
+        if (trial_dir / "params.json").is_file():
+            configs.append(json.loads((trial_dir / "params.json").read_text()))
+    events = [json.loads(line) for line in (result.study_dir / JOURNAL).read_text().splitlines()]
+    spans: dict[str, list[int]] = {}
+    for e in events:
+        if e.get("op") in ("start", "end") and "trial_id" in e:
+            spans.setdefault(e["trial_id"], []).append(e["ts"])
+    busy = sum(max(ts) - min(ts) for ts in spans.values()) / 1000
+    span = (max(max(ts) for ts in spans.values()) - min(min(ts) for ts in spans.values())) / 1000
+    return {"wall_s": wall, "configs": configs, "busy_s": busy, "span_s": span,
+            "mlflow": mlflow_epochs(result.tracking_uri, result.experiment_id),
+            "warnings": snapshot_warnings(result.study_dir)}
+
+
+def mlflow_epochs(tracking_uri: str, experiment_id: str) -> dict[str, list[float]]:
+    """Per trial, the ``epoch`` values its MLflow run holds, in step order (one per logged epoch)."""
+    from mlflow.tracking import MlflowClient
+
+    from tagtune.launch.tracking import TRIAL_TAG
+
+    client = MlflowClient(tracking_uri)
+    out = {}
+    for run in client.search_runs([experiment_id], f"tags.`{TRIAL_TAG}` != ''", max_results=50000):
+        history = client.get_metric_history(run.info.run_id, "epoch")
+        out[run.data.tags[TRIAL_TAG]] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return out
+
+
+def snapshot_warnings(study_dir: Path) -> int:
+    """How often Tune warned that its experiment snapshots may become a bottleneck."""
+    log = study_dir / "study.log"
+    return log.read_text(errors="replace").count("snapshotting has been triggered") if log.exists() else 0
+
+
+def worker_loop(spec: dict) -> dict:
+    """The bare cost: each config's ``fit`` one after another, 1 thread."""
+    import torch
+
+    from tagtune.study.data import load
+    from tagtune.study.folder import train_config
+    from tagtune.study.train import fit
+
+    torch.set_num_threads(1)
+    ds = load(spec["data"])
+    t0 = time.perf_counter()
+    for config in spec["configs"]:
+        fit(ds, train_config(config))
+    return {"bare_s": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def launch(bs, args: list[str], tmp: Path):
+    """This script as a worker in a new session, sampled from outside: (answer, sampler)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    with open(tmp / "worker.log", "a") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
+        sampler = bs.Sampler(proc.pid)
+        sampler.start()
+        out, _ = proc.communicate()
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(f"bench_harness: worker {args[0]} failed; see {tmp / 'worker.log'}")
+    return json.loads(out.strip().splitlines()[-1]), sampler
+
+
+def make_data(path: Path, clips: int) -> None:
+    """OpenMIC-shaped random data (10 x 128 frames, 20 classes, ~10% observed), train/valid/test
+    = clips, clips/4, clips/4."""
+    import numpy as np
+
+    from tagtune.study.data import Dataset, Split, save
+
+    rng = np.random.default_rng(0)
+
+    def split(k: int, prefix: str) -> Split:
+        M = rng.random((k, 20)) < 0.1
+        Y = ((rng.random((k, 20)) < 0.3) & M).astype(np.float32)
+        return Split(rng.normal(size=(k, 10, 128)).astype(np.float32), Y, M,
+                     np.array([f"{prefix}{i}" for i in range(k)]))
+
+    save(Dataset(train=split(clips, "tr"), valid=split(clips // 4, "va"),
+                 test=split(clips // 4, "te"), classes=tuple(f"c{i}" for i in range(20)),
+                 name="harness"), path)
+
+
+def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: int = 1) -> dict:
+    """One study (worker process) and the bare loop over its configs: its figures."""
+    spec = {**base, "name": name, "trials": trials, "epochs": epochs, "grace_period": epochs,
+            "fuse": fuse}
+    r, sampler = launch(bs, ["study", json.dumps(spec)], tmp)
+    bare = launch(bs, ["loop", json.dumps({"data": base["data"], "configs": r["configs"]})], tmp)[0]
+    # The study's own checks: all its trials ran their epochs, each epoch in MLflow once.
+    assert len(r["configs"]) == trials, (name, len(r["configs"]), trials)
+    assert len(r["mlflow"]) == trials, (name, sorted(r["mlflow"]))
+    for tid, seen in r["mlflow"].items():
+        assert seen == [float(e) for e in range(1, epochs + 1)], (name, tid, seen)
+    slots = base["num_cpus"] // base["cpus_per_trial"]
+    wall, bare_s = r["wall_s"], bare["bare_s"]
+    cpu = sum(sampler.cpu.values())
+    driver = sum(v for (pid, _), v in sampler.cpu.items() if pid == sampler.sid)
+    return {"name": name, "trials": trials, "epochs": epochs, "fuse": fuse, "slots": slots,
+            "wall_s": wall, "bare_s": bare_s, "efficiency": bare_s / (wall * slots),
+            "per_trial_s": (wall * slots - bare_s) / trials,
+            "per_trial_epoch_ms": 1000 * (wall * slots - bare_s) / (trials * epochs),
+            "concurrency": r["busy_s"] / r["span_s"] if r["span_s"] > 0 else 0.0,
+            "driver_cpu_share": driver / cpu if cpu else 0.0,
+            "snapshot_warnings": r["warnings"]}
+
+
+def show(f: dict) -> None:
+    print(f"  {f['name']:>12}: {f['trials']:4d} trials x {f['epochs']:3d} epochs, fuse {f['fuse']:2d}: "
+          f"wall {f['wall_s']:6.1f} s, bare {f['bare_s']:6.1f} s -> efficiency {f['efficiency']:4.0%}; "
+          f"per trial {f['per_trial_s']:5.2f} s, per trial-epoch {f['per_trial_epoch_ms']:5.1f} ms; "
+          f"concurrency {f['concurrency']:.2f} of {f['slots']}; driver {f['driver_cpu_share']:.0%} "
+          f"of the CPU; Tune's snapshot warnings {f['snapshot_warnings']}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few small studies (what make test runs)")
+    ap.add_argument("--trials", type=int, default=60, help="trials of the main study")
+    ap.add_argument("--epochs", type=int, default=40, help="epochs per trial of the main study")
+    ap.add_argument("--clips", type=int, default=256, help="training clips (valid, test: a quarter)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the study's Ray (1 per trial)")
+    ap.add_argument("--checkpoint-every", type=int, default=5)
+    ap.add_argument("--sizes", default="", help="numbers of trials for the per-trial sweep, e.g. 100,2000")
+    ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs per trial in the sweep")
+    ap.add_argument("--fuse", type=int, default=1, help="also run the main study fused (stack size)")
+    ap.add_argument("--out", help="write every figure here as JSON")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        fn = {"study": worker_study, "loop": worker_loop}[a.worker[0]]
+        print(json.dumps(fn(json.loads(a.worker[1]))))
+        return
+    if a.quick:
+        a.trials, a.epochs, a.clips, a.sizes, a.sweep_epochs = 4, 3, 64, "2,4", 2
+        a.fuse = a.fuse if a.fuse > 1 else 2
+    bs = _bench_study()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-harness-"))
+    data = tmp / "harness.h5"
+    make_data(data, a.clips)
+    base = {"data": str(data), "storage": str(tmp), "methods": (CELL[0],), "missing": (CELL[1],),
+            "replicates": 0, "checkpoint_every": a.checkpoint_every, "train": TRAIN,
+            "num_cpus": a.cpus, "cpus_per_trial": 1}
+    print(f"data: {a.clips} clips of 10 x 128, model 1 x 16, cell {CELL[0]}@{CELL[1]:.2f}, ASHA off; "
+          f"{a.cpus} slots; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    figures: dict = {"cpus": a.cpus, "clips": a.clips}
+    figures["fixed"] = study(bs, tmp, base, "fixed", 1, 1)
+    print(f"fixed cost (1 trial x 1 epoch): {figures['fixed']['wall_s']:.1f} s "
+          f"(its bare fit {figures['fixed']['bare_s']:.2f} s)")
+    figures["main"] = study(bs, tmp, base, "main", a.trials, a.epochs)
+    show(figures["main"])
+    if a.fuse > 1:
+        figures["fused"] = study(bs, tmp, base, f"fuse{a.fuse}", a.trials, a.epochs, fuse=a.fuse)
+        show(figures["fused"])
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    figures["sizes"] = [study(bs, tmp, base, f"n{n}", n, a.sweep_epochs) for n in sizes]
+    for f in figures["sizes"]:
+        show(f)
+    if len(sizes) > 1:
+        first, last = figures["sizes"][0], figures["sizes"][-1]
+        figures["growth"] = last["per_trial_s"] / first["per_trial_s"]
+        print(f"per-trial cost, {last['trials']} trials against {first['trials']}: "
+              f"x{figures['growth']:.2f}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(figures, indent=2))
+    print(f"(files under {tmp})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,14 +55,10 @@ def _bench_study():
 
 def worker_study(spec: dict) -> dict:
     """One study in this process; what its files say about it."""
-    import ray
-
     from tagtune.launch.study import run_study
     from tagtune.study.folder import JOURNAL, SEARCH, StudySettings
 
-    t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=spec.pop("num_cpus"), include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    t0 = time.perf_counter()  # Ray started by the study itself, as `tagtune study` does
     result = run_study(StudySettings(**spec), verbose=0)
     wall = time.perf_counter() - t0
     configs = []
@@ -157,8 +153,14 @@ def make_data(path: Path, clips: int) -> None:
                  name="harness"), path)
 
 
+_RAN: dict[tuple[int, int, int], dict] = {}
+
+
 def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: int = 1) -> dict:
-    """One study (worker process) and the bare loop over its configs: its figures."""
+    """One study (worker process) and the bare loop over its configs: its figures (a study of the
+    same size already run in this invocation is not run again)."""
+    if (trials, epochs, fuse) in _RAN:
+        return {**_RAN[trials, epochs, fuse], "name": name}
     spec = {**base, "name": name, "trials": trials, "epochs": epochs, "grace_period": epochs,
             "fuse": fuse}
     r, sampler = launch(bs, ["study", json.dumps(spec)], tmp)
@@ -172,13 +174,15 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     wall, bare_s = r["wall_s"], bare["bare_s"]
     cpu = sum(sampler.cpu.values())
     driver = sum(v for (pid, _), v in sampler.cpu.items() if pid == sampler.sid)
-    return {"name": name, "trials": trials, "epochs": epochs, "fuse": fuse, "slots": slots,
+    _RAN[trials, epochs, fuse] = {
+            "name": name, "trials": trials, "epochs": epochs, "fuse": fuse, "slots": slots,
             "wall_s": wall, "bare_s": bare_s, "efficiency": bare_s / (wall * slots),
             "per_trial_s": (wall * slots - bare_s) / trials,
             "per_trial_epoch_ms": 1000 * (wall * slots - bare_s) / (trials * epochs),
             "concurrency": r["busy_s"] / r["span_s"] if r["span_s"] > 0 else 0.0,
             "driver_cpu_share": driver / cpu if cpu else 0.0,
             "snapshot_warnings": r["warnings"]}
+    return _RAN[trials, epochs, fuse]
 
 
 def show(f: dict) -> None:
@@ -208,7 +212,8 @@ def main() -> None:
         print(json.dumps(fn(json.loads(a.worker[1]))))
         return
     if a.quick:
-        a.trials, a.epochs, a.clips, a.sizes, a.sweep_epochs = 4, 3, 64, "2,4", 2
+        # Sized so that the sweep's studies are the fixed and the main one, run once each.
+        a.trials, a.epochs, a.clips, a.sizes, a.sweep_epochs = 4, 1, 64, "1,4", 1
         a.fuse = a.fuse if a.fuse > 1 else 2
     bs = _bench_study()
     tmp = Path(tempfile.mkdtemp(prefix="bench-harness-"))

@@ -13,6 +13,7 @@ the phase folder is torn (:func:`tagtune.study.tunestate.repair`).
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from ray.tune import Callback
@@ -48,4 +49,30 @@ class SnapshotKeeper(Callback):
         return {"phase_dir": self.phase_dir, "_staging": None}
 
 
-__all__ = ["SnapshotKeeper"]
+class CheckpointPruner(Callback):
+    """A trial's last ``keep`` checkpoints kept once it ends, the older ones removed.
+
+    Tune's own pruning (``CheckpointConfig(num_to_keep=...)``) forces a snapshot of the whole
+    experiment every ``num_to_keep`` checkpoints of any trial -- each one serialising every trial
+    of the phase, and copied into ``last-good/`` -- so a phase of short trials spent its time
+    snapshotting (O(trials^2)). Here Tune keeps every checkpoint while a trial runs and snapshots
+    on its own clock; an ended trial's older checkpoints go (a replicate reuses the newest, a
+    resumed errored trial starts from it)."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._prune(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._prune(trial)
+
+    def _prune(self, trial) -> None:
+        trial_dir = Path(trial.path)
+        done = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+        for old in done[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["CheckpointPruner", "SnapshotKeeper"]

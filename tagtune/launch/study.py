@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from tagtune.launch.preflight import (
 )
 from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
-from tagtune.launch.snapshots import SnapshotKeeper
+from tagtune.launch.snapshots import CheckpointPruner, SnapshotKeeper
 from tagtune.launch.tracking import (
     SUPERSEDED_TAG,
     MlflowJournalCallback,
@@ -242,8 +243,42 @@ def _init_ray(settings: StudySettings) -> None:
         # Ray's temp dir names in ray_current_cluster -- a running `ray start`, or a dead head
         # whose file was never removed (then it fails: num_cpus is refused when joining).
         # Joining a running cluster is asked for with --address auto.
+        os.environ.setdefault(*WORKER_PRELOAD)
         ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
                  include_dashboard=False, log_to_driver=False)
+
+
+# Ray's workers import these as they start (Ray's preload_python_modules setting, read by the
+# raylet from its environment), ahead of any trial: a trial of a fraction of a second on a worker
+# still importing torch for seconds is what made Tune run trials one at a time (it hands the
+# next trial to the warm worker and drops the one starting).
+WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.study.trainable,tagtune.study.train")
+
+
+@contextlib.contextmanager
+def pending_trials(settings: StudySettings) -> Iterator[None]:
+    """Tune queues as many trials as there are slots, not one. With a searcher of its own Tune
+    keeps one trial pending (TUNE_MAX_PENDING_TRIALS_PG, read when ``fit`` starts): the one
+    trial waiting for the second slot is given the first slot's worker as soon as it is free, and
+    the worker that was starting for it is removed -- the second slot never gets going."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if key in os.environ:  # the user's own setting stands
+        yield
+        return
+    os.environ[key] = str(max(2, slots(settings)))
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def slots(settings: StudySettings) -> int:
+    """How many trials the cluster runs at once (fused: member trials, every stack full)."""
+    cluster = ray.cluster_resources()
+    n = int(cluster.get("CPU", 1) // settings.cpus_per_trial)
+    if settings.gpus_per_trial > 0:
+        n = min(n, int(cluster.get("GPU", 0) // settings.gpus_per_trial))
+    return max(1, n) * max(1, settings.fuse_size)
 
 
 def default_num_cpus() -> int:
@@ -278,26 +313,22 @@ def trial_resources(settings: StudySettings) -> dict[str, float]:
 def max_concurrent(settings: StudySettings) -> int | None:
     """Fused trials: as many member trials at once as the stacks that fit can hold (a member asks
     Ray for no CPU, so Tune alone would start every trial of the phase at once)."""
-    if settings.fuse_size <= 1:
-        return None
-    cluster = ray.cluster_resources()
-    stacks = int(cluster.get("CPU", 1) // settings.cpus_per_trial)
-    if settings.gpus_per_trial > 0:
-        stacks = min(stacks, int(cluster.get("GPU", 0) // settings.gpus_per_trial))
-    return max(1, stacks) * settings.fuse_size
+    return slots(settings) if settings.fuse_size > 1 else None
 
 
 def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _Output) -> tune.RunConfig:
     # phase: the experiment's directory (search, search.2, ...); MLflow's tag is its kind.
     tracking = MlflowJournalCallback(settings.study_dir, settings.tracking_uri, experiment_id,
-                                     _kind(phase), dataset=out.dataset)
+                                     _kind(phase), dataset=out.dataset, batch_events=64, batch_s=2.0)
     return tune.RunConfig(
         name=phase,
         storage_path=str(settings.study_dir),
         # The keeper last: Tune asks callbacks for their state after writing its own snapshot.
-        callbacks=[tracking, DisplayCallback(), SnapshotKeeper(settings.study_dir / phase)],
+        callbacks=[tracking, DisplayCallback(), CheckpointPruner(),
+                   SnapshotKeeper(settings.study_dir / phase)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # No num_to_keep: it forces an experiment snapshot every few checkpoints of any trial.
+        checkpoint_config=tune.CheckpointConfig(),
         verbose=1 if out.verbose >= 2 else 0,  # Tune's trial table: only with --verbose
     )
 
@@ -377,7 +408,8 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
     if out.display is not None:
         out.display.start_phase(_kind(phase), expected, ended, best)
     try:
-        with out.logs.stdout() if out.logs is not None else contextlib.nullcontext():
+        with out.logs.stdout() if out.logs is not None else contextlib.nullcontext(), \
+                pending_trials(settings):
             results = tuner.fit()
     finally:
         fusion.close_registries()  # fused trials' stacks end with their phase

@@ -86,6 +86,7 @@ class Tracker:
         self._runs: dict[str, str] = {}
         self._steps: dict[str, set[int]] = {}
         self._parents: dict[str, str] = {}  # cell id -> its parent run
+        self._known: dict[str, str] | None = None  # trial id -> its run, when this tracker began
 
     def parent_id(self, cell: str) -> str:
         """The cell's parent run: found by its tag, created the first time."""
@@ -106,11 +107,16 @@ class Tracker:
     def run_id(self, trial_id: str, event: dict | None = None) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1
-        )
-        if found:
-            run_id = found[0].info.run_id
+        if self._known is None:
+            # Every trial's run, found once: a search per new trial costs more the more runs the
+            # experiment holds, and it is a new trial's run that is looked for (and not found).
+            self._known = {}
+            for run in self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` != ''",
+                                               max_results=50000,
+                                               order_by=["attributes.start_time ASC"]):
+                self._known.setdefault(run.data.tags[TRIAL_TAG], run.info.run_id)
+        if trial_id in self._known:
+            run_id = self._known[trial_id]
             steps = {m.step for m in self.client.get_metric_history(run_id, "epoch")}
         else:
             if event is None or event["op"] != "start":
@@ -123,7 +129,6 @@ class Tracker:
         return run_id
 
     def apply(self, event: dict) -> None:
-        from mlflow.entities import Metric
 
         run_id = self.run_id(event["trial_id"], event)
         op = event["op"]
@@ -137,15 +142,7 @@ class Tracker:
             if event.get("dataset"):
                 self._log_dataset(run_id, event["dataset"])
         elif op == "result":
-            step = int(event["step"])
-            if step in self._steps[run_id]:
-                return
-            ms = [Metric(k, v, event["ts"], step) for k, v in event["metrics"].items()]
-            # "epoch" last: its presence marks the step as fully logged.
-            ms.sort(key=lambda m: m.key == "epoch")
-            for i in range(0, len(ms), 200):
-                self.client.log_batch(run_id, metrics=ms[i:i + 200])
-            self._steps[run_id].add(step)
+            self.apply_results([event])
         elif op == "end":
             # Not again on a replay: a finished run keeps its end time (an extension's final
             # sync replays the whole journal, and earlier runs must stay as they were).
@@ -154,6 +151,27 @@ class Tracker:
         elif op == "tag":  # a tag added to a finished run; nothing else of it changes
             for k, v in event["tags"].items():
                 self.client.set_tag(run_id, k, str(v))
+
+    def apply_results(self, events: list[dict]) -> None:
+        """Result events of trials already started, each run's steps in as few ``log_batch``
+        calls as MLflow's limit of 1,000 metrics a call allows; a step the run has is skipped."""
+        from mlflow.entities import Metric
+
+        per_run: dict[str, tuple[list, set[int]]] = {}
+        for event in events:
+            run_id = self.run_id(event["trial_id"], event)
+            step = int(event["step"])
+            ms, steps = per_run.setdefault(run_id, ([], set()))
+            if step in self._steps[run_id] or step in steps:
+                continue
+            steps.add(step)
+            # "epoch" last in its step: its presence marks the step as fully logged.
+            ms.extend(sorted((Metric(k, v, event["ts"], step) for k, v in event["metrics"].items()),
+                             key=lambda m: m.key == "epoch"))
+        for run_id, (ms, steps) in per_run.items():
+            for i in range(0, len(ms), 1000):
+                self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+            self._steps[run_id] |= steps
 
     def apply_cell(self, event: dict) -> None:
         """A cell's summary onto its parent run: params once, metrics where they changed."""
@@ -191,8 +209,10 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "train")])])
 
 
-def append(journal: Path, event: dict) -> None:
-    """One event onto the journal, on disk before anything is sent to MLflow."""
+def append(journal: Path, event: dict, sync: bool = True) -> None:
+    """One event onto the journal, written before anything is sent to MLflow. ``sync``: fsynced
+    too (else it is in the file for every process at once, and on the disk with the next sync:
+    only a crash of the machine itself could lose it)."""
     event["ts"] = int(time.time() * 1000)
     with open(journal, "a+b") as f:
         # A kill mid-write leaves a last line without its newline: end it first, or this
@@ -201,7 +221,14 @@ def append(journal: Path, event: dict) -> None:
             f.write(b"\n")
         f.write(json.dumps(event).encode() + b"\n")
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
+
+
+def sync_journal(journal: Path) -> None:
+    """The journal's events so far on the disk (one fsync for every event appended unsynced)."""
+    if journal.exists():
+        atomic.fsync_file(journal)
 
 
 def run_name(cell: str, config: dict[str, Any]) -> str:
@@ -230,7 +257,8 @@ class MlflowJournalCallback(Callback):
     """
 
     def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_id: str, phase: str,
-                 name_prefix: str = "", retry_after_s: float = 10.0, dataset: dict | None = None):
+                 name_prefix: str = "", retry_after_s: float = 10.0, dataset: dict | None = None,
+                 batch_events: int = 1, batch_s: float = 0.0):
         self.journal = Path(study_dir) / JOURNAL
         self.tracking_uri, self.experiment_id, self.phase = tracking_uri, experiment_id, phase
         self.name_prefix = name_prefix
@@ -240,10 +268,48 @@ class MlflowJournalCallback(Callback):
         self._behind = False  # an event did not reach MLflow: replay the journal when it answers
         self._retry_at = 0.0
         self.failures = 0
+        # Results held for one MLflow call: up to batch_events of them, or batch_s seconds (a
+        # study holds 64 or 2 s: the MLflow UI is that far behind; 1: each result when it comes).
+        self.batch_events, self.batch_s = batch_events, batch_s
+        self._pending: list[dict] = []
+        self._flush_at = 0.0
+
+    def get_state(self) -> None:
+        # Tune asks for callbacks' state as it snapshots the experiment: what the snapshot says
+        # ended or ran must be in the journal on disk by then.
+        sync_journal(self.journal)
+        return None
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._pending:
+            sync_journal(self.journal)
+            self._send(self._pending, trials)
+            self._pending = []
+
+    def __getstate__(self) -> dict:
+        # Pickled into Tune's tuner.pkl: results held back belong to this driver only.
+        return {**self.__dict__, "_tracker": None, "_pending": []}
 
     def _emit(self, event: dict, trials) -> None:
-        append(self.journal, event)
+        # An epoch's result: journalled now, fsynced and sent to MLflow with others (a result
+        # is reported again from the trial's checkpoint if the driver dies before Tune's next
+        # snapshot, so grouping loses nothing); a start or an end: on the disk at once, since a
+        # resume reads the trials' ends from the journal.
+        result = event["op"] == "result"
+        append(self.journal, event, sync=not result)
+        if result:
+            self._pending.append(event)
+            if len(self._pending) < self.batch_events and time.monotonic() < self._flush_at:
+                return
+        else:
+            sync_journal(self.journal)
+        self._send([*self._pending, *([] if result else [event])], trials)
+        self._pending = []
+        self._flush_at = time.monotonic() + self.batch_s
+
+    def _send(self, events: list[dict], trials) -> None:
         if time.monotonic() < self._retry_at:
+            self._behind = True  # what is held back now goes with the replay
             return
         try:
             with quick_mlflow_http():
@@ -254,7 +320,17 @@ class MlflowJournalCallback(Callback):
                     log.warning("MLflow answers again; replayed %d journal events", n)
                     self._behind = False
                 else:
-                    self._tracker.apply(event)
+                    i = 0
+                    while i < len(events):  # runs of results in one call, the rest one by one
+                        j = i
+                        while j < len(events) and events[j]["op"] == "result":
+                            j += 1
+                        if j > i + 1:
+                            self._tracker.apply_results(events[i:j])
+                        else:
+                            self._tracker.apply(events[i])
+                            j = i + 1
+                        i = j
         except Exception as e:  # MLflow down: the journal keeps it; a replay writes it later
             self.failures += 1
             self._tracker, self._behind = None, True

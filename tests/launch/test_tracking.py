@@ -159,3 +159,38 @@ def test_experiment_is_tagged_as_model_training(tmp_path):
     assert tracking.mlflow_experiment(uri, "kind", tmp_path) == exp
     tags = MlflowClient(uri).get_experiment(exp).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_batched_results_reach_mlflow_once_each_in_few_calls(tmp_path, store, monkeypatch):
+    uri, exp = store
+    calls = []
+    real = MlflowClient.log_batch
+
+    def log_batch(self, run_id, metrics=(), **kw):
+        calls.append(len(metrics))
+        return real(self, run_id, metrics=metrics, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search", batch_events=100, batch_s=3600)
+    t1, t2 = _trial("t1"), _trial("t2")
+    for t in (t1, t2):
+        cb.on_trial_start(0, [t1, t2], t)
+    n_start = len(calls)
+    for step in range(1, 6):
+        for t in (t1, t2):
+            cb.on_trial_result(0, [t1, t2], t, _result(step))
+    assert len(calls) == n_start, "a result was sent before its batch was due"
+    # Every result is in the journal already, written before MLflow hears of it.
+    journal = tracking.read_journal(tmp_path / "mlflow-journal.jsonl")
+    assert sum(e["op"] == "result" for e in journal) == 10
+    cb.on_trial_result(0, [t1, t2], t1, _result(2))  # a step again (a restart): logged once
+    cb.on_trial_complete(0, [t1, t2], t1)  # the batch goes before t1's end: one call per run
+    assert calls[n_start:] == [10, 10]  # 5 steps x (epoch, val/loss), the repeat left out
+    cb.on_trial_result(0, [t1, t2], t2, _result(6))
+    cb.on_experiment_end([t1, t2])  # what is held at the end goes too
+    client = MlflowClient(uri)
+    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([exp], TRIALS)}
+    for tid, steps in (("t1", 5), ("t2", 6)):
+        history = client.get_metric_history(runs[tid].info.run_id, "val/loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, steps + 1)]
+    assert runs["t1"].info.status == "FINISHED"

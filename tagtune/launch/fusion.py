@@ -248,12 +248,12 @@ def close_registries() -> None:
 
 
 def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = None,
-                 ended: dict[str, dict] | None = None) -> None:
+                 ended: dict[str, dict] | None = None, report_at: tuple[float, ...] | None = None) -> None:
     """The Tune trainable of a fused trial: its epochs run in its stack, its reports are its own."""
     if replayed(ended):
         return
     trial_id = tune.get_context().get_trial_id() or ""
-    reporter = Reporter(config)
+    reporter = Reporter(config, report_at)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
     stack = ray.get(stacks.assign.remote(config["cell"], trial_id))
@@ -265,7 +265,7 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
                 # fused: how many trials trained this epoch as one stack (MLflow shows it per epoch)
                 metrics = {**reporter.metrics(epoch["logs"]), "fused": epoch["fused"]}
                 files = epoch["files"]
-                reporter.report(metrics, None if files is None else functools.partial(_write, files))
+                reporter.epoch(metrics, None if files is None else functools.partial(_write, files))
         if answer.get("error"):
             raise RuntimeError(f"fused trial {trial_id}: {answer['error']}")
         reporter.finish(config, lambda: answer["final"])

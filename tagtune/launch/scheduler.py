@@ -13,6 +13,7 @@ selected; 0 while LE trains its teacher), see ``tagtune.study.trainable``.
 
 from __future__ import annotations
 
+import math
 import pickle
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -20,6 +21,13 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from tagtune.study import atomic
 
 TIME_ATTR = "budget"
+
+
+def rungs(max_t: int, grace_period: int, reduction_factor: float) -> tuple[float, ...]:
+    """The budgets ASHA decides at (its one bracket's milestones, as Ray computes them): where a
+    trial must report, so that ASHA records the very value it would with a report every epoch."""
+    n = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return tuple(grace_period * reduction_factor ** k for k in range(n))
 
 
 class CellASHA(FIFOScheduler):
@@ -104,4 +112,4 @@ class _Earlier:
         self.trial_id = trial_id
 
 
-__all__ = ["TIME_ATTR", "CellASHA", "TrialScheduler"]
+__all__ = ["TIME_ATTR", "CellASHA", "TrialScheduler", "rungs"]

@@ -53,6 +53,7 @@ from tagtune.search_spaces import SPACES, Ranges, paper_point
 from tagtune.study import atomic
 from tagtune.study.config import METHODS, ConfigError, check_proportion
 from tagtune.study.folder import cell_id, parse_cell
+from tagtune.study.trainable import EARLIER
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,13 @@ class CellSearcher(Searcher):
         return b is None or (a < b if self._mode == "min" else a > b)
 
     def _observe(self, t: _Open, result: dict[str, Any]) -> None:
+        # A report carries the epochs held since the one before (tagtune.study.trainable):
+        # Optuna hears every epoch, as if each had been a report.
+        for earlier in result.get(EARLIER, ()):
+            self._observe_one(t, earlier)
+        self._observe_one(t, result)
+
+    def _observe_one(self, t: _Open, result: dict[str, Any]) -> None:
         t.complete = t.complete or bool(result.get(COMPLETE_KEY, False))
         value, step = result.get(self._metric), result.get(STEP_KEY)
         if value is None or step is None or not math.isfinite(float(value)):

@@ -33,7 +33,7 @@ from tagtune.launch.preflight import (
     check_trial_fits,
     enable_token_auth,
 )
-from tagtune.launch.scheduler import CellASHA
+from tagtune.launch.scheduler import CellASHA, rungs
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.snapshots import CheckpointPruner, SnapshotKeeper
 from tagtune.launch.tracking import (
@@ -285,21 +285,24 @@ def default_num_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _trainable(settings: StudySettings, ds: Dataset, ended: dict[str, dict] | None = None):
+def _trainable(settings: StudySettings, ds: Dataset, phase: str, ended: dict[str, dict] | None = None):
     # with_parameters puts the dataset in the object store once; every trial reads it there.
     # study_dir: where the study lives now (a moved study resumes), for a reused replicate's
     # checkpoint, which its config names relative to it. ended: trials a resumed snapshot had
     # not seen end and the journal has (their last results), reported again, not retrained.
     cache = str(settings.teacher_cache) if settings.teacher_cache else None
+    # Reports where a decision needs one: ASHA's rungs in a search (checkpoints and the end always).
+    report_at = rungs(settings.epochs, settings.grace_period, settings.reduction_factor) \
+        if _kind(phase) == SEARCH else ()
     if settings.fuse_size > 1:  # fused: light member trials, the resources are their stacks'
         stacks = fusion.registry(ds, settings.fuse_size, trial_resources(settings), cache)
         return tune.with_resources(tune.with_parameters(fusion.member_trial, stacks=stacks,
                                                         study_dir=str(settings.study_dir),
-                                                        ended=ended or None),
+                                                        ended=ended or None, report_at=report_at),
                                    fusion.MEMBER_RESOURCES)
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
                                                     study_dir=str(settings.study_dir),
-                                                    ended=ended or None),
+                                                    ended=ended or None, report_at=report_at),
                                trial_resources(settings))
 
 
@@ -395,7 +398,7 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
             if math.isfinite(last.get(METRIC, math.inf)):
                 best[trial.config["cell"]] = min(last[METRIC], best.get(trial.config["cell"], math.inf))
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(
-            settings, ds, _ended_after_snapshot(settings, phase)),
+            settings, ds, phase, _ended_after_snapshot(settings, phase)),
             resume_unfinished=True, resume_errored=True)
         # Tune restores the run config, callbacks included, from tuner.pkl as pickled when the
         # phase began: a moved study's callbacks would still write where it lived then (its
@@ -445,7 +448,7 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
-            _trainable(settings, ds),
+            _trainable(settings, ds, dirname),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=searcher, num_samples=expected,
                 max_concurrent_trials=max_concurrent(settings),
@@ -618,7 +621,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
-            _trainable(settings, ds),
+            _trainable(settings, ds, dirname),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
                                         max_concurrent_trials=max_concurrent(settings),

@@ -43,7 +43,7 @@ from tagtune.study.folder import (
     proportion_text,
     train_config,
 )
-from tagtune.study.trainable import REPLAYED
+from tagtune.study.trainable import EARLIER, REPLAYED
 
 log = logging.getLogger(__name__)
 TRIAL_TAG = "tagtune.trial_id"
@@ -353,8 +353,10 @@ class MlflowJournalCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get(REPLAYED):  # a result the journal already has, told Tune again on resume
             return
-        self._emit({"op": "result", "trial_id": trial.trial_id, "step": result["training_iteration"],
-                    "metrics": numeric_metrics(result)}, trials)
+        # One event per epoch, those the report carries first (tagtune.study.trainable.EARLIER).
+        for r in [*result.get(EARLIER, ()), result]:
+            self._emit({"op": "result", "trial_id": trial.trial_id, "step": r["training_iteration"],
+                        "metrics": numeric_metrics(r)}, trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._emit({"op": "end", "trial_id": trial.trial_id, "status": "FINISHED"}, trials)

@@ -29,6 +29,15 @@ What every report carries, identical keys for every method:
 A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every``
 epochs and on the last epoch; a restarted trial resumes from ``tune.get_checkpoint()``.
 In the replicate phase, a last report adds the test metrics of the selected model.
+
+Which epochs go to Tune as a report of their own (``report_at``, given by the study): only
+those a decision needs -- an ASHA rung's budget, a checkpoint, the end -- and any epoch
+``EVERY_S`` after the last report (so that the display moves with slow epochs). The epochs
+between ride in the next report, under ``EARLIER``, each with the keys above and its own
+``training_iteration`` (the count of epochs reported, as Tune's own counter would be had every
+epoch been a report): the journal, MLflow and Optuna see every epoch, once; ASHA sees the same
+value at each rung. A report costs the driver tens of milliseconds (its callbacks, the
+searcher, the scheduler, Tune's files): for fast epochs it is what sets a study's pace.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +60,10 @@ from tagtune.study.methods import shares_teacher, stages
 TRIAL_STATE = "trial_state.json"
 # On a report that repeats a result the study already has (see ``ended`` below): not logged again.
 REPLAYED = "replayed"
+# The epochs held since the last report, carried by the next one (oldest first).
+EARLIER = "earlier_epochs"
+STEP = "training_iteration"  # set by the reporter itself: Tune counts reports, not epochs
+EVERY_S = 2.0  # an epoch this long after the last report is reported, whatever it decides
 
 
 class Reporter:
@@ -57,14 +71,19 @@ class Reporter:
     fused (tagtune.launch.fusion); its state rides in the checkpoint (TRIAL_STATE), so a resumed
     trial reports exactly as before."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], report_at: tuple[float, ...] | None = None):
         cfg = train_config(config)
         self.every = int(config.get("checkpoint_every", 5))
         self.names = stages(cfg.method)
         self.total = cfg.epochs * len(self.names)
         # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
         self.before_last = (len(self.names) - 1) * cfg.epochs
-        self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
+        # The budgets a scheduler decides at (ASHA's rungs: the first epoch at or past each);
+        # None: every epoch is a report.
+        self.report_at = None if report_at is None else {math.ceil(r) for r in report_at}
+        self.held: list[dict[str, Any]] = []
+        self._reported_at = time.monotonic()
+        self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None, "step": 0}
 
     def metrics(self, logs: dict[str, Any]) -> dict[str, Any]:
         """The report of an epoch, from the fit loop's logs."""
@@ -75,11 +94,13 @@ class Reporter:
         if last_stage:  # an earlier stage's network is not a candidate model: no score yet
             state["best"] = min(state["best"], float(logs["val/loss"]))
         epoch = int(logs["epoch"])
+        state["step"] += 1
         metrics = {
             **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
             "budget": epoch - self.before_last if last_stage else 0,
             "val/best_loss": state["best"],
             "complete": epoch >= self.total,
+            STEP: state["step"],
         }
         state["last"] = metrics
         return metrics
@@ -88,9 +109,26 @@ class Reporter:
         """Whether the state after ``epoch`` goes with its report as a checkpoint."""
         return epoch % self.every == 0 or epoch >= self.total
 
+    def needed(self, metrics: dict[str, Any]) -> bool:
+        """Whether an epoch is reported now (else it is held for the next report)."""
+        return (self.report_at is None or self.due(int(metrics["epoch"])) or metrics["complete"]
+                or metrics["budget"] in self.report_at
+                or time.monotonic() - self._reported_at >= EVERY_S)
+
+    def epoch(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
+        """An epoch's metrics: reported (with ``save``, as a checkpoint) or held for the next report."""
+        if save is None and not self.needed(metrics):
+            self.held.append(metrics)
+        else:
+            self.report(metrics, save)
+
     def report(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
-        """Report an epoch to Tune; with ``save`` (it writes the fit's state into a directory) as a
-        checkpoint of that state and the reporter's own."""
+        """Report to Tune, carrying the epochs held; with ``save`` (it writes the fit's state into a
+        directory) as a checkpoint of that state and the reporter's own."""
+        if self.held:
+            metrics = {**metrics, EARLIER: self.held}
+            self.held = []
+        self._reported_at = time.monotonic()
         if save is None:
             tune.report(metrics)
             return
@@ -112,22 +150,27 @@ class Reporter:
         elif config.get("reused_checkpoint"):
             reused = Path(study_dir or ".") / config["reused_checkpoint"]
             self._read(reused)
+            self.state["step"] = 0  # a trial of its own: its reports count from its first
             yield reused
         else:
             yield None
 
     def _read(self, directory: Path) -> None:
-        self.state.update(json.loads((directory / TRIAL_STATE).read_text()))
+        state = json.loads((directory / TRIAL_STATE).read_text())
+        if "step" not in state:  # a checkpoint of an earlier tagtune, which reported every epoch
+            state["step"] = int((state.get("last") or {}).get("epoch", 0))
+        self.state.update(state)
 
     def finish(self, config: dict[str, Any], evaluation: Callable[[], dict[str, float]]) -> None:
-        """The last report: a replicate's test metrics, or the end of a fit that stopped on its own."""
-        last = self.state["last"] or {}
+        """The last report: a replicate's test metrics, or the end of a fit that stopped on its own
+        (carrying the epochs held till then)."""
+        last = {**(self.state["last"] or {}), STEP: self.state["step"] + 1}
         if config.get("phase") == "replicate":
-            tune.report({**last, **evaluation(), "complete": True})
+            self.report({**last, **evaluation(), "complete": True})
         elif not last.get("complete", False):
             # The fit loop stopped on its own (patience): say so, or the searcher
             # would take the trial for one the scheduler cut short.
-            tune.report({**last, "complete": True})
+            self.report({**last, "complete": True})
 
 
 def replayed(ended: dict[str, dict] | None) -> bool:
@@ -142,7 +185,8 @@ def replayed(ended: dict[str, dict] | None) -> bool:
 
 
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,
-                study_dir: str | None = None, ended: dict[str, dict] | None = None) -> None:
+                study_dir: str | None = None, ended: dict[str, dict] | None = None,
+                report_at: tuple[float, ...] | None = None) -> None:
     from tagtune.study.teachers import TeacherCache
     from tagtune.study.train import evaluate_fit, fit
 
@@ -150,10 +194,10 @@ def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | N
         return
     trial_id = tune.get_context().get_trial_id() or ""
     cfg = train_config(config)
-    reporter = Reporter(config)
+    reporter = Reporter(config, report_at)
 
     def on_epoch(logs: dict, save) -> None:
-        reporter.report(reporter.metrics(logs), save if reporter.due(int(logs["epoch"])) else None)
+        reporter.epoch(reporter.metrics(logs), save if reporter.due(int(logs["epoch"])) else None)
 
     with reporter.resumed(config, study_dir) as state_dir:
         teacher = None

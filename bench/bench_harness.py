@@ -39,6 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CELL = ("b1", 0.0)
+ANSWER = "bench_harness answer: "
 TRAIN = {"model": {"layers": 1, "hidden": 16}, "lr_decay_epochs": [], "batch_size": 64}
 
 
@@ -130,7 +131,9 @@ def launch(bs, args: list[str], tmp: Path):
     sampler.join()
     if proc.returncode != 0:
         sys.exit(f"bench_harness: worker {args[0]} failed; see {tmp / 'worker.log'}")
-    return json.loads(out.strip().splitlines()[-1]), sampler
+    # The libraries may print too (a fused study's stacks): the answer is the marked line.
+    answer = [line for line in out.splitlines() if line.startswith(ANSWER)][-1]
+    return json.loads(answer[len(ANSWER):]), sampler
 
 
 def make_data(path: Path, clips: int) -> None:
@@ -205,11 +208,13 @@ def main() -> None:
     ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs per trial in the sweep")
     ap.add_argument("--fuse", type=int, default=1, help="also run the main study fused (stack size)")
     ap.add_argument("--out", help="write every figure here as JSON")
+    ap.add_argument("--sections", default="fmus",
+                    help="f: fixed cost, m: main study, u: fused (with --fuse), s: size sweep")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         fn = {"study": worker_study, "loop": worker_loop}[a.worker[0]]
-        print(json.dumps(fn(json.loads(a.worker[1]))))
+        print(ANSWER + json.dumps(fn(json.loads(a.worker[1]))))
         return
     if a.quick:
         # Sized so that the sweep's studies are the fixed and the main one, run once each.
@@ -225,15 +230,17 @@ def main() -> None:
     print(f"data: {a.clips} clips of 10 x 128, model 1 x 16, cell {CELL[0]}@{CELL[1]:.2f}, ASHA off; "
           f"{a.cpus} slots; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     figures: dict = {"cpus": a.cpus, "clips": a.clips}
-    figures["fixed"] = study(bs, tmp, base, "fixed", 1, 1)
-    print(f"fixed cost (1 trial x 1 epoch): {figures['fixed']['wall_s']:.1f} s "
-          f"(its bare fit {figures['fixed']['bare_s']:.2f} s)")
-    figures["main"] = study(bs, tmp, base, "main", a.trials, a.epochs)
-    show(figures["main"])
-    if a.fuse > 1:
+    if "f" in a.sections:
+        figures["fixed"] = study(bs, tmp, base, "fixed", 1, 1)
+        print(f"fixed cost (1 trial x 1 epoch): {figures['fixed']['wall_s']:.1f} s "
+              f"(its bare fit {figures['fixed']['bare_s']:.2f} s)")
+    if "m" in a.sections:
+        figures["main"] = study(bs, tmp, base, "main", a.trials, a.epochs)
+        show(figures["main"])
+    if a.fuse > 1 and "u" in a.sections:
         figures["fused"] = study(bs, tmp, base, f"fuse{a.fuse}", a.trials, a.epochs, fuse=a.fuse)
         show(figures["fused"])
-    sizes = [int(s) for s in a.sizes.split(",") if s]
+    sizes = [int(s) for s in a.sizes.split(",") if s] if "s" in a.sections else []
     figures["sizes"] = [study(bs, tmp, base, f"n{n}", n, a.sweep_epochs) for n in sizes]
     for f in figures["sizes"]:
         show(f)

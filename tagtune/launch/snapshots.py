@@ -18,12 +18,13 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from tagtune.launch.rebind import Rebindable
 from tagtune.study import tunestate
 
 log = logging.getLogger(__name__)
 
 
-class SnapshotKeeper(Callback):
+class SnapshotKeeper(Rebindable, Callback):
     """After every Tune snapshot, a whole copy of it in ``phase_dir/last-good/<n>/``."""
 
     def __init__(self, phase_dir: str | Path):
@@ -49,7 +50,7 @@ class SnapshotKeeper(Callback):
         return {"phase_dir": self.phase_dir, "_staging": None}
 
 
-class CheckpointPruner(Callback):
+class CheckpointPruner(Rebindable, Callback):
     """A trial's last ``keep`` checkpoints kept once it ends, the older ones removed.
 
     Tune's own pruning (``CheckpointConfig(num_to_keep=...)``) forces a snapshot of the whole

@@ -31,6 +31,7 @@ from ray.tune import Callback
 
 from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import quick_mlflow_http
+from tagtune.launch.rebind import Rebindable
 from tagtune.study import atomic
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.errors import first_line
@@ -247,7 +248,7 @@ def run_params(config: dict[str, Any]) -> dict[str, Any]:
     return flatten({**own, **{k: config[k] for k in STUDY_KEYS if k in config}})
 
 
-class MlflowJournalCallback(Callback):
+class MlflowJournalCallback(Rebindable, Callback):
     """Ray Tune callback: journal every trial event, then write it to MLflow if it answers.
 
     MLflow down never slows the study: its HTTP calls fail fast (``quick_mlflow_http``),

@@ -31,6 +31,7 @@ from tagtune.study import data
 from tagtune.study.config import applies, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.folder import JOURNAL, train_config
+from tagtune.study.trainable import EARLIER
 from tests.conftest import make_split
 from tests.launch.processes import (
     MlflowServer,
@@ -195,9 +196,10 @@ def mlflow_equals_results(client: MlflowClient, experiment_id: str, study_dir: P
             else:
                 assert key not in run.data.params, (tid, key)
         expected: dict[str, dict[int, float]] = {}
-        for r in rs:
-            for k, v in numeric_metrics(r).items():
-                expected.setdefault(k, {})[r["training_iteration"]] = v
+        # Every epoch a result carries: those held since the report before (EARLIER), then its own.
+        for epoch in (e for r in rs for e in [*r.get(EARLIER, ()), r]):
+            for k, v in numeric_metrics(epoch).items():
+                expected.setdefault(k, {})[epoch["training_iteration"]] = v
         assert set(run.data.metrics) == set(expected)
         for k, per_step in expected.items():
             history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}

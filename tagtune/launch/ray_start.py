@@ -1,0 +1,100 @@
+"""Ray for a study: a local instance of its own or a cluster joined, workers that start warm, as many
+trials queued as the cluster has slots, and what one trial asks Ray for."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import ray
+
+from tagtune.launch.preflight import (
+    enable_token_auth,
+)
+from tagtune.study.config import ConfigError
+from tagtune.study.errors import first_line
+from tagtune.study.folder import (
+    StudySettings,
+)
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(settings: StudySettings) -> None:
+    if ray.is_initialized():
+        return
+    if settings.address:
+        enable_token_auth()
+        try:
+            ray.init(address=settings.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            problem = first_line(e)
+            if isinstance(e.__cause__, ray.exceptions.AuthenticationError):
+                problem = ("token authentication refused: give the cluster's token in "
+                           "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+            raise ConfigError("address", f"cannot reach the Ray cluster ({problem})",
+                              where=settings.address) from None
+    else:
+        # address="local": a fresh instance of our own. Without it, ray.init joins whatever
+        # Ray's temp dir names in ray_current_cluster -- a running `ray start`, or a dead head
+        # whose file was never removed (then it fails: num_cpus is refused when joining).
+        # Joining a running cluster is asked for with --address auto.
+        os.environ.setdefault(*WORKER_PRELOAD)
+        ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
+                 include_dashboard=False, log_to_driver=False)
+
+
+# Ray's workers import these as they start (Ray's preload_python_modules setting, read by the
+# raylet from its environment), ahead of any trial: a trial of a fraction of a second on a worker
+# still importing torch for seconds is what made Tune run trials one at a time (it hands the
+# next trial to the warm worker and drops the one starting).
+
+
+WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.study.trainable,tagtune.study.train")
+
+
+@contextlib.contextmanager
+
+
+def pending_trials(settings: StudySettings) -> Iterator[None]:
+    """Tune queues as many trials as there are slots, not one. With a searcher of its own Tune
+    keeps one trial pending (TUNE_MAX_PENDING_TRIALS_PG, read when ``fit`` starts): the one
+    trial waiting for the second slot is given the first slot's worker as soon as it is free, and
+    the worker that was starting for it is removed -- the second slot never gets going."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if key in os.environ:  # the user's own setting stands
+        yield
+        return
+    os.environ[key] = str(max(2, slots(settings)))
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def slots(settings: StudySettings) -> int:
+    """How many trials the cluster runs at once (fused: member trials, every stack full)."""
+    cluster = ray.cluster_resources()
+    n = int(cluster.get("CPU", 1) // settings.cpus_per_trial)
+    if settings.gpus_per_trial > 0:
+        n = min(n, int(cluster.get("GPU", 0) // settings.gpus_per_trial))
+    return max(1, n) * max(1, settings.fuse_size)
+
+
+def default_num_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def trial_resources(settings: StudySettings) -> dict[str, float]:
+    """What one trial asks Ray for: its CPUs, and its share of a GPU where it has one (Ray then
+    sets the trial's CUDA_VISIBLE_DEVICES to the card it assigned)."""
+    gpus = {"gpu": settings.gpus_per_trial} if settings.gpus_per_trial > 0 else {}
+    return {"cpu": settings.cpus_per_trial, **gpus}
+
+
+def max_concurrent(settings: StudySettings) -> int | None:
+    """Fused trials: as many member trials at once as the stacks that fit can hold (a member asks
+    Ray for no CPU, so Tune alone would start every trial of the phase at once)."""
+    return slots(settings) if settings.fuse_size > 1 else None

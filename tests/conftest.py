@@ -88,6 +88,9 @@ def ray_session():
     """
     import ray
 
+    from tagtune.launch.ray_start import WORKER_PRELOAD
+
+    os.environ.setdefault(*WORKER_PRELOAD)  # workers start with torch imported, as a study's do
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:

@@ -16,6 +16,7 @@ from tagtune.launch.ray_start import pending_trials
 from tagtune.launch.rebind import rebinding
 from tagtune.launch.snapshot_repair import StudyInterrupted, ended_after_snapshot
 from tagtune.launch.wiring import Output, kind, phase_trainable, run_config
+from tagtune.study import tunestate
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ def fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: Output,
     # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials
     # still pending or running, or never created. Going on would pick "best" configs and
     # write a summary from half a search.
-    if results.num_terminated + results.num_errors < expected:
+    # What Tune saved last says it, not its trials in memory: stopping on Ctrl-C, it marks every
+    # trial it had started or queued (several, one per slot) TERMINATED.
+    recorded = tunestate.recorded_trials(settings.study_dir / phase) or {}
+    finished = sum(status not in tunestate.UNFINISHED for status in recorded.values())
+    if results.num_terminated + results.num_errors < expected or finished < expected:
         raise StudyInterrupted(settings.study_dir, phase)
     return results

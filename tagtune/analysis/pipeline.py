@@ -121,7 +121,7 @@ def _figures(r: AnalysisResult, reps, search, best, study: StudyFiles) -> None:
     if skipped:
         r.skipped_figures["importance"] = "; ".join(f"{c}: {why}" for c, why in skipped.items())
     if len(search):
-        r.figures["history"] = fig.history(search, d / "history.png")
+        r.figures["history"] = fig.history(search, d / "history.png", study.settings.objective)
 
 
 def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: str | None = None,

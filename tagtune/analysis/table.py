@@ -39,8 +39,9 @@ from tagtune.study.folder import (
     train_config,
     trial_id_of,
 )
+from tagtune.study.objective import mode, score_key
 
-SELECTION = "val/best_loss"  # what the study's model selection minimised
+SELECTION = "val/best_loss"  # what a study with objective val/loss selected by (score_key: any)
 
 METRIC_PREFIXES = ("train/", "val/", "val_full/", "test/", "test_full/")
 ID_COLUMNS = ["study", "phase", "cell", "method", "proportion", "seed", "replicate", "trial_id",
@@ -238,17 +239,20 @@ def headline_metric(df: pd.DataFrame, metric: str | None = None) -> str:
 
 def best_configs(study: StudyFiles, df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per cell, the search trial its replicates retrained: best.json where the study wrote
-    it, else the same rule on the table (lowest val/best_loss among trials that completed)."""
+    it, else the same rule on the table (the best score of the study's objective -- lowest
+    val/best_loss for val/loss -- among trials that completed)."""
     if study.best is not None:
         return dict(study.best)
+    selection = score_key(study.settings.objective)
+    lowest = mode(study.settings.objective) == "min"
     done = df[(df["phase"] == "search") & (df["status"] == "complete")]
-    done = done[done[SELECTION].notna()] if SELECTION in done else done.iloc[0:0]
+    done = done[done[selection].notna()] if selection in done else done.iloc[0:0]
     out = {}
     for cell, group in done.groupby("cell"):
-        row = group.loc[group[SELECTION].idxmin()]
+        row = group.loc[group[selection].idxmin() if lowest else group[selection].idxmax()]
         trial_dir = next(p for _, d in phase_dirs(study.dir, SEARCH) for p in d.glob(f"*_{row['trial_id']}"))
         config = json.loads((trial_dir / "params.json").read_text())
-        out[str(cell)] = {"value": float(row[SELECTION]), "trial_id": row["trial_id"],
+        out[str(cell)] = {"value": float(row[selection]), "metric": selection, "trial_id": row["trial_id"],
                           "config": config}
     return out
 

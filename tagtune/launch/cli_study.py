@@ -37,6 +37,9 @@ def study(
     trials: Annotated[int | None, typer.Option(help="Optuna trials per cell.")] = None,
     replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial; the scheduler's max.")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="What the search and model selection optimise: val/loss, val/auprc_macro (the default) "
+             "or val/f1_macro_tuned (docs/study.md).")] = None,
     name: Annotated[str | None, typer.Option(help="Study name (directory, MLflow experiment).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
     storage: Annotated[str | None, typer.Option(help="Where studies live (shared on a cluster).")] = None,
@@ -74,6 +77,7 @@ def study(
     overrides = {
         "data": str(data.absolute()) if data else None, "methods": _csv(methods),
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
+        "objective": objective,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
         "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
         "grace_period": grace_period, "fuse": fuse,

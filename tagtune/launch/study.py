@@ -47,6 +47,7 @@ from tagtune.launch.tracking import (
 )
 from tagtune.search_spaces import Ranges, load_ranges
 from tagtune.study import atomic, tunestate
+from tagtune.study import objective as objectives
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
 from tagtune.study.errors import first_line
@@ -76,7 +77,12 @@ from tagtune.study.methods import check_supported
 from tagtune.study.trainable import TRIAL_STATE, train_trial
 
 log = logging.getLogger(__name__)
-METRIC, MODE = "val/best_loss", "min"  # set once, on TuneConfig (scheduler and searcher get them from there)
+
+
+def _metric(settings: StudySettings) -> tuple[str, str]:
+    """(report key, min/max) of the study's objective (tagtune.study.objective): what Tune, the
+    searcher and the scheduler optimise, set once on TuneConfig (they get it from there)."""
+    return objectives.score_key(settings.objective), objectives.mode(settings.objective)
 
 
 @dataclass
@@ -119,7 +125,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         _init_ray(settings)
         if logs is not None:
             logs.apply()  # ray.init installs Ray's own handlers
-        display = StudyDisplay(settings.methods, settings.missing) if verbose == 1 else None
+        display = (StudyDisplay(settings.methods, settings.missing, objective=settings.objective)
+                   if verbose == 1 else None)  # issue 33: objective
         out = _Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
                                          "source": settings.data}, logs)
         try:
@@ -355,14 +362,17 @@ def _fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: _Output,
     path = settings.study_dir / phase
     ended: dict[str, str] = {}
     best: dict[str, float] = {}
+    metric = _metric(settings)[0]  # issue 33
     if tune.Tuner.can_restore(path):
         # What the display starts from (read only where there is a display).
         for trial in tune.ExperimentAnalysis(str(path)).trials if out.display is not None else ():
             last = trial.last_result or {}
             if trial.status in ("TERMINATED", "ERROR"):
                 ended[trial.trial_id] = trial.config["cell"]
-            if math.isfinite(last.get(METRIC, math.inf)):
-                best[trial.config["cell"]] = min(last[METRIC], best.get(trial.config["cell"], math.inf))
+            value, cell = last.get(metric, math.inf), trial.config["cell"]
+            if math.isfinite(value) and (cell not in best
+                                         or objectives.better(value, best[cell], settings.objective)):
+                best[cell] = value
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(
             settings, ds, _ended_after_snapshot(settings, phase)),
             resume_unfinished=True, resume_errored=True)
@@ -415,7 +425,8 @@ def _search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id:
         return tune.Tuner(
             _trainable(settings, ds),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=expected,
+                metric=_metric(settings)[0], mode=_metric(settings)[1],  # issue 33
+                search_alg=searcher, num_samples=expected,
                 max_concurrent_trials=max_concurrent(settings),
                 reuse_actors=True,  # a worker process per trial would spend seconds importing torch
                 trial_dirname_creator=_trial_dirname,
@@ -476,7 +487,7 @@ def _earlier_reports(settings: StudySettings, rnd: int) -> dict[str, dict[str, l
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            value = row.get(METRIC)
+            value = row.get(_metric(settings)[0])  # issue 33
             if "budget" in row and isinstance(value, int | float) and math.isfinite(value):
                 reports.append((row["budget"], float(value)))
         out.setdefault(cell, {})[tid] = reports
@@ -510,17 +521,19 @@ def _count(counts: dict, cell: str, error: bool, metrics: dict) -> None:
 def _best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
     """Per cell, the trial with the lowest selection loss among those that ran to the end, over
     every round's search."""
+    metric, mode = _metric(settings)  # issue 33
     trials = [t for _, path in phase_dirs(settings.study_dir, SEARCH) if path.is_dir()
-              for t in tune.ExperimentAnalysis(str(path), default_metric=METRIC,
-                                               default_mode=MODE).trials]
+              for t in tune.ExperimentAnalysis(str(path), default_metric=metric,
+                                               default_mode=mode).trials]
     best: dict[str, dict[str, Any]] = {}
     for trial in trials:
         last = trial.last_result or {}
-        if not last.get("complete") or METRIC not in last:
+        if not last.get("complete") or metric not in last:
             continue  # cut short by ASHA: its score is from a smaller budget
         cell = trial.config["cell"]
-        if cell not in best or last[METRIC] < best[cell]["value"]:
-            best[cell] = {"value": last[METRIC], "trial_id": trial.trial_id, "config": dict(trial.config)}
+        if cell not in best or objectives.better(last[metric], best[cell]["value"], settings.objective):
+            best[cell] = {"value": last[metric], "metric": metric,  # issue 33: which score "value" is
+                          "trial_id": trial.trial_id, "config": dict(trial.config)}
     missing = set(settings.cells) - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
@@ -587,7 +600,8 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
             _trainable(settings, ds),
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
+            tune_config=tune.TuneConfig(metric=_metric(settings)[0], mode=_metric(settings)[1],  # issue 33
+                                        search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
                                         max_concurrent_trials=max_concurrent(settings),
                                         trial_dirname_creator=_trial_dirname),

@@ -301,7 +301,7 @@ def cell_summaries(cells: list[str], best: dict[str, dict], replicates: list[dic
         b = best.get(cell)
         if b is not None:
             event["params"] = run_params({k: v for k, v in b["config"].items() if k != "phase"})
-            event["metrics"]["val/best_loss"] = float(b["value"])
+            event["metrics"][b.get("metric", "val/best_loss")] = float(b["value"])  # issue 33
             number = b["config"].get("optuna_trial")
             event["tags"]["best_trial"] = (run_name(cell, b["config"]) if number is not None
                                            else b["trial_id"])

@@ -21,9 +21,11 @@ What every report carries, identical keys for every method:
   with B1 after k epochs: like with like, shared teacher or not. ``epoch`` stays one
   counter across both stages. LE+MT (two stages too) reports the same way; its stage 1
   is never shared (it depends on the searched alpha and beta).
-- ``val/best_loss``: the best validation loss of the current stage so far, i.e. the
-  model-selection criterion: what the scheduler and the searcher optimise (inf while
-  LE trains its teacher, which is never the selected model);
+- ``val/best_loss`` (objective ``val/loss``; ``val/best_auprc_macro`` ... for the others,
+  tagtune.study.objective.score_key): the best value of the objective in the current stage
+  so far, i.e. the model-selection criterion: what the scheduler and the searcher optimise
+  (inf -- -inf for a maximised objective -- while LE trains its teacher, which is never the
+  selected model);
 - ``complete``: True on a report after which the run has nothing left to train.
 
 A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every``
@@ -46,6 +48,7 @@ from ray import tune
 from tagtune.study.data import Dataset
 from tagtune.study.folder import train_config  # Ray-free there: the analysis reads configs
 from tagtune.study.methods import shares_teacher, stages
+from tagtune.study.objective import from_loss, of_logs, score_key
 
 TRIAL_STATE = "trial_state.json"
 # On a report that repeats a result the study already has (see ``ended`` below): not logged again.
@@ -64,6 +67,7 @@ class Reporter:
         self.total = cfg.epochs * len(self.names)
         # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
         self.before_last = (len(self.names) - 1) * cfg.epochs
+        self.objective = cfg.objective  # issue 33: the reported score follows the objective
         self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None}
 
     def metrics(self, logs: dict[str, Any]) -> dict[str, Any]:
@@ -73,12 +77,12 @@ class Reporter:
             state.update(stage=logs["stage"], best=math.inf)
         last_stage = logs["stage"] == self.names[-1]
         if last_stage:  # an earlier stage's network is not a candidate model: no score yet
-            state["best"] = min(state["best"], float(logs["val/loss"]))
+            state["best"] = min(state["best"], of_logs(logs, self.objective))  # issue 33
         epoch = int(logs["epoch"])
         metrics = {
             **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
             "budget": epoch - self.before_last if last_stage else 0,
-            "val/best_loss": state["best"],
+            score_key(self.objective): from_loss(state["best"], self.objective),  # issue 33
             "complete": epoch >= self.total,
         }
         state["last"] = metrics

@@ -23,7 +23,8 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from tagtune.launch import fusion
+from tagtune.analysis import gain
+from tagtune.launch import fusion, paper_point
 from tagtune.launch.display import DisplayCallback, LibraryLogs, StudyDisplay, library_logs
 from tagtune.launch.preflight import (
     check_address,
@@ -156,12 +157,16 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     rnd = round_count(study_dir)
     searcher_summary = _search(settings, ds, ranges, experiment_id, out, rnd)
     best = _best_per_cell(settings)
+    paper = paper_point.paper_trials(study_dir)  # issue 33: each cell's paper point
+    for cell, b in best.items():
+        b["paper_trial_id"] = paper.get(cell, {}).get("trial_id")
     atomic.write_json(study_dir / BEST, best, indent=2)
     cells = settings.cells
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
                  cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
     replicates = _replicate(settings, ds, best, experiment_id, out, rnd) if settings.replicates else []
+    replicates, paper_rows = paper_point.split_rows(replicates)  # issue 33: best's, paper point's
     if settings.replicates:
         record_cells(study_dir, settings.tracking_uri, experiment_id,
                      cell_summaries(cells, best, replicates, out.dataset))
@@ -169,6 +174,8 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     synced = final_sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
+               "objective": settings.objective, "paper_point": paper_rows,  # issue 33
+               "gain": gain.summary(replicates, paper_rows, paper_point.kept(best, paper)),
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
     rounds = read_rounds(study_dir)
@@ -595,6 +602,12 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
                             "seed": settings.seed + r, "cell": cell})
             if reusable is not None and reusable[0] == settings.seed + r:
                 configs[-1]["reused_checkpoint"] = str(reusable[1])
+    # Issue 33: the paper's point on the same seeds, the seeds it lacks (tagtune.launch.paper_point).
+    done = {(t.config["cell"], t.config["seed"]) for tid, t in _replicate_trials(settings, rnd)
+            if t.config.get(paper_point.POINT) and t.status != "ERROR"}
+    configs += paper_point.configs(
+        best, paper_point.paper_trials(settings.study_dir), settings.seed, settings.replicates, done,
+        lambda cell, b: _reusable(settings, cell, b) if settings.reuse_best_replicate else None)
     dirname = phase_dirname(REPLICATE, rnd)
 
     def make_tuner() -> tune.Tuner:
@@ -619,6 +632,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
 def _replicate_row(config: dict, metrics: dict, error: str | None) -> dict[str, Any]:
     return {"cell": config["cell"], "method": config["method"], "missing": config["missing"],
             "seed": config["seed"], "error": None if error is None else error[:200],
+            **({"point": config["point"]} if config.get("point") else {}),  # issue 33
             **{k: v for k, v in metrics.items() if k.startswith(("test", "val/"))}}
 
 
@@ -643,6 +657,7 @@ def _supersede(settings: StudySettings, experiment_id: str, rnd: int, cells: set
     record = rounds[rnd - 1]
     gone = sorted(set(record.get("superseded", [])) | {
         tid for tid, t in _replicate_trials(settings, rnd) if t.config["cell"] in cells
+        and not t.config.get(paper_point.POINT)  # issue 33: the paper point did not change
         and tid not in superseded(settings.study_dir)})
     if gone != record.get("superseded", []):
         record["superseded"] = gone

@@ -63,7 +63,7 @@ ANALYSIS = "analysis"
 ROUNDS = "rounds.json"
 # Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
-              "reused_checkpoint")
+              "reused_checkpoint", "point")
 
 
 def proportion_text(proportion: float) -> str:

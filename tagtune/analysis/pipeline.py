@@ -186,7 +186,7 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
         conclusions=stats.conclusions(summary, pairs, metric) if len(summary) else [],
         missing=_missing(study, done),
         answer=stats.answer_table(summary, pairs, metric) if len(summary) else pd.DataFrame())
-    r.gain = _gains(table, best, metric)  # issue 33
+    r.gain = _gains(table, best, metric) if study.settings.paper_point else {}  # issue 33
     best_df = _best_frame(best)
     _figures(r, reps, search, best_df, study)
     if best:

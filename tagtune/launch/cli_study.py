@@ -58,6 +58,10 @@ def study(
     search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,
     share_le_teacher: Annotated[bool | None, typer.Option(
         help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
+    paper_point: Annotated[bool | None, typer.Option(
+        "--paper-point/--no-paper-point",
+        help="Replicate each cell's paper point on the best config's seeds: the gain of the search "
+             "(the default).")] = None,
     reuse_best_replicate: Annotated[bool | None, typer.Option(
         help="The best search trial stands in for its seed's replicate (one fewer to train; on).")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
@@ -83,7 +87,7 @@ def study(
         "grace_period": grace_period, "fuse": fuse,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
         "max_failures": max_failures, "share_le_teacher": share_le_teacher,
-        "reuse_best_replicate": reuse_best_replicate,
+        "reuse_best_replicate": reuse_best_replicate, "paper_point": paper_point,
         "search_space": str(search_space.absolute()) if search_space else None,
     }
     if config is not None:

@@ -175,7 +175,8 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
                "objective": settings.objective, "paper_point": paper_rows,  # issue 33
-               "gain": gain.summary(replicates, paper_rows, paper_point.kept(best, paper)),
+               **({"gain": gain.summary(replicates, paper_rows, paper_point.kept(best, paper))}
+                  if settings.paper_point else {}),
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
     rounds = read_rounds(study_dir)
@@ -605,7 +606,7 @@ def _replicate(settings, ds, best, experiment_id, out: _Output, rnd: int = 1) ->
     # Issue 33: the paper's point on the same seeds, the seeds it lacks (tagtune.launch.paper_point).
     done = {(t.config["cell"], t.config["seed"]) for tid, t in _replicate_trials(settings, rnd)
             if t.config.get(paper_point.POINT) and t.status != "ERROR"}
-    configs += paper_point.configs(
+    configs += [] if not settings.paper_point else paper_point.configs(
         best, paper_point.paper_trials(settings.study_dir), settings.seed, settings.replicates, done,
         lambda cell, b: _reusable(settings, cell, b) if settings.reuse_best_replicate else None)
     dirname = phase_dirname(REPLICATE, rnd)

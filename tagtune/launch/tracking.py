@@ -206,8 +206,8 @@ def append(journal: Path, event: dict) -> None:
 
 def run_name(cell: str, config: dict[str, Any]) -> str:
     """Readable in a narrow column: ``mt@0.40 #7`` (Optuna's trial number), ``mt@0.40 seed 2``."""
-    if config.get("phase") == "replicate":
-        return f"{cell} seed {config['seed']}"
+    if config.get("phase") == "replicate":  # issue 33: a paper point's replicate says so
+        return f"{cell} seed {config['seed']}" + (" paper point" if config.get("point") else "")
     number = config.get("optuna_trial")
     return cell if number is None else f"{cell} #{number}"
 

@@ -220,6 +220,10 @@ class StudySettings:
     the replicate -- the same config and seed, so the same run (tested bitwise) -- instead of
     training it again (one replicate fewer per cell). Its MLflow run carries the final metrics;
     the epochs' curve is on the search trial's run. False: every replicate trains."""
+    paper_point: bool = True
+    """Replicate each cell's paper point (its first trial) on the best config's seeds, so that the
+    summary and the report state the search's gain over it (tagtune.analysis.gain); False: only
+    the best configs' replicates (as before the setting)."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 

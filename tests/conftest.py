@@ -99,8 +99,10 @@ def ray_session():
         ray.shutdown()
 
 
+# paper_point off: the tests that count a study's runs count the best configs' replicates (the
+# paper point's have tests of their own, tests/launch/test_objective_study.py).
 TINY_STUDY = dict(methods=("b0", "b1", "le", "mt"), missing=(0.0, 0.4), trials=2, replicates=2,
-                  epochs=3, grace_period=1, checkpoint_every=2)
+                  epochs=3, grace_period=1, checkpoint_every=2, paper_point=False)
 
 
 @pytest.fixture(scope="session")

@@ -179,9 +179,12 @@ def importance(imp: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def history(search: pd.DataFrame, path: Path) -> Path:
-    """Optimisation history: per cell, the best selection loss among the trials that ran to
-    the end, against the trial's order in its cell; dots are the trials themselves."""
+def history(search: pd.DataFrame, path: Path, objective: str = "val/loss") -> Path:
+    """Optimisation history: per cell, the best selection score (the study's ``objective``) among
+    the trials that ran to the end, against the trial's order in its cell; dots are the trials."""
+    from tagtune.study.objective import mode, score_key
+
+    key, lower = score_key(objective), mode(objective) == "min"
     methods = _methods(search)
     props = sorted(search["proportion"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(0.8 + 3.3 * len(methods), 3.4),
@@ -191,8 +194,9 @@ def history(search: pd.DataFrame, path: Path) -> Path:
         for k, p in enumerate(props):
             t = search[(search["method"] == m) & (search["proportion"] == p)]
             t = t.sort_values("trial_number")
-            value = t["val/best_loss"].where(t["status"] == "complete")
-            ax.plot(t["trial_number"], value.cummin().ffill(), drawstyle="steps-post",
+            value = (t[key] if key in t else pd.Series(math.nan, t.index)).where(t["status"] == "complete")
+            ax.plot(t["trial_number"], (value.cummin() if lower else value.cummax()).ffill(),
+                    drawstyle="steps-post",
                     linestyle=styles[k % len(styles)], color=COLORS.get(m))
             ax.scatter(t["trial_number"], value, s=10, color=COLORS.get(m), alpha=0.5)
         n = int(search["trial_number"].max()) if len(search) else 1
@@ -200,7 +204,7 @@ def history(search: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("trial (in the order it started)")
         ax.set_title(method_name(m), fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(SELECTION_AXIS)
+    axes[0][0].set_ylabel(SELECTION_AXIS if objective == "val/loss" else f"best {objective} so far")
     fig.suptitle("Optimisation history per cell (lines: best so far; dots: trials run to the end)",
                  fontsize=11)
     fig.tight_layout()

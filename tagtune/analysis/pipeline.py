@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from tagtune.analysis import figures as fig
-from tagtune.analysis import report, stats
+from tagtune.analysis import gain, report, stats
 from tagtune.analysis.export import write_best
 from tagtune.analysis.importance import param_importances
 from tagtune.analysis.table import (
@@ -68,10 +68,20 @@ class AnalysisResult:
     mlflow_note: str = ""
     answer: pd.DataFrame = field(default_factory=pd.DataFrame)
     """One row per proportion: the best method, its margin over B1 [95% CI], clear (Holm)."""
+    gain: dict[str, dict] = field(default_factory=dict)
+    """Per cell, best config - paper point on the same seeds (tagtune.analysis.gain.paired_gain);
+    empty for a study that did not replicate the paper's point."""
+
+    @property
+    def gain_lines(self) -> list[str]:
+        """One line per proportion: where the search beat the paper's point, and where not."""
+        return gain.proportion_lines(self.gain, stats.method_name)
 
     def answer_text(self) -> str:
-        """The answer table as fixed-width text (what ``tagtune analyze`` prints first)."""
-        return self.answer.to_string(index=False) if not self.answer.empty else ""
+        """The answer table as fixed-width text (what ``tagtune analyze`` prints first), then one
+        line per proportion on the gain over the paper's point."""
+        text = self.answer.to_string(index=False) if not self.answer.empty else ""
+        return "\n".join([text, *self.gain_lines]) if self.gain else text
 
 
 # Every method's own settings (config.METHOD_PARAMS), one column each, NaN where a method does
@@ -85,10 +95,25 @@ def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
     for cell, b in best.items():
         cfg = train_config(b["config"])
         rows.append({"cell": cell, "method": cfg.method, "proportion": cfg.missing,
-                     "validation_loss": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
+                     "selection_score": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
                      **{k: getattr(cfg, k) if applies(cfg.method, k) else math.nan for k in HPARAMS}})
-    return pd.DataFrame(rows, columns=["cell", "method", "proportion", "validation_loss",
+    return pd.DataFrame(rows, columns=["cell", "method", "proportion", "selection_score",
                                        "trial_id", "lr", *HPARAMS])
+
+
+def _gains(table: pd.DataFrame, best: dict[str, dict], metric: str) -> dict[str, dict]:
+    """Per cell, the gain of its best config over the paper's point on ``metric``; {} where the study
+    has no paper-point replicate and no cell kept it (a study from before they were run)."""
+    def rows(phase: str) -> list[dict]:
+        t = table[(table["phase"] == phase) & (table["status"] == "complete")]
+        if metric not in t:
+            return []
+        return [{"cell": c, "seed": s, "error": None, metric: v}
+                for c, s, v in zip(t["cell"], t["seed"], t[metric], strict=True)]
+
+    kept = [c for c, b in best.items() if b.get("paper_trial_id") == b.get("trial_id")]
+    paper = rows(gain.PAPER)
+    return gain.cell_gains(rows("replicate"), paper, kept, metric) if paper or kept else {}
 
 
 def _missing(study: StudyFiles, done: pd.DataFrame) -> list[str]:
@@ -121,7 +146,7 @@ def _figures(r: AnalysisResult, reps, search, best, study: StudyFiles) -> None:
     if skipped:
         r.skipped_figures["importance"] = "; ".join(f"{c}: {why}" for c, why in skipped.items())
     if len(search):
-        r.figures["history"] = fig.history(search, d / "history.png")
+        r.figures["history"] = fig.history(search, d / "history.png", study.settings.objective)
 
 
 def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: str | None = None,
@@ -161,6 +186,7 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
         conclusions=stats.conclusions(summary, pairs, metric) if len(summary) else [],
         missing=_missing(study, done),
         answer=stats.answer_table(summary, pairs, metric) if len(summary) else pd.DataFrame())
+    r.gain = _gains(table, best, metric) if study.settings.paper_point else {}
     best_df = _best_frame(best)
     _figures(r, reps, search, best_df, study)
     if best:

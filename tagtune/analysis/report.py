@@ -75,7 +75,7 @@ def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
 def _best_table(best: pd.DataFrame) -> pd.DataFrame:
     """The best configs: the fixed columns, then those of the methods' own settings that some
     cell reads (a study of B0 and B1 alone shows none; method and proportion are in the cell id)."""
-    fixed = ["cell", "validation_loss", "trial_id", "lr"]
+    fixed = ["cell", "selection_score", "trial_id", "lr"]
     own = [c for c in best.columns if c not in (*fixed, "method", "proportion") and best[c].notna().any()]
     return best[[c for c in fixed if c in best] + own]
 
@@ -101,7 +101,7 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
              f"<h1>Study <code>{_esc(s.name)}</code>: what it found</h1>",
              f"<p>Study directory <code>{_esc(r.study_dir)}</code>. Headline metric: "
              f"<b>{_esc(metric_label(r.metric))}</b> (<code>{_esc(r.metric)}</code>), on the "
-             "replicates of each cell's best config (selected by validation loss).</p>"]
+             f"replicates of each cell's best config (selected by <code>{_esc(s.objective)}</code>).</p>"]
     n = int(r.comparisons["p_holm"].notna().sum()) if not r.comparisons.empty else 0
     parts += ["<h2>The answer</h2>",
               _table(r.answer) if not r.answer.empty else
@@ -109,6 +109,11 @@ def build(r, dataset: dict[str, Any], best: pd.DataFrame, settings) -> str:
               f"<p>Per proportion of training labels removed, the method with the best mean; its "
               f"margin over the baseline is the mean paired difference on the same seeds with a "
               f"percentile bootstrap 95% CI; {clear_rule(n)}</p>"]
+    if r.gain:
+        parts += ["<h2>Does the search pay?</h2><p>Per cell, the best config minus the paper's "
+                  "point (each cell's first trial), retrained on the same seeds: mean paired "
+                  "difference with a 95% t interval; 'gain' only where the interval is above 0.</p>",
+                  _list(r.gain_lines)]
     if r.missing:
         parts.append("<div class='warn'><b>Incomplete study: analysed from what finished.</b>"
                      + _list(r.missing) + "</div>")

@@ -7,6 +7,8 @@ JSON line per report) under ``search/`` and ``replicate/``, the trials each phas
 which trials ended (with neither an end event nor a final status in Tune's snapshot, a trial
 was still running when the study stopped).
 
+``phase`` is search, replicate (the best configs' replicates) or paper (the paper point's
+replicates on the same seeds, tagtune.analysis.gain).
 Columns: study, phase, cell, method, proportion, seed, replicate, trial_id, status,
 stopped_early, epochs_run, budget, time_s, every hyperparameter of the resolved TrainConfig
 (model ones as ``model.hidden`` ...; a method's irrelevant ones, e.g. gamma for B1, are NaN),
@@ -23,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from tagtune.analysis.gain import PAPER
 from tagtune.study import tunestate
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.folder import (
@@ -39,8 +42,9 @@ from tagtune.study.folder import (
     train_config,
     trial_id_of,
 )
+from tagtune.study.objective import mode, score_key
 
-SELECTION = "val/best_loss"  # what the study's model selection minimised
+SELECTION = "val/best_loss"  # what a study with objective val/loss selected by (score_key: any)
 
 METRIC_PREFIXES = ("train/", "val/", "val_full/", "test/", "test_full/")
 ID_COLUMNS = ["study", "phase", "cell", "method", "proportion", "seed", "replicate", "trial_id",
@@ -180,7 +184,10 @@ def trial_rows(study: StudyFiles) -> list[dict[str, Any]]:
                              (recorded or {}).get(trial_id))
             cfg = train_config(config)
             rows.append({
-                "study": study.settings.name, "phase": phase, "cell": config["cell"],
+                # Issue 33: the paper point's replicates (tagtune.analysis.gain) are a phase of their
+                # own here, so nothing that reads the best configs' replicates counts them.
+                "study": study.settings.name, "phase": PAPER if config.get("point") == PAPER else phase,
+                "cell": config["cell"],
                 "method": cfg.method, "proportion": cfg.missing, "seed": cfg.seed,
                 "replicate": config.get("replicate"), "trial_id": trial_id, "status": status,
                 "stopped_early": status == "stopped_early",
@@ -202,7 +209,7 @@ def trials_table(study: StudyFiles) -> pd.DataFrame:
         raise ConfigError("search", "no trial has reported yet: nothing to analyse",
                           where=str(study.dir))
     df = pd.DataFrame(rows)
-    df["phase"] = pd.Categorical(df["phase"], PHASES, ordered=True)
+    df["phase"] = pd.Categorical(df["phase"], (*PHASES, PAPER), ordered=True)
     df = df.sort_values(["phase", "cell", "replicate", "start"], kind="stable").reset_index(drop=True)
     df["phase"] = df["phase"].astype(str)
     # Within a cell, the order its search trials started in (1, 2, ...): the history's x axis.
@@ -238,17 +245,20 @@ def headline_metric(df: pd.DataFrame, metric: str | None = None) -> str:
 
 def best_configs(study: StudyFiles, df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per cell, the search trial its replicates retrained: best.json where the study wrote
-    it, else the same rule on the table (lowest val/best_loss among trials that completed)."""
+    it, else the same rule on the table (the best score of the study's objective -- lowest
+    val/best_loss for val/loss -- among trials that completed)."""
     if study.best is not None:
         return dict(study.best)
+    selection = score_key(study.settings.objective)
+    lowest = mode(study.settings.objective) == "min"
     done = df[(df["phase"] == "search") & (df["status"] == "complete")]
-    done = done[done[SELECTION].notna()] if SELECTION in done else done.iloc[0:0]
+    done = done[done[selection].notna()] if selection in done else done.iloc[0:0]
     out = {}
     for cell, group in done.groupby("cell"):
-        row = group.loc[group[SELECTION].idxmin()]
+        row = group.loc[group[selection].idxmin() if lowest else group[selection].idxmax()]
         trial_dir = next(p for _, d in phase_dirs(study.dir, SEARCH) for p in d.glob(f"*_{row['trial_id']}"))
         config = json.loads((trial_dir / "params.json").read_text())
-        out[str(cell)] = {"value": float(row[SELECTION]), "trial_id": row["trial_id"],
+        out[str(cell)] = {"value": float(row[selection]), "metric": selection, "trial_id": row["trial_id"],
                           "config": config}
     return out
 

@@ -37,6 +37,9 @@ def study(
     trials: Annotated[int | None, typer.Option(help="Optuna trials per cell.")] = None,
     replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial; the scheduler's max.")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="What the search and model selection optimise: val/loss, val/auprc_macro (the default) "
+             "or val/f1_macro_tuned (docs/study.md).")] = None,
     name: Annotated[str | None, typer.Option(help="Study name (directory, MLflow experiment).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
     storage: Annotated[str | None, typer.Option(help="Where studies live (shared on a cluster).")] = None,
@@ -55,6 +58,10 @@ def study(
     search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,
     share_le_teacher: Annotated[bool | None, typer.Option(
         help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
+    paper_point: Annotated[bool | None, typer.Option(
+        "--paper-point/--no-paper-point",
+        help="Replicate each cell's paper point on the best config's seeds: the gain of the search "
+             "(the default).")] = None,
     reuse_best_replicate: Annotated[bool | None, typer.Option(
         help="The best search trial stands in for its seed's replicate (one fewer to train; on).")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
@@ -74,12 +81,13 @@ def study(
     overrides = {
         "data": str(data.absolute()) if data else None, "methods": _csv(methods),
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
+        "objective": objective,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
         "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
         "grace_period": grace_period, "fuse": fuse,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
         "max_failures": max_failures, "share_le_teacher": share_le_teacher,
-        "reuse_best_replicate": reuse_best_replicate,
+        "reuse_best_replicate": reuse_best_replicate, "paper_point": paper_point,
         "search_space": str(search_space.absolute()) if search_space else None,
     }
     if config is not None:

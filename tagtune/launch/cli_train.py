@@ -99,6 +99,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs per stage.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience.")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="Model selection keeps the epoch best by: val/loss (the default), val/auprc_macro or "
+             "val/f1_macro_tuned.")] = None,
     missing: Annotated[float | None, typer.Option(help="Remove this share of train labels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
@@ -126,7 +129,7 @@ def train(
     # params: the methods' own parameters, one flag each (see method_flags).
     cfg = resolve_config(preset, config, method=method, lr=lr,
                          epochs=epochs, batch_size=batch_size, arch=arch, **params,
-                         patience=patience, missing=missing, seed=seed, threads=threads,
+                         patience=patience, objective=objective, missing=missing, seed=seed, threads=threads,
                          device=device, deterministic=deterministic, precision=precision,
                          layers=layers, hidden=hidden, dropout=dropout)
     # Before the data is read: a missing GPU is a one-line error, not a failed run. config.yaml

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from tagtune.launch.objective import METRIC, MODE
+from tagtune.launch.objective import better, metric
 from tagtune.study import tunestate
 from tagtune.study.folder import (
     SEARCH,
@@ -30,8 +30,8 @@ def analysis(path: Path) -> tune.ExperimentAnalysis:
     newest = tunestate.newest(path, tunestate.EXPERIMENT_STATE)
     key = (newest.name, newest.stat().st_mtime_ns, newest.stat().st_size) if newest else ()
     if str(path) not in _PARSED or _PARSED[str(path)][0] != key:
-        _PARSED[str(path)] = key, tune.ExperimentAnalysis(str(path), default_metric=METRIC,
-                                                          default_mode=MODE)
+        # No default metric: the best trials are chosen here, under the study's objective.
+        _PARSED[str(path)] = key, tune.ExperimentAnalysis(str(path))
     return _PARSED[str(path)][1]
 
 
@@ -56,18 +56,20 @@ def _count(counts: dict, cell: str, error: bool, metrics: dict) -> None:
 
 
 def best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
-    """Per cell, the trial with the lowest selection loss among those that ran to the end, over
-    every round's search."""
+    """Per cell, the trial with the best score under the study's objective among those that ran
+    to the end, over every round's search."""
+    key, _ = metric(settings)
     trials = [t for _, path in phase_dirs(settings.study_dir, SEARCH) if path.is_dir()
               for t in analysis(path).trials]
     best: dict[str, dict[str, Any]] = {}
     for trial in trials:
         last = trial.last_result or {}
-        if not last.get("complete") or METRIC not in last:
+        if not last.get("complete") or key not in last:
             continue  # cut short by ASHA: its score is from a smaller budget
         cell = trial.config["cell"]
-        if cell not in best or last[METRIC] < best[cell]["value"]:
-            best[cell] = {"value": last[METRIC], "trial_id": trial.trial_id, "config": dict(trial.config)}
+        if cell not in best or better(last[key], best[cell]["value"], settings):
+            best[cell] = {"value": last[key], "metric": key,  # which score "value" is
+                          "trial_id": trial.trial_id, "config": dict(trial.config)}
     missing = set(settings.cells) - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))

@@ -29,9 +29,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tagtune.study.folder import LOG_FILE, cell_id
+from tagtune.study.objective import LEGACY, better, score_key
 
 LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3")
-SCORE = "val/best_loss"
+SCORE = "val/best_loss"  # objective val/loss's; a display follows its study's (self.score)
 
 _current: StudyDisplay | None = None  # the display DisplayCallback forwards to
 
@@ -46,8 +47,9 @@ class StudyDisplay:
     """Live progress of one study (see the module docstring); ``console`` None = stdout."""
 
     def __init__(self, methods: tuple[str, ...], missing: tuple[float, ...],
-                 console: Console | None = None):
+                 console: Console | None = None, objective: str = LEGACY):
         self.methods, self.missing = methods, missing
+        self.objective, self.score = objective, score_key(objective)  # what "best" means
         self.console = console or Console(file=sys.stdout)  # this stdout, not one redirected later
         self.phase, self.total, self.t0 = "", 0, time.monotonic()
         self.running: dict[str, str] = {}  # trial id -> cell
@@ -77,9 +79,10 @@ class StudyDisplay:
 
     def result(self, trial_id: str, cell: str, result: dict) -> None:
         self.running.setdefault(trial_id, cell)
-        value = result.get(SCORE)
+        value = result.get(self.score)
         if self.phase == "search" and isinstance(value, int | float) and math.isfinite(value):
-            self.best[cell] = min(value, self.best.get(cell, math.inf))
+            if cell not in self.best or better(value, self.best[cell], self.objective):
+                self.best[cell] = value
 
     def ended_trial(self, trial_id: str, cell: str, failed: bool = False) -> None:
         self.running.pop(trial_id, None)
@@ -119,7 +122,7 @@ class StudyDisplay:
             f"   elapsed {_clock(time.monotonic() - self.t0)}",
             f"   ~{_clock(eta)} left" if eta is not None else "   estimating time left")
         grid = Table(box=None, pad_edge=False, show_edge=False, header_style="dim")
-        grid.add_column("best val loss" if self.phase == "search" else "replicates done")
+        grid.add_column(f"best {self.objective}" if self.phase == "search" else "replicates done")
         for p in self.missing:
             grid.add_column(f"{100 * p:.0f}% missing", justify="right")
         per_cell: dict[str, int] = {}

@@ -11,7 +11,7 @@ from ray import tune
 
 from tagtune.launch import fusion
 from tagtune.launch.counts import analysis
-from tagtune.launch.objective import METRIC
+from tagtune.launch.objective import better, metric
 from tagtune.launch.ray_start import pending_trials
 from tagtune.launch.rebind import rebinding
 from tagtune.launch.snapshot_repair import StudyInterrupted, ended_after_snapshot
@@ -27,14 +27,16 @@ def fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: Output,
     path = settings.study_dir / phase
     ended: dict[str, str] = {}
     best: dict[str, float] = {}
+    key, _ = metric(settings)
     if tune.Tuner.can_restore(path):
         # What the display starts from (read only where there is a display).
         for trial in analysis(path).trials if out.display is not None else ():
             last = trial.last_result or {}
             if trial.status in ("TERMINATED", "ERROR"):
                 ended[trial.trial_id] = trial.config["cell"]
-            if math.isfinite(last.get(METRIC, math.inf)):
-                best[trial.config["cell"]] = min(last[METRIC], best.get(trial.config["cell"], math.inf))
+            value, cell = last.get(key, math.inf), trial.config["cell"]
+            if math.isfinite(value) and (cell not in best or better(value, best[cell], settings)):
+                best[cell] = value
         # Tune restores the run config, callbacks included, from tuner.pkl as pickled when the
         # phase began; this run's callbacks, for this run's study directory (tagtune.launch.rebind).
         with rebinding(run_config(settings, phase, experiment_id, out).callbacks):

@@ -11,8 +11,9 @@ from typing import Any
 from ray import tune
 from ray.tune.search import Searcher
 
+from tagtune.launch import paper_point
 from tagtune.launch.counts import analysis
-from tagtune.launch.objective import METRIC, MODE
+from tagtune.launch.objective import metric
 from tagtune.launch.phase import fit_or_resume
 from tagtune.launch.ray_start import max_concurrent
 from tagtune.launch.tracking import (
@@ -93,12 +94,19 @@ def run_replicates(settings, ds, best, experiment_id, out: Output, rnd: int = 1)
                             "seed": settings.seed + r, "cell": cell})
             if reusable is not None and reusable[0] == settings.seed + r:
                 configs[-1]["reused_checkpoint"] = str(reusable[1])
+    # The paper's point on the same seeds, those it lacks (tagtune.launch.paper_point).
+    done = {(t.config["cell"], t.config["seed"]) for tid, t in replicate_trials(settings, rnd)
+            if t.config.get(paper_point.POINT) and t.status != "ERROR"}
+    configs += [] if not settings.paper_point else paper_point.configs(
+        best, paper_point.paper_trials(settings.study_dir), settings.seed, settings.replicates, done,
+        lambda cell, b: reusable_state(settings, cell, b) if settings.reuse_best_replicate else None)
     dirname = phase_dirname(REPLICATE, rnd)
 
     def make_tuner() -> tune.Tuner:
         return tune.Tuner(
             phase_trainable(settings, ds, dirname),
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ListSearcher(configs),
+            tune_config=tune.TuneConfig(metric=metric(settings)[0], mode=metric(settings)[1],
+                                        search_alg=ListSearcher(configs),
                                         num_samples=len(configs), reuse_actors=True,
                                         max_concurrent_trials=max_concurrent(settings),
                                         trial_dirname_creator=trial_dirname_of),
@@ -116,6 +124,7 @@ def run_replicates(settings, ds, best, experiment_id, out: Output, rnd: int = 1)
 def replicate_row(config: dict, metrics: dict, error: str | None) -> dict[str, Any]:
     return {"cell": config["cell"], "method": config["method"], "missing": config["missing"],
             "seed": config["seed"], "error": None if error is None else error[:200],
+            **({"point": config["point"]} if config.get("point") else {}),  # the paper point's
             **{k: v for k, v in metrics.items() if k.startswith(("test", "val/"))}}
 
 
@@ -140,6 +149,7 @@ def supersede(settings: StudySettings, experiment_id: str, rnd: int, cells: set[
     record = rounds[rnd - 1]
     gone = sorted(set(record.get("superseded", [])) | {
         tid for tid, t in replicate_trials(settings, rnd) if t.config["cell"] in cells
+        and not t.config.get(paper_point.POINT)  # the paper point did not change
         and tid not in superseded(settings.study_dir)})
     if gone != record.get("superseded", []):
         record["superseded"] = gone

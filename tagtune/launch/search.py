@@ -10,7 +10,7 @@ import math
 from ray import tune
 
 from tagtune.launch.counts import cell_counts
-from tagtune.launch.objective import METRIC, MODE
+from tagtune.launch.objective import metric
 from tagtune.launch.phase import fit_or_resume
 from tagtune.launch.ray_start import max_concurrent
 from tagtune.launch.scheduler import CellASHA
@@ -51,7 +51,8 @@ def run_search(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_
         return tune.Tuner(
             phase_trainable(settings, ds, dirname),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=expected,
+                metric=metric(settings)[0], mode=metric(settings)[1], search_alg=searcher,
+                num_samples=expected,
                 max_concurrent_trials=max_concurrent(settings),
                 reuse_actors=True,  # a worker process per trial would spend seconds importing torch
                 trial_dirname_creator=trial_dirname_of,
@@ -103,6 +104,7 @@ def search_trials(settings: StudySettings, before: int | None = None):
 def earlier_reports(settings: StudySettings, rnd: int) -> dict[str, dict[str, list]]:
     """Per cell, per search trial of the rounds before ``rnd``: its (budget, metric) reports."""
     out: dict[str, dict[str, list]] = {}
+    key, _ = metric(settings)
     for tid, trial_dir in search_trials(settings, before=rnd):
         cell = json.loads((trial_dir / "params.json").read_text())["cell"]
         reports = []
@@ -112,7 +114,7 @@ def earlier_reports(settings: StudySettings, rnd: int) -> dict[str, dict[str, li
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            value = row.get(METRIC)
+            value = row.get(key)
             if "budget" in row and isinstance(value, int | float) and math.isfinite(value):
                 reports.append((row["budget"], float(value)))
         out.setdefault(cell, {})[tid] = reports

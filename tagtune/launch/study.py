@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tagtune.analysis import gain
+from tagtune.launch import paper_point
 from tagtune.launch.counts import best_per_cell
 from tagtune.launch.display import StudyDisplay, library_logs
-from tagtune.launch.objective import METRIC, MODE
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -61,8 +62,6 @@ _trainable = phase_trainable
 
 
 @dataclass
-
-
 class StudyResult:
     study_dir: Path
     tracking_uri: str
@@ -102,7 +101,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         init_ray(settings)
         if logs is not None:
             logs.apply()  # ray.init installs Ray's own handlers
-        display = StudyDisplay(settings.methods, settings.missing) if verbose == 1 else None
+        display = (StudyDisplay(settings.methods, settings.missing, objective=settings.objective)
+                   if verbose == 1 else None)
         out = Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
                                          "source": settings.data}, logs)
         try:
@@ -120,12 +120,16 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     rnd = round_count(study_dir)
     searcher_summary = run_search(settings, ds, ranges, experiment_id, out, rnd)
     best = best_per_cell(settings)
+    paper = paper_point.paper_trials(study_dir)  # each cell's paper point
+    for cell, b in best.items():
+        b["paper_trial_id"] = paper.get(cell, {}).get("trial_id")
     atomic.write_json(study_dir / BEST, best, indent=2)
     cells = settings.cells
     # Each cell's parent run in MLflow: its best config now, the replicates' results at the end.
     record_cells(study_dir, settings.tracking_uri, experiment_id,
                  cell_summaries(cells, best, None if settings.replicates else [], out.dataset))
     replicates = run_replicates(settings, ds, best, experiment_id, out, rnd) if settings.replicates else []
+    replicates, paper_rows = paper_point.split_rows(replicates)  # the best's, the paper point's
     if settings.replicates:
         record_cells(study_dir, settings.tracking_uri, experiment_id,
                      cell_summaries(cells, best, replicates, out.dataset))
@@ -133,6 +137,9 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     synced = final_sync(study_dir, settings.tracking_uri, experiment_id, study_trial_ids(study_dir))
     summary = {"study": settings.name, "data": settings.data, "fingerprint": ds.fingerprint,
                "cells": searcher_summary, "replicates": replicates,
+               "objective": settings.objective, "paper_point": paper_rows,
+               **({"gain": gain.summary(replicates, paper_rows, paper_point.kept(best, paper))}
+                  if settings.paper_point else {}),
                "tracking_uri": settings.tracking_uri, "experiment_id": experiment_id,
                "mlflow_synced": synced}
     rounds = read_rounds(study_dir)
@@ -194,5 +201,5 @@ def _prepare_dir(study_dir: Path, settings: StudySettings) -> None:
     atomic.write_text(saved, text)
 
 
-__all__ = ["METRIC", "MODE", "PHASES", "ListSearcher", "StudyInterrupted", "StudyResult", "StudySettings",
+__all__ = ["PHASES", "ListSearcher", "StudyInterrupted", "StudyResult", "StudySettings",
            "max_concurrent", "resume_study", "run_study", "study_trial_ids", "trial_resources"]

@@ -234,8 +234,8 @@ def sync_journal(journal: Path) -> None:
 
 def run_name(cell: str, config: dict[str, Any]) -> str:
     """Readable in a narrow column: ``mt@0.40 #7`` (Optuna's trial number), ``mt@0.40 seed 2``."""
-    if config.get("phase") == "replicate":
-        return f"{cell} seed {config['seed']}"
+    if config.get("phase") == "replicate":  # a paper point's replicate says so
+        return f"{cell} seed {config['seed']}" + (" paper point" if config.get("point") else "")
     number = config.get("optuna_trial")
     return cell if number is None else f"{cell} #{number}"
 
@@ -380,7 +380,7 @@ def cell_summaries(cells: list[str], best: dict[str, dict], replicates: list[dic
         b = best.get(cell)
         if b is not None:
             event["params"] = run_params({k: v for k, v in b["config"].items() if k != "phase"})
-            event["metrics"]["val/best_loss"] = float(b["value"])
+            event["metrics"][b.get("metric", "val/best_loss")] = float(b["value"])
             number = b["config"].get("optuna_trial")
             event["tags"]["best_trial"] = (run_name(cell, b["config"]) if number is not None
                                            else b["trial_id"])

@@ -11,6 +11,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tagtune.study import objective
+
 ARCHS: tuple[str, ...] = ("residual", "paper")
 """``residual``: softmax attention, a residual around every embedding layer (tagtune's);
 ``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
@@ -127,7 +129,12 @@ class TrainConfig:
     lr_decay: float = 0.5
     """Step-decay factor."""
     patience: int | None = None
-    """Stop a stage after this many epochs without a better validation loss (None = never)."""
+    """Stop a stage after this many epochs without a better objective (None = never)."""
+    objective: str = "val/loss"
+    """What model selection keeps the best epoch by: val/loss (minimised), val/auprc_macro or
+    val/f1_macro_tuned (maximised); see tagtune.study.objective. val/loss here, where every run
+    and checkpoint before the setting had it; a study passes its own (a new study's default is
+    tagtune.study.objective.DEFAULT)."""
     # The methods' own parameters, flat (the names of configs, MLflow params, checkpoints and
     # exported YAML). Each is declared -- type, valid range, default, help, search range -- in the
     # module of its method (tagtune.study.methods.<name>), which __post_init__ checks against; its
@@ -192,6 +199,10 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        try:
+            objective.check(self.objective)
+        except ValueError as e:
+            raise ConfigError("objective", str(e).split(": ", 1)[1]) from None
         _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
         check_proportion(self.missing)
         _check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")

@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from tagtune.study import objective as objectives
 from tagtune.study.config import (
     METHODS,
     PRESETS,
@@ -62,7 +63,7 @@ ANALYSIS = "analysis"
 ROUNDS = "rounds.json"
 # Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
-              "reused_checkpoint")
+              "reused_checkpoint", "point")
 
 
 def proportion_text(proportion: float) -> str:
@@ -173,6 +174,10 @@ class StudySettings:
     """Seeds each cell's best config is retrained with and tested (the paper: 5)."""
     epochs: int = 100
     """Epochs per trial (per LE stage); the scheduler's max_t."""
+    objective: str = objectives.DEFAULT
+    """What the search (per trial) and model selection (per epoch) optimise: val/loss,
+    val/auprc_macro or val/f1_macro_tuned (tagtune.study.objective; why the default: docs/study.md).
+    A study.yaml written before the setting reads as val/loss, what it ran with."""
     grace_period: int | None = None
     """ASHA: epochs every trial gets before it can be stopped (None: 5, or epochs if fewer)."""
     reduction_factor: float = 3.0
@@ -215,6 +220,10 @@ class StudySettings:
     the replicate -- the same config and seed, so the same run (tested bitwise) -- instead of
     training it again (one replicate fewer per cell). Its MLflow run carries the final metrics;
     the epochs' curve is on the search trial's run. False: every replicate trains."""
+    paper_point: bool = True
+    """Replicate each cell's paper point (its first trial) on the best config's seeds, so that the
+    summary and the report state the search's gain over it (tagtune.analysis.gain); False: only
+    the best configs' replicates (as before the setting)."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 
@@ -241,6 +250,8 @@ class StudySettings:
         _check(gpus >= 0 and (gpus <= 1 or gpus.is_integer()), "gpus_per_trial",
                f"must be a fraction in [0, 1] or a whole number, got {gpus:g}")
         _check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
+        _check(self.objective in objectives.OBJECTIVES, "objective",
+               f"unknown objective {self.objective!r}; use one of {', '.join(objectives.OBJECTIVES)}")
         _check(self.preset in PRESETS, "preset", f"use one of {', '.join(PRESETS)}")
         _check(self.name and "/" not in self.name, "name", "must be a non-empty name without '/'")
         # Path("s3://b/x") is the relative directory "s3:/b/x": refuse it rather than write there.
@@ -295,7 +306,7 @@ class StudySettings:
                 "model": model, "epochs": self.epochs, "threads": self.cpus_per_trial,
                 # explicit: with auto, a trial Ray gave no GPU could take a visible one anyway
                 "device": "cuda" if self.gpus_per_trial > 0 else "cpu",
-                "checkpoint_every": self.checkpoint_every, **extra}
+                "checkpoint_every": self.checkpoint_every, "objective": self.objective, **extra}
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as study.yaml holds them (lists, not tuples)."""
@@ -365,11 +376,13 @@ def read_fields(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_settings(path: str | Path, *, known_only: bool = False, **overrides: Any) -> StudySettings:
+def load_settings(path: str | Path, *, known_only: bool = False, absent: dict[str, Any] | None = None,
+                  **overrides: Any) -> StudySettings:
     """Settings from a YAML file (its top-level keys are the fields), then ``overrides``;
-    ``known_only``: keys that are no field are left out rather than refused."""
+    ``known_only``: keys that are no field are left out rather than refused; ``absent``: values of
+    fields the file does not name (an existing study's: what it ran with before the field existed)."""
     path = Path(path)
-    raw = read_fields(path)
+    raw = {**(absent or {}), **read_fields(path)}
     known = {f.name for f in fields(StudySettings)}
     unknown = sorted(set(raw) - known)
     if unknown and not known_only:
@@ -390,7 +403,7 @@ def load_study(study_dir: str | Path, **overrides: Any) -> StudySettings:
     """
     study_dir = Path(study_dir).expanduser().absolute()
     path = _settings_file(study_dir)
-    settings = load_settings(path, **overrides, storage=str(study_dir.parent))
+    settings = load_settings(path, **overrides, absent=BEFORE_FIELDS, storage=str(study_dir.parent))
     if settings.name != study_dir.name:
         raise ConfigError("name", f"study.yaml names the study {settings.name!r}, its directory is "
                           f"{study_dir.name!r}; rename the directory back", where=str(path))
@@ -402,7 +415,13 @@ def read_study(study_dir: str | Path) -> StudySettings:
     this version does not know are left out (a newer launch may add some) and a renamed
     directory is read too (its study.yaml still names the MLflow experiment)."""
     study_dir = Path(study_dir).expanduser().absolute()
-    return load_settings(_settings_file(study_dir), known_only=True, storage=str(study_dir.parent))
+    return load_settings(_settings_file(study_dir), known_only=True, absent=BEFORE_FIELDS,
+                         storage=str(study_dir.parent))
+
+
+BEFORE_FIELDS = {"objective": objectives.LEGACY}
+"""What an existing study.yaml that lacks a field ran with: a study from before ``objective``
+selected by the validation loss, whatever a new study's default is now."""
 
 
 def _settings_file(study_dir: Path) -> Path:

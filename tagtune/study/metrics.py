@@ -23,6 +23,13 @@ Choices, each checked against the public code:
   threshold 1.0, so it comes out BELOW average precision -- on 669 simulated clips x 23
   classes by 0.01-0.035 averaged over classes (more for rarer classes) and ~0.001 pooled
   (micro). Compare ``auprc_*`` with ``auprc_*``, and papers' tables with ``dcase_*``.
+- ``f1_macro_tuned``: the same F1 macro with each class's threshold chosen to maximise that
+  class's F1 on the observed VALIDATION labels (:func:`tuned_thresholds`), the thresholds then
+  applied unchanged to the test split (``test/``, ``test_full/``); ``val/f1_macro_tuned`` is thus
+  in-sample (the model-selection objective), ``test*/f1_macro_tuned`` is not. A threshold sits
+  half-way between two adjacent validation scores, so a validation clip's prediction does not
+  hang on a tie; a class with no observed positive or no observed negative keeps 0.5 (there is
+  nothing to tune between). Ties between thresholds of equal F1 go to the one nearest 0.5.
 - Classes with no observed entries (F1) or no observed positive (AUPRC, mAP) are skipped;
   if none is left the metric is nan rather than an error, so an epoch still reports.
 """
@@ -61,9 +68,14 @@ def _check(y_true, scores, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def f1_macro(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None,
-             threshold: float = 0.5) -> float:
-    """OpenMIC F1 macro: per class, two-label macro F1 over its observed clips; class mean."""
+             threshold: float | np.ndarray = 0.5) -> float:
+    """OpenMIC F1 macro: per class, two-label macro F1 over its observed clips; class mean.
+    ``threshold``: one for every class, or one per class (shape (C,))."""
     y_true, scores, mask = _check(y_true, scores, mask)
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if threshold.ndim and threshold.shape != (y_true.shape[1],):
+        raise DataError(_WHERE, "threshold", f"expected one or {y_true.shape[1]} thresholds, "
+                        f"got shape {threshold.shape}")
     # sklearn's f1_score(labels=[0, 1], average="macro", zero_division=0) per class, from
     # the confusion counts of all classes at once (20 sklearn calls took ~20 ms an epoch):
     # the F1 of a label is 2 TP / (2 TP + FP + FN), 0 when that is 0 / 0.
@@ -75,6 +87,39 @@ def f1_macro(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = N
     observed = mask.any(0)  # a class with nothing observed has no score, not a score of 0
     per_class = ((f1_present + f1_absent) / 2)[observed]
     return float(np.mean(per_class)) if per_class.size else float("nan")
+
+
+def tuned_thresholds(y_true: np.ndarray, scores: np.ndarray,
+                     mask: np.ndarray | None = None) -> np.ndarray:
+    """Per class, the threshold that maximises that class's F1 (as :func:`f1_macro` scores it)
+    over its observed clips: shape (C,). See the module docstring for ties and degenerate classes."""
+    y_true, scores, mask = _check(y_true, scores, mask)
+    out = np.full(y_true.shape[1], 0.5)
+    for c in range(y_true.shape[1]):
+        y, s = y_true[mask[:, c], c] == 1, scores[mask[:, c], c].astype(np.float64)
+        if y.all() or not y.any():
+            continue
+        # Candidate rules: "present iff score >= t" for t at each distinct score (highest first),
+        # and t above every score (nothing present). Counts by cumulative sums over the sorted scores.
+        order = np.argsort(-s, kind="stable")
+        s, y = s[order], y[order]
+        last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last entry of each distinct score
+        tp = np.r_[0, np.cumsum(y)[last]]
+        fp = np.r_[0, (last + 1)] - tp
+        pos, neg = y.sum(), (~y).sum()
+        fn, tn = pos - tp, neg - fp
+        f1 = (_ratio(2.0 * tp, 2.0 * tp + fp + fn) + _ratio(2.0 * tn, 2.0 * tn + fn + fp)) / 2
+        distinct = s[last]
+        # Rule k (0: nothing present; k >= 1: present from the k-th distinct score down) as a
+        # threshold half-way between that score and the next lower one. Scores are probabilities:
+        # above the top one is half-way to 1, below the lowest half-way to 0 (a unit out on a bound).
+        top, bottom = distinct[0], distinct[-1]
+        upper = np.r_[top + 1.0 if top >= 1 else 1.0, distinct]
+        lower = np.r_[distinct, bottom - 1.0 if bottom <= 0 else 0.0]
+        mid = (upper + lower) / 2
+        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+        out[c] = mid[best[np.argmin(np.abs(mid[best] - 0.5))]]
+    return out
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,20 +164,26 @@ def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def evaluate(split: Split, scores: np.ndarray, prefix: str,
-             taxonomy: Taxonomy | None = None) -> dict[str, float]:
+             taxonomy: Taxonomy | None = None,
+             thresholds: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of one split, keyed ``prefix/name``; ``prefix_full/name`` against Y_full.
 
     The observed-label metrics are what the paper reports; the ``_full`` ones exist only for
     synthetic data, to measure how far the observed-label figures are from the truth.
     ``taxonomy`` (:func:`tagtune.study.dcase.taxonomy_of` the dataset) adds the DCASE family.
+    ``thresholds``: the per-class thresholds of ``f1_macro_tuned`` (tuned on the validation
+    split); None tunes them on this split's own observed labels (the validation split itself).
     """
     scores = np.asarray(scores)
     if scores.shape != split.Y.shape:
         problem = f"expected shape {split.Y.shape}, got {scores.shape}"
         raise DataError(split.where, "scores", problem)
     micro, macro = auprc(split.Y, scores, split.M)
+    if thresholds is None:
+        thresholds = tuned_thresholds(split.Y, scores, split.M)
     out = {
         f"{prefix}/f1_macro": f1_macro(split.Y, scores, split.M),
+        f"{prefix}/f1_macro_tuned": f1_macro(split.Y, scores, split.M, thresholds),
         f"{prefix}/auprc_micro": micro,
         f"{prefix}/auprc_macro": macro,
     }
@@ -140,6 +191,7 @@ def evaluate(split: Split, scores: np.ndarray, prefix: str,
         micro, macro = auprc(split.Y_full, scores)
         out |= {
             f"{prefix}_full/f1_macro": f1_macro(split.Y_full, scores),
+            f"{prefix}_full/f1_macro_tuned": f1_macro(split.Y_full, scores, None, thresholds),
             f"{prefix}_full/auprc_micro": micro,
             f"{prefix}_full/auprc_macro": macro,
             f"{prefix}_full/map": mean_average_precision(split.Y_full, scores),

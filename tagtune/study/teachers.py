@@ -41,6 +41,7 @@ from tagtune.study import atomic
 from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.methods import hooks, stages
+from tagtune.study.objective import LEGACY
 
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
@@ -68,6 +69,8 @@ def teacher_key(ds: Dataset, cfg: TrainConfig) -> str:
     """The cache key of ``cfg``'s teacher on ``ds`` (``threads`` aside: it changes no result)."""
     d = to_dict(teacher_config(cfg))
     d.pop("threads")
+    if d.get("objective") == LEGACY:  # keys from before the setting stay the keys of their teachers
+        d.pop("objective")
     blob = json.dumps({"data": ds.fingerprint, "teacher": d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
 """The fit loop shared by every method: one trial, from a Dataset and a TrainConfig.
 
 Adam with weight decay, step decay of the learning rate, model selection by the
-validation loss (BCE over the observed validation labels), optional patience.
+objective (``cfg.objective``, tagtune.study.objective: the validation loss -- BCE over the
+observed validation labels -- or a validation metric), optional patience.
 Data live in memory as tensors; a batch is a slice of a permutation of the clips.
 
 The method is a module of tagtune.study.methods; the loop knows it only through its
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from tagtune.study import device as devices
 from tagtune.study import fast, methods, precision
+from tagtune.study import objective as objectives
 from tagtune.study.checkpoint import (
     NOISE_STREAM,
     FitState,
@@ -50,7 +52,7 @@ from tagtune.study.data import Dataset, Split, remove_labels
 from tagtune.study.dcase import Taxonomy, taxonomy_of
 from tagtune.study.errors import first_line
 from tagtune.study.methods import Batch, Hooks, MethodState, masked_bce
-from tagtune.study.metrics import evaluate
+from tagtune.study.metrics import evaluate, tuned_thresholds
 from tagtune.study.model import AttentionMIL, build_model, predict
 
 OnEpoch = Callable[[dict[str, Any], Callable[[Path], None]], None]
@@ -283,8 +285,11 @@ def _close_epoch(fs: FitState, hooks: Hooks, valid: _Data, valid_split: Split, c
     if fs.masked_fraction is not None:
         logs["le/masked_fraction"] = fs.masked_fraction
 
-    if val_loss < fs.best_loss:
-        fs.best_loss, fs.best_logs, fs.bad_epochs = val_loss, logs, 0
+    # The objective as a quantity to minimise (for val/loss the loss itself, so a checkpoint's
+    # best_loss from before the setting means what it meant); NaN is never the best.
+    score = objectives.of_logs(logs, cfg.objective)
+    if score < fs.best_loss:
+        fs.best_loss, fs.best_logs, fs.bad_epochs = score, logs, 0
         fs.best_model = clone_state(selected)
         fs.best_other = clone_state(other) if other is not None else None
     else:
@@ -348,11 +353,12 @@ def batch_starts(N: int, B: int) -> list[int]:
 
 
 def _validate(model: AttentionMIL, data: _Data, split: Split, taxonomy: Taxonomy | None,
-              prefix: str = "val") -> tuple[float, dict[str, float]]:
-    """Loss (BCE over observed labels) and metrics of one split, in eval mode."""
+              prefix: str = "val", thresholds: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+    """Loss (BCE over observed labels) and metrics of one split, in eval mode; ``thresholds``:
+    f1_macro_tuned's, tuned on the validation split (None: on this split, the validation one)."""
     scores = predict(model, data.X)
     loss = float(masked_bce(torch.from_numpy(scores), data.Y.cpu(), data.M.cpu()))
-    return loss, evaluate(split, scores, prefix, taxonomy)
+    return loss, evaluate(split, scores, prefix, taxonomy, thresholds)
 
 
 def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
@@ -379,10 +385,14 @@ def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
     out: dict[str, float] = {}
     nets = [(result.model, "")] + ([(result.other, result.other_suffix)] if result.other else [])
     taxonomy = taxonomy_of(ds)
+    # f1_macro_tuned: each network's thresholds are tuned on the validation labels, then tested.
+    valid = _Data.of(ds.valid)
+    thresholds = {suffix: tuned_thresholds(ds.valid.Y, predict(net, valid.X), ds.valid.M)
+                  for net, suffix in nets}
     for prefix, split in (("val", ds.valid), ("test", ds.test)):
         data = _Data.of(split)
         for net, suffix in nets:
-            loss, metrics = _validate(net, data, split, taxonomy, prefix)
+            loss, metrics = _validate(net, data, split, taxonomy, prefix, thresholds[suffix])
             out[f"{prefix}/loss{suffix}"] = loss
             out |= {k + suffix: v for k, v in metrics.items()}
     return out

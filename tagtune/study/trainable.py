@@ -21,9 +21,11 @@ What every report carries, identical keys for every method:
   with B1 after k epochs: like with like, shared teacher or not. ``epoch`` stays one
   counter across both stages. LE+MT (two stages too) reports the same way; its stage 1
   is never shared (it depends on the searched alpha and beta).
-- ``val/best_loss``: the best validation loss of the current stage so far, i.e. the
-  model-selection criterion: what the scheduler and the searcher optimise (inf while
-  LE trains its teacher, which is never the selected model);
+- ``val/best_loss`` (objective ``val/loss``; ``val/best_auprc_macro`` ... for the others,
+  tagtune.study.objective.score_key): the best value of the objective in the current stage
+  so far, i.e. the model-selection criterion: what the scheduler and the searcher optimise
+  (inf -- -inf for a maximised objective -- while LE trains its teacher, which is never the
+  selected model);
 - ``complete``: True on a report after which the run has nothing left to train.
 
 A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every``
@@ -56,6 +58,7 @@ from ray import tune
 from tagtune.study.data import Dataset
 from tagtune.study.folder import train_config  # Ray-free there: the analysis reads configs
 from tagtune.study.methods import shares_teacher, stages
+from tagtune.study.objective import from_loss, of_logs, score_key
 
 TRIAL_STATE = "trial_state.json"
 # On a report that repeats a result the study already has (see ``ended`` below): not logged again.
@@ -83,6 +86,7 @@ class Reporter:
         self.report_at = None if report_at is None else {math.ceil(r) for r in report_at}
         self.held: list[dict[str, Any]] = []
         self._reported_at = time.monotonic()
+        self.objective = cfg.objective  # the reported score follows the study's objective
         self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None, "step": 0}
 
     def metrics(self, logs: dict[str, Any]) -> dict[str, Any]:
@@ -92,13 +96,13 @@ class Reporter:
             state.update(stage=logs["stage"], best=math.inf)
         last_stage = logs["stage"] == self.names[-1]
         if last_stage:  # an earlier stage's network is not a candidate model: no score yet
-            state["best"] = min(state["best"], float(logs["val/loss"]))
+            state["best"] = min(state["best"], of_logs(logs, self.objective))
         epoch = int(logs["epoch"])
         state["step"] += 1
         metrics = {
             **{k: v for k, v in logs.items() if isinstance(v, int | float | str)},
             "budget": epoch - self.before_last if last_stage else 0,
-            "val/best_loss": state["best"],
+            score_key(self.objective): from_loss(state["best"], self.objective),
             "complete": epoch >= self.total,
             STEP: state["step"],
         }

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tagtune.analysis import analyze
 from tagtune.analysis.export import COMBINED, cell_filename
+from tagtune.study.objective import score_key
 from tagtune.study.teachers import TEACHER_LR
 from tests.conftest import TINY_STUDY, invoke
 
@@ -54,7 +55,7 @@ def test_table_has_one_row_per_trial_and_replicate(tiny_study, analysed):
     assert t["trial_id"].is_unique
     for col in ("study", "cell", "method", "proportion", "phase", "seed", "epochs_run",
                 "stopped_early", "lr", "gamma", "alpha", "beta", "model.hidden", "val/loss",
-                "val/best_loss", METRIC, "test/f1_macro", "test/auprc_micro"):
+                score_key(settings.objective), METRIC, "test/f1_macro", "test/auprc_micro"):
         assert col in t.columns, col
     assert set(t["study"]) == {settings.name} and set(search["cell"]) == set(CELLS)
     # Per cell, the status counts agree with the study's own summary.

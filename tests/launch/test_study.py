@@ -38,7 +38,8 @@ def test_mlflow_has_one_run_per_trial_and_replicate(tiny_study):
     assert len(everything) == len(runs) + n_cells and set(parents) == set(result.best)
     for cell, parent in parents.items():
         assert parent.info.status == "FINISHED"
-        assert parent.data.metrics["val/best_loss"] == result.best[cell]["value"]
+        # the study's objective's best (val/best_loss for val/loss, tagtune.study.objective)
+        assert parent.data.metrics[result.best[cell]["metric"]] == result.best[cell]["value"]
         assert parent.data.metrics["replicates"] == 2 and "test/f1_macro_sd" in parent.data.metrics
     own = {"b0": set(), "b1": set(), "le": {"gamma"}, "mt": {"alpha", "beta"}}
     for r in runs:

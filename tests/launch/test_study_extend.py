@@ -28,7 +28,7 @@ from tests.launch.test_resume import _kill_tree
 pytestmark = pytest.mark.timeout(600)  # real (tiny) studies on 2 busy cores: slow, never hung
 TRIAL_TAG, CELL_TAG, SUPERSEDED = "tagtune.trial_id", "tagtune.cell_run", "tagtune.superseded"
 BASE = dict(methods=["b1"], missing=[0.0], trials=2, replicates=2, epochs=2, grace_period=1,
-            checkpoint_every=1)
+            checkpoint_every=1, paper_point=False)  # paper point: tests/launch/test_objective_study.py
 
 
 @pytest.fixture(scope="module")

@@ -148,15 +148,16 @@ def _split(full: bool) -> Split:
 
 def test_evaluate_keys_and_values():
     out = evaluate(_split(full=False), S, "test")
-    assert set(out) == {"test/f1_macro", "test/auprc_micro", "test/auprc_macro"}
+    assert set(out) == {"test/f1_macro", "test/f1_macro_tuned", "test/auprc_micro", "test/auprc_macro"}
     assert out["test/f1_macro"] == pytest.approx(F1_HAND)
     assert (out["test/auprc_micro"], out["test/auprc_macro"]) == auprc(Y, S, M)
 
     split = _split(full=True)
     out = evaluate(split, S, "test")
     assert set(out) == {
-        "test/f1_macro", "test/auprc_micro", "test/auprc_macro",
-        "test_full/f1_macro", "test_full/auprc_micro", "test_full/auprc_macro", "test_full/map",
+        "test/f1_macro", "test/f1_macro_tuned", "test/auprc_micro", "test/auprc_macro",
+        "test_full/f1_macro", "test_full/f1_macro_tuned", "test_full/auprc_micro",
+        "test_full/auprc_macro", "test_full/map",
     }
     assert out["test/f1_macro"] == pytest.approx(F1_HAND)
     assert out["test_full/f1_macro"] == pytest.approx(f1_macro(split.Y_full, S))

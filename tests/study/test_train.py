@@ -15,7 +15,7 @@ from tests.conftest import TINY_CONFIG, make_split
 
 BASE_KEYS = ["epoch", "stage", "lr", "precision", "train/loss", "val/loss", "val/f1_macro", "val/auprc_micro",
              "val/auprc_macro", "val_full/f1_macro", "val_full/auprc_micro",
-             "val_full/auprc_macro", "val_full/map"]
+             "val_full/auprc_macro", "val_full/map", "val/f1_macro_tuned", "val_full/f1_macro_tuned"]
 
 
 def _cfg(method: str, **kw) -> TrainConfig:

@@ -16,7 +16,8 @@ app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 @app.command("analyze")
 @user_errors
 def analyze(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default STUDY_DIR/analysis).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
     metric: Annotated[str | None, typer.Option(
@@ -47,7 +48,8 @@ def analyze(
 @app.command("export-best")
 @user_errors
 def export_best(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     out: Annotated[Path, typer.Option(help="Folder for the YAML files.")],
 ) -> None:
     """Write each cell's best config as YAML runnable with `tagtune train --config FILE`."""

@@ -27,7 +27,8 @@ def _stop_on(signum, frame) -> None:
 @app.command("ui")
 @user_errors
 def ui(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     port: Annotated[int, typer.Option(help="Port of the MLflow UI on 127.0.0.1.")] = 5000,
     optuna: Annotated[bool, typer.Option(help="Also optuna-dashboard on the study's optuna.db.")] = False,
     optuna_port: Annotated[int, typer.Option(help="Port of optuna-dashboard on 127.0.0.1.")] = 8080,

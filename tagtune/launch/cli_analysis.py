@@ -31,7 +31,11 @@ def analyze(
     r = run_analysis(study_dir, out=out, mlflow_uri=mlflow_uri, metric=metric, log_mlflow=mlflow)
     answer = r.answer_text()
     if answer:  # the answer first: per proportion the best method, by how much, clear?
+        print(answer_title(r.metric))
         print(answer)
+    for line in r.conclusions:  # what the answer rests on, before where the files are
+        print(f"- {line}")
+    if answer or r.conclusions:
         print()
     print(f"report:   {r.report}")
     print(f"table:    {', '.join(str(p) for p in r.table_files)}")
@@ -41,8 +45,14 @@ def analyze(
     print(f"tracking: {r.mlflow_note}")
     for line in r.missing:
         print(f"missing:  {line}")
-    for line in r.conclusions:
-        print(f"- {line}")
+
+
+def answer_title(metric: str) -> str:
+    """The answer table's title line, as the demo words it."""
+    from tagtune.analysis.stats import metric_label
+
+    return (f"the answer, {metric_label(metric)} on the replicates (per proportion removed: the "
+            f"best method, its margin over the baseline, clear after Holm?):")
 
 
 @app.command("export-best")

@@ -167,5 +167,19 @@ def train(
     where = resolve_device(cfg.device)
     cfg = replace(cfg, device=where.type, precision=resolve_precision(cfg.precision, where))  # auto resolved
     metrics = train_run(data, cfg, out, progress=progress)
-    shown = ("best/epoch", "test/f1_macro", "test/auprc_micro", "test/auprc_macro")
-    print("  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")
+    shown = ("test/f1_macro", "test/auprc_micro", "test/auprc_macro")
+    print(best_epoch_text(cfg, int(metrics["best/epoch"])) + "  "
+          + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")
+
+
+def best_epoch_text(cfg: TrainConfig, best: int) -> str:
+    """The selected model's epoch as the flags count it: ``--epochs`` is per stage, and a method
+    of two stages (LE: a teacher, then the student) counts its epochs across both."""
+    from tagtune.study.methods import stages
+
+    names = stages(cfg.method)
+    if len(names) == 1:
+        return f"best/epoch {best} of {cfg.epochs}"
+    stage = min((best - 1) // cfg.epochs, len(names) - 1)
+    return (f"best/epoch {best - stage * cfg.epochs} of {cfg.epochs} in stage {names[stage]} "
+            f"({len(names)} stages of {cfg.epochs} epochs: epoch {best} of {len(names) * cfg.epochs})")

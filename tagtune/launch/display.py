@@ -23,6 +23,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -30,7 +31,8 @@ from rich.text import Text
 
 from tagtune.study.folder import LOG_FILE, cell_id
 
-LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3")
+LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3",
+             "tensorboardX")
 SCORE = "val/best_loss"
 
 _current: StudyDisplay | None = None  # the display DisplayCallback forwards to
@@ -159,6 +161,18 @@ class DisplayCallback(Callback):
             _current.ended_trial(trial.trial_id, trial.config.get("cell", "?"), failed=True)
 
 
+class FiniteTBXLogger(TBXLoggerCallback):
+    """Tune's TensorBoard logger, given only the finite numbers of a result. ``val/best_loss`` is
+    inf while LE trains its teacher (no candidate model yet: "not yet", not a loss); Tune's own
+    logger skips NaN but hands inf to tensorboardX, which warned "NaN or Inf found in input
+    tensor." on the terminal for every such epoch (hundreds of lines in a --quiet study)."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        finite = {k: v for k, v in result.items()
+                  if not (isinstance(v, float) and not math.isfinite(v))}
+        super().log_trial_result(iteration, trial, finite)
+
+
 class _OneLine(logging.Formatter):
     def __init__(self, path: Path):
         super().__init__()
@@ -229,4 +243,4 @@ def library_logs(study_dir: Path, enabled: bool = True) -> Iterator[LibraryLogs 
         logs.restore()
 
 
-__all__ = ["LOG_FILE", "DisplayCallback", "LibraryLogs", "StudyDisplay", "library_logs"]
+__all__ = ["LOG_FILE", "DisplayCallback", "FiniteTBXLogger", "LibraryLogs", "StudyDisplay", "library_logs"]

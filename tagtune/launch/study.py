@@ -24,7 +24,13 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from tagtune.launch import fusion
-from tagtune.launch.display import DisplayCallback, LibraryLogs, StudyDisplay, library_logs
+from tagtune.launch.display import (
+    DisplayCallback,
+    FiniteTBXLogger,
+    LibraryLogs,
+    StudyDisplay,
+    library_logs,
+)
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -295,7 +301,8 @@ def _run_config(settings: StudySettings, phase: str, experiment_id: str, out: _O
         name=phase,
         storage_path=str(settings.study_dir),
         # The keeper last: Tune asks callbacks for their state after writing its own snapshot.
-        callbacks=[tracking, DisplayCallback(), SnapshotKeeper(settings.study_dir / phase)],
+        callbacks=[tracking, DisplayCallback(), FiniteTBXLogger(),  # FiniteTBXLogger: no inf warnings
+                   SnapshotKeeper(settings.study_dir / phase)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1 if out.verbose >= 2 else 0,  # Tune's trial table: only with --verbose

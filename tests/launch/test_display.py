@@ -78,7 +78,7 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
                                      "--epochs", "1", "--name", "quiet", "--quiet"])
     out = quiet.output + "".join(capfd.readouterr())
     assert quiet.exit_code == 0, out[-3000:]
-    labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyse:")
+    labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyze:")
     assert [line.split()[0] for line in out.splitlines()] == [label.split()[0] for label in labels], out
 
 

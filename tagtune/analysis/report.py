@@ -178,8 +178,10 @@ def round_lines(study_dir) -> list[str]:
     """One line per round of an extended study (rounds.json): when, what it added or grew."""
     out = []
     for r in read_rounds(study_dir):
-        when = (f"{r.get('started') or '?'} to {r['ended']}" if r.get("ended")
-                else f"started {r.get('started')}, not ended (resume it)")
+        if r.get("ended"):  # a study extended before tagtune kept round 1's start: its end alone
+            when = f"{r['started']} to {r['ended']}" if r.get("started") else f"ended {r['ended']}"
+        else:
+            when = f"started {r.get('started')}, not ended (resume it)"
         if r.get("round") == 1:
             what = f"{len(r.get('added_cells', []))} cells, {r.get('trials')} trials each, " \
                    f"{r.get('replicates')} replicates"

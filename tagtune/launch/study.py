@@ -29,6 +29,7 @@ from tagtune.launch.display import (
     FiniteTBXLogger,
     LibraryLogs,
     StudyDisplay,
+    earlier_work,
     library_logs,
 )
 from tagtune.launch.preflight import (
@@ -125,7 +126,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         _init_ray(settings)
         if logs is not None:
             logs.apply()  # ray.init installs Ray's own handlers
-        display = StudyDisplay(settings.methods, settings.missing) if verbose == 1 else None
+        display = StudyDisplay(settings.methods, settings.missing,
+                               earlier=earlier_work(study_dir)) if verbose == 1 else None
         out = _Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
                                          "source": settings.data}, logs)
         try:

@@ -2,19 +2,20 @@
 
 ``start_ui(study_dir, port, optuna)`` starts ``mlflow ui`` on the study's own store (bound to
 127.0.0.1) and, with ``optuna``, ``optuna-dashboard`` on the study's ``optuna.db``; it returns
-once both answer, with the URLs to open. The MLflow URL is the experiment's runs table
-(``/#/experiments/<id>/runs``): MLflow 3's UI otherwise opens a fresh browser on its GenAI
-overview. A study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local
-UI: its runs-table URL on that server is given instead.
+once both answer, with the URLs to open. The MLflow URL is the experiment's runs page on the
+cells' table (see :func:`comparisons`; before any cell has a run, the plain runs table). A
+study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local UI: the URLs on
+that server are given instead.
 
 Each server runs under :mod:`tagtune.launch.ui_guard` in a session of its own: :meth:`UI.stop`
 ends that whole session (the servers' workers included), and the guard ends it too when this
 process dies in a way no handler sees (SIGKILL), so nothing is left running. The ``tagtune ui``
 command stops them on Ctrl-C, SIGTERM, SIGHUP and on its own parent's death.
 
-Besides the runs table, :func:`comparisons` builds the links a researcher wants first: MLflow's
-compare-runs page of every cell's parent run (its best config and the replicates' test means,
-side by side), and of the replicates of each proportion's winning cell.
+:func:`comparisons` saves the views a researcher wants first in the study's experiment, as
+MLflow's own Share button does, and returns their links: the cells' table with the headline
+metric, method, proportion and best params as its first columns; the cells, then each
+proportion's replicates of every method, as charts led by the headline metric.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class UI:
     optuna_url: str | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
     compare: list[tuple[str, str]] = field(default_factory=list)
-    """(what, URL): MLflow's compare-runs pages of the study (see :func:`comparisons`)."""
+    """(what, URL): the study's charts in MLflow's runs page (see :func:`comparisons`)."""
 
     def stop(self, grace_s: float = 4.0) -> None:
         """End every process of the servers' sessions: SIGTERM (the guard ends its server, SIGKILL

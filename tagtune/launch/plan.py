@@ -70,15 +70,19 @@ def plan_line(settings: StudySettings, ds=None) -> str:
     (``ds``: the study's dataset, loaded if not given; without it no time is said)."""
     cells = len(settings.methods) * len(settings.missing)
     search, reps = trial_epochs(settings)
-    head = (f"plan: {cells} cells ({len(settings.methods)} methods x {len(settings.missing)} "
-            f"proportions) x {settings.trials} trials x up to {settings.epochs} epochs, then "
-            f"{settings.replicates} replicates per cell")
+    head = (f"plan: {_n(cells, 'cell')} ({_n(len(settings.methods), 'method')} x "
+            f"{_n(len(settings.missing), 'proportion')}) x {_n(settings.trials, 'trial')} x up to "
+            f"{_n(settings.epochs, 'epoch')}, then {_n(settings.replicates, 'replicate')} per cell")
     if ds is None or settings.gpus_per_trial > 0 or settings.address is not None:
         return head + " (no time estimate: it is timed on this machine's CPUs only)"
     n = slots(settings)
     total = (search + reps) * epoch_seconds(settings, ds) / n
     return (f"{head}; at most ~{_duration(total)} on {n} trial slot{'s' if n != 1 else ''} "
             f"(ASHA stops many trials early)")
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:

@@ -68,8 +68,21 @@ def _comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
     t["method"] = t["method"].map(method_name)
     t["reference"] = t["reference"].map(method_name)
     t["proportion"] = t["proportion"].map(percent)
+    # p-values as words where a bare number misleads: a comparison of fewer than MIN_VERDICT_PAIRS
+    # seeds is not tested (a bootstrap of 2 pairs of one sign has p = 0), and p = 0 of a tested
+    # one means below 1 / resamples.
+    untested = t["n"] < stats.MIN_VERDICT_PAIRS
+    t["p_boot"] = [f"not tested (n < {stats.MIN_VERDICT_PAIRS})" if u else p_text(p)
+                   for u, p in zip(untested, t["p_boot"], strict=True)]
+    for col in ("p_holm", "p_wilcoxon"):
+        t[col] = [p_text(p) for p in t[col]]
     return t.rename(columns={"proportion": "removed", "diff": "mean diff", "p_boot": "bootstrap p",
                              "p_holm": "Holm p", "p_wilcoxon": "Wilcoxon p"})
+
+
+def p_text(p: float) -> str:
+    """A p-value for a table: ``—`` where there is none, ``< 0.001`` for the smallest."""
+    return "—" if p is None or math.isnan(p) else stats.holm_text(p).removeprefix("= ")
 
 
 def _best_table(best: pd.DataFrame) -> pd.DataFrame:
@@ -170,8 +183,10 @@ def round_lines(study_dir) -> list[str]:
     """One line per round of an extended study (rounds.json): when, what it added or grew."""
     out = []
     for r in read_rounds(study_dir):
-        when = (f"{r.get('started') or '?'} to {r['ended']}" if r.get("ended")
-                else f"started {r.get('started')}, not ended (resume it)")
+        if r.get("ended"):  # a study extended before tagtune kept round 1's start: its end alone
+            when = f"{r['started']} to {r['ended']}" if r.get("started") else f"ended {r['ended']}"
+        else:
+            when = f"started {r.get('started')}, not ended (resume it)"
         if r.get("round") == 1:
             what = f"{len(r.get('added_cells', []))} cells, {r.get('trials')} trials each, " \
                    f"{r.get('replicates')} replicates"

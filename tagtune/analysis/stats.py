@@ -230,7 +230,7 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list
     rest, tested = len(pairs) - len(clear), int(pairs["p_holm"].notna().sum())
     if rest and not tested:
         lines.append(f"No comparison with the baselines has the {MIN_VERDICT_PAIRS} seeds a verdict "
-                     f"needs ({rest} with fewer): their intervals are in the table below.")
+                     f"needs ({rest} with fewer): their intervals are in the report\'s paired comparisons.")
     elif rest:
         lines.append(f"The other {rest} comparison{'s' if rest != 1 else ''} with the baselines "
                      f"show no clear difference (Holm-adjusted p >= {ALPHA} over the "

@@ -16,7 +16,8 @@ app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 @app.command("analyze")
 @user_errors
 def analyze(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default STUDY_DIR/analysis).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the study.")] = None,
     metric: Annotated[str | None, typer.Option(
@@ -30,7 +31,11 @@ def analyze(
     r = run_analysis(study_dir, out=out, mlflow_uri=mlflow_uri, metric=metric, log_mlflow=mlflow)
     answer = r.answer_text()
     if answer:  # the answer first: per proportion the best method, by how much, clear?
+        print(answer_title(r.metric))
         print(answer)
+    for line in r.conclusions:  # what the answer rests on, before where the files are
+        print(f"- {line}")
+    if answer or r.conclusions:
         print()
     print(f"report:   {r.report}")
     print(f"table:    {', '.join(str(p) for p in r.table_files)}")
@@ -40,14 +45,21 @@ def analyze(
     print(f"tracking: {r.mlflow_note}")
     for line in r.missing:
         print(f"missing:  {line}")
-    for line in r.conclusions:
-        print(f"- {line}")
+
+
+def answer_title(metric: str) -> str:
+    """The answer table's title line, as the demo words it."""
+    from tagtune.analysis.stats import metric_label
+
+    return (f"the answer, {metric_label(metric)} on the replicates (per proportion removed: the "
+            f"best method, its margin over the baseline, clear after Holm?):")
 
 
 @app.command("export-best")
 @user_errors
 def export_best(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     out: Annotated[Path, typer.Option(help="Folder for the YAML files.")],
 ) -> None:
     """Write each cell's best config as YAML runnable with `tagtune train --config FILE`."""

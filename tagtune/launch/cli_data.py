@@ -28,8 +28,8 @@ def _save(ds: data.Dataset, out: Path) -> None:
 @convert_app.command("openmic")
 @user_errors
 def convert_openmic(
-    root: Annotated[Path, typer.Argument(help="OpenMIC-2018 release directory.")],
-    out: Annotated[Path, typer.Argument(help="Output file (.h5 or .npz).")],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="OpenMIC-2018 release directory.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output file (.h5 or .npz).")],
     split: Annotated[int, typer.Option(help="Partition number (split01 = 1).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the 15% validation draw from train.")] = 0,
 ) -> None:
@@ -43,8 +43,8 @@ def convert_openmic(
 @convert_app.command("sonyc")
 @user_errors
 def convert_sonyc(
-    root: Annotated[Path, typer.Argument(help="SONYC-UST v2 release directory.")],
-    out: Annotated[Path, typer.Argument(help="Output file (.h5 or .npz).")],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="SONYC-UST v2 release directory.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output file (.h5 or .npz).")],
     level: Annotated[str, typer.Option(help="Taxonomy level: fine (23 tags) or coarse (8).")] = "fine",
     features_dir: Annotated[Path | None, typer.Option(
         help="Per-clip embeddings <key>.npz (default: features/, openl3/ or embeddings/ in ROOT).")] = None,
@@ -74,7 +74,8 @@ def synth(
 
 @data_app.command("describe")
 @user_errors
-def describe(path: Annotated[Path, typer.Argument(help="A generic file (.h5 or .npz).")]) -> None:
+def describe(path: Annotated[Path, typer.Argument(
+        metavar="PATH", help="A generic file (.h5 or .npz).")]) -> None:
     """Per split N/T/F/C; per class the observed fraction and the positive count."""
     ds = data.load(path)
     console = Console()

@@ -17,6 +17,43 @@ study_app = typer.Typer(help="Run a study: every (method, proportion) cell searc
 mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow store of a study.")
 
 
+# As the README's cluster section says it (tagtune study --address HEAD_IP:6379).
+ADDRESS_HELP = ("Ray cluster: HEAD_IP:6379 (the head's address), auto (the `ray start` cluster on "
+                "this machine) or ray://HEAD_IP:10001 (Ray Client); default: a fresh local Ray.")
+
+
+def _default(name: str) -> str:
+    """`` (default X).``: the StudySettings field's default as the help shows it (the option's own
+    default is None: a flag not given leaves study.yaml's value, or this one)."""
+    from dataclasses import MISSING, fields
+
+    from tagtune.study.folder import StudySettings
+
+    value = next(f.default for f in fields(StudySettings) if f.name == name)
+    assert value is not MISSING, name
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, tuple):
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return f" (default {text})."
+
+
+def _flag_errors(given: dict, settings_from):
+    """``settings_from()``, a ConfigError on a field given as a flag re-raised naming the flag
+    (``--missing``, not the study's field ``missing``)."""
+    try:
+        return settings_from()
+    except ConfigError as e:
+        if given.get(e.field) is None:
+            raise
+        problem = str(e).split(f": {e.field}: ", 1)[-1]
+        raise ConfigError(f"--{e.field.replace('_', '-')}", problem, where="command line") from None
+
+
 def _csv(text: str | None, cast=str) -> tuple | None:
     if text is None:
         return None
@@ -33,37 +70,54 @@ def study(
     data: Annotated[Path | None, typer.Option(help="Generic data file (.h5/.npz).")] = None,
     methods: Annotated[str | None, typer.Option(
         help="Comma list of b0,b1,le,mt,lemt,llr,hill,splc,pbce,wan,epr (default: all).")] = None,
-    missing: Annotated[str | None, typer.Option(help="Comma list of proportions removed.")] = None,
-    trials: Annotated[int | None, typer.Option(help="Optuna trials per cell.")] = None,
-    replicates: Annotated[int | None, typer.Option(help="Seeds per cell's best config.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per trial; the scheduler's max.")] = None,
+    missing: Annotated[str | None, typer.Option(
+        help="Comma list of proportions of training labels removed" + _default("missing"))] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials per cell" + _default("trials"))] = None,
+    replicates: Annotated[int | None, typer.Option(
+        help="Seeds per cell's best config" + _default("replicates"))] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs per trial (per LE stage); the scheduler's max" + _default("epochs"))] = None,
     objective: Annotated[str | None, typer.Option(
-        help="What the search and model selection optimise: val/loss, val/auprc_macro (the default) "
-             "or val/f1_macro_tuned (docs/study.md).")] = None,
-    name: Annotated[str | None, typer.Option(help="Study name (directory, MLflow experiment).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Where studies live (shared on a cluster).")] = None,
-    cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs per trial.")] = None,
+        help="What the search and model selection optimise: val/loss, val/auprc_macro or "
+             "val/f1_macro_tuned (docs/study.md)" + _default("objective"))] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Study name (directory, MLflow experiment)" + _default("name"))] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Where studies live (shared on a cluster)" + _default("storage"))] = None,
+    cpus_per_trial: Annotated[int | None, typer.Option(
+        help="CPUs per trial" + _default("cpus_per_trial"))] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(
-        help="GPUs per trial; a fraction shares one (0.25: four trials a GPU).")] = None,
+        help="GPUs per trial; a fraction shares one (0.25: four trials a GPU)"
+        + _default("gpus_per_trial"))] = None,
     fuse: Annotated[str | None, typer.Option(
-        help="Train up to N trials of a cell as one stacked network (fused), or auto; 1: off.")] = None,
-    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    grace_period: Annotated[int | None, typer.Option(help="ASHA grace period (epochs).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the searchers and replicates.")] = None,
+        help="Train up to N trials of a cell as one stacked network (fused), or auto; 1: off"
+        + _default("fuse"))] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: mlflow.db in the study directory).")] = None,
+    grace_period: Annotated[int | None, typer.Option(
+        help="ASHA grace period in epochs (default: 5, or the epochs if fewer).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the searchers and replicates" + _default("seed"))] = None,
     preset: Annotated[str | None, typer.Option(
-        help="Paper settings: openmic, sonyc; openmic-paper, sonyc-paper: the paper's exact setup.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N epochs.")] = None,
-    max_failures: Annotated[int | None, typer.Option(help="Retries of a trial whose worker died.")] = None,
-    search_space: Annotated[Path | None, typer.Option(help="YAML with a search: mapping of ranges.")] = None,
+        help="Paper settings: openmic, sonyc; openmic-paper, sonyc-paper: the paper's exact setup"
+        + _default("preset"))] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        help="Checkpoint every N epochs" + _default("checkpoint_every"))] = None,
+    max_failures: Annotated[int | None, typer.Option(
+        help="Retries of a trial whose worker died" + _default("max_failures"))] = None,
+    search_space: Annotated[Path | None, typer.Option(
+        help="YAML with a search: mapping of ranges (default: tagtune.search_spaces' default.yaml).")] = None,
     share_le_teacher: Annotated[bool | None, typer.Option(
-        help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr.")] = None,
+        help="LE: one stage-1 teacher per (data, proportion, seed), the paper's lr"
+        + _default("share_le_teacher"))] = None,
     paper_point: Annotated[bool | None, typer.Option(
         "--paper-point/--no-paper-point",
-        help="Replicate each cell's paper point on the best config's seeds: the gain of the search "
-             "(the default).")] = None,
+        help="Replicate each cell's paper point on the best config's seeds: the gain of the search"
+        + _default("paper_point"))] = None,
     reuse_best_replicate: Annotated[bool | None, typer.Option(
-        help="The best search trial stands in for its seed's replicate (one fewer to train; on).")] = None,
+        help="The best search trial stands in for its seed's replicate (one fewer to train)"
+        + _default("reuse_best_replicate"))] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml (settings + search ranges).")] = None,
     quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
     verbose: Annotated[bool, typer.Option(
@@ -91,19 +145,23 @@ def study(
         "search_space": str(search_space.absolute()) if search_space else None,
     }
     if config is not None:
-        settings = load_settings(config, **overrides)
+        settings = _flag_errors(overrides, lambda: load_settings(config, **overrides))
     else:
         if data is None:
             raise fail("study: --data is required (or --config)")
-        settings = StudySettings(**{k: v for k, v in overrides.items() if v is not None})
-    _report(settings.study_dir, run_study, settings, verbose=_verbosity(quiet, verbose))
+        settings = _flag_errors(overrides, lambda: StudySettings(
+            **{k: v for k, v in overrides.items() if v is not None}))
+    level = _verbosity(quiet, verbose)
+    if level:  # what it will run, and roughly how long, before anything starts
+        _say_plan(settings)
+    _report(settings.study_dir, run_study, settings, verbose=level)
 
 
 @study_app.command("resume")
 @user_errors
 def resume(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory.")],
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
+    study_dir: Annotated[Path, typer.Argument(metavar="STUDY_DIR", help="The study directory.")],
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
     verbose: Annotated[bool, typer.Option(
         help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
@@ -118,7 +176,7 @@ def resume(
 @study_app.command("extend")
 @user_errors
 def extend(
-    study_dir: Annotated[Path, typer.Argument(help="The finished study directory.")],
+    study_dir: Annotated[Path, typer.Argument(metavar="STUDY_DIR", help="The finished study directory.")],
     methods: Annotated[str | None, typer.Option(help="Comma list of methods to add.")] = None,
     missing: Annotated[str | None, typer.Option(help="Comma list of proportions to add.")] = None,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per cell, in all.")] = None,
@@ -126,7 +184,7 @@ def extend(
     data: Annotated[Path | None, typer.Option(help="The study's data file, if it moved.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Must be the study's (refused otherwise).")] = None,
     config: Annotated[Path | None, typer.Option(help="study.yaml with the same fields.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or ray://host:port.")] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="Nothing but errors and the closing summary.")] = False,
     verbose: Annotated[bool, typer.Option(
         help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
@@ -142,7 +200,8 @@ def extend(
 
 @mlflow_app.command("sync")
 @user_errors
-def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study directory.")]) -> None:
+def mlflow_sync(study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory.")]) -> None:
     """Replay the study's tracking journal into its MLflow store (after an outage)."""
     from tagtune.launch.preflight import check_mlflow, quick_mlflow_http
     from tagtune.launch.study import study_trial_ids
@@ -156,6 +215,19 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(help="The study direct
         n = sync(settings.study_dir, settings.tracking_uri, experiment_id,
                  study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
+
+
+def _say_plan(settings) -> None:
+    """The study's size and a rough time (tagtune.launch.plan), one line; a data file that does not
+    read is left to the study's own check, which names it."""
+    from tagtune.launch.plan import plan_line
+    from tagtune.study.data import DataError, load
+
+    try:
+        ds = load(settings.data)
+    except (DataError, OSError):
+        return
+    print(plan_line(settings, ds), flush=True)
 
 
 def _verbosity(quiet: bool, verbose: bool) -> int:
@@ -192,4 +264,4 @@ def _print_result(result) -> None:
               f"tagtune mlflow sync {result.study_dir}", file=sys.stderr)
     print(f"log:       {result.study_dir / 'study.log'}", file=out)
     print(f"open UI:   tagtune ui {result.study_dir}  (add --optuna for Optuna's dashboard)", file=out)
-    print(f"analyse:   tagtune analyze {result.study_dir}", file=out)
+    print(f"analyze:   tagtune analyze {result.study_dir}", file=out)

@@ -23,6 +23,15 @@ from tagtune.study.methods.registry import METHODS, PARAMS, owners
 
 app = typer.Typer()  # added to the `tagtune` command by tagtune.launch.cli
 
+def _default(name: str) -> str:
+    """`` (default X).``: TrainConfig's default (its model's for a model field), which a preset or
+    a config file may change; the flag's own default is None (not given)."""
+    cfg = TrainConfig()
+    value = getattr(cfg.model if hasattr(cfg.model, name) else cfg, name)
+    text = "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return f" (default {text}; a --preset or --config may set another)."
+
+
 def resolve_config(preset: str | None = None, config: Path | None = None,
                    **flags: Any) -> TrainConfig:
     """Defaults < preset < YAML file < flags (a flag of None is not given)."""
@@ -34,10 +43,31 @@ def resolve_config(preset: str | None = None, config: Path | None = None,
     if preset is not None:  # a -paper preset's lr depends on the method
         d = _merged(d, preset_config(preset, method if isinstance(method, str) else None))
     d = _merged(d, from_yaml)
+    if from_yaml:  # the file's own mistakes name the file
+        _named(lambda: from_dict(TrainConfig, d), lambda field: str(config), set(from_yaml))
     model_flags = {k: flags.pop(k) for k in ("layers", "hidden", "dropout", "arch") if k in flags}
+    given = {k for k, v in {**flags, **model_flags}.items() if v is not None}
     d = _merged(d, {k: v for k, v in flags.items() if v is not None})
     d = _merged(d, {"model": {k: v for k, v in model_flags.items() if v is not None}})
-    return from_dict(TrainConfig, d)
+    # A flag's mistake names the flag (--missing, not the config field missing).
+    return _named(lambda: from_dict(TrainConfig, d), lambda field: "command line", given, flag=True)
+
+
+def _named(build: Callable[[], TrainConfig], where: Callable[[str], str], fields: set[str],
+           flag: bool = False) -> TrainConfig:
+    """``build()``; a ConfigError on one of ``fields`` (a top-level field, or ``model.X`` for X)
+    re-raised saying where it came from: the YAML file, or the command line and its flag."""
+    try:
+        return build()
+    except ConfigError as e:
+        field = e.field
+        top = field.split(".", 1)[0]
+        name = field.split(".", 1)[-1] if flag else field  # flags: --hidden for model.hidden
+        if top not in fields and name not in fields:
+            raise
+        problem = str(e).split(f": {field}: ", 1)[-1]
+        shown = f"--{name.replace('_', '-')}" if flag else field
+        raise ConfigError(shown, problem, where=where(field)) from None
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -95,16 +125,19 @@ def train(
     preset: Annotated[str | None, typer.Option(
         help="openmic or sonyc: the paper's settings; openmic-paper or sonyc-paper: its exact setup "
              "(network, MT schedule, per-method lr).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per stage.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Clips per step.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate" + _default("lr"))] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs per stage (LE, LE+MT: two stages, teacher then student)" + _default("epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clips per step" + _default("batch_size"))] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="Early stopping patience in epochs" + _default("patience"))] = None,
     objective: Annotated[str | None, typer.Option(
-        help="Model selection keeps the epoch best by: val/loss (the default), val/auprc_macro or "
-             "val/f1_macro_tuned.")] = None,
-    missing: Annotated[float | None, typer.Option(help="Remove this share of train labels.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+        help="Model selection keeps the epoch best by: val/loss, val/auprc_macro or val/f1_macro_tuned"
+        + _default("objective"))] = None,
+    missing: Annotated[float | None, typer.Option(
+        help="Remove this share of train labels" + _default("missing"))] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed" + _default("seed"))] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads" + _default("threads"))] = None,
     device: Annotated[str | None, typer.Option(
         help="cpu (the default), cuda, or auto (the GPU when torch sees one).")] = None,
     deterministic: Annotated[bool | None, typer.Option(
@@ -113,9 +146,9 @@ def train(
     precision: Annotated[str | None, typer.Option(
         help="auto (the default: bf16 where the CPU/GPU has it natively, else fp32), bf16 (mixed: bf16 "
              "matrix products, fp32 weights, losses and metrics) or fp32.")] = None,
-    layers: Annotated[int | None, typer.Option(help="Model: embedding layers L.")] = None,
-    hidden: Annotated[int | None, typer.Option(help="Model: layer width H.")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Model: dropout rate.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Model: embedding layers L" + _default("layers"))] = None,
+    hidden: Annotated[int | None, typer.Option(help="Model: layer width H" + _default("hidden"))] = None,
+    dropout: Annotated[float | None, typer.Option(help="Model: dropout rate" + _default("dropout"))] = None,
     arch: Annotated[str | None, typer.Option(
         help="Model: residual (tagtune's) or paper (the paper's code's; hidden = F).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -137,5 +170,19 @@ def train(
     where = resolve_device(cfg.device)
     cfg = replace(cfg, device=where.type, precision=resolve_precision(cfg.precision, where))  # auto resolved
     metrics = train_run(data, cfg, out, progress=progress)
-    shown = ("best/epoch", "test/f1_macro", "test/auprc_micro", "test/auprc_macro")
-    print("  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")
+    shown = ("test/f1_macro", "test/auprc_micro", "test/auprc_macro")
+    print(best_epoch_text(cfg, int(metrics["best/epoch"])) + "  "
+          + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown) + f"  -> {out}")
+
+
+def best_epoch_text(cfg: TrainConfig, best: int) -> str:
+    """The selected model's epoch as the flags count it: ``--epochs`` is per stage, and a method
+    of two stages (LE: a teacher, then the student) counts its epochs across both."""
+    from tagtune.study.methods import stages
+
+    names = stages(cfg.method)
+    if len(names) == 1:
+        return f"best/epoch {best} of {cfg.epochs}"
+    stage = min((best - 1) // cfg.epochs, len(names) - 1)
+    return (f"best/epoch {best - stage * cfg.epochs} of {cfg.epochs} in stage {names[stage]} "
+            f"({len(names)} stages of {cfg.epochs} epochs: epoch {best} of {len(names) * cfg.epochs})")

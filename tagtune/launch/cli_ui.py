@@ -27,7 +27,8 @@ def _stop_on(signum, frame) -> None:
 @app.command("ui")
 @user_errors
 def ui(
-    study_dir: Annotated[Path, typer.Argument(help="The study directory (holds study.yaml).")],
+    study_dir: Annotated[Path, typer.Argument(
+        metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     port: Annotated[int, typer.Option(help="Port of the MLflow UI on 127.0.0.1.")] = 5000,
     optuna: Annotated[bool, typer.Option(help="Also optuna-dashboard on the study's optuna.db.")] = False,
     optuna_port: Annotated[int, typer.Option(help="Port of optuna-dashboard on 127.0.0.1.")] = 8080,
@@ -36,7 +37,7 @@ def ui(
 ) -> None:
     """Open a study's runs in the MLflow UI (with --optuna, also Optuna's dashboard).
 
-    Prints the runs table and MLflow's compare-runs pages: every cell's best config with its replicates' test means side by side, and the replicates of each proportion's best cell. One parent run per cell, its trials and replicates nested under it; Optuna's dashboard has one study per cell. Ctrl-C (or SIGTERM, SIGHUP, the end of the terminal) stops both servers.
+    Prints the views it saves in the study's MLflow experiment: the cells' table, its first columns the headline metric, method, proportion and best params; the cells as charts, the headline metric first; per proportion, every method's replicates as charts. One parent run per cell, its trials and replicates nested under it in the plain runs table; Optuna's dashboard has one study per cell. Ctrl-C (or SIGTERM, SIGHUP, the end of the terminal) stops both servers.
     """  # noqa: E501 -- one line: Typer keeps a line break inside a paragraph
     from tagtune.launch.ui import start_ui
     from tagtune.launch.ui_guard import parent_death_signal

@@ -14,24 +14,28 @@ terminal, one line each, saying where to read more.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tagtune.study.folder import LOG_FILE, cell_id
+from tagtune.study.folder import LOG_FILE, SUMMARY, cell_id, read_rounds
 from tagtune.study.objective import LEGACY, better, score_key
 
-LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3")
+LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "py.warnings", "filelock", "urllib3",
+             "tensorboardX")
 SCORE = "val/best_loss"  # objective val/loss's; a display follows its study's (self.score)
 
 _current: StudyDisplay | None = None  # the display DisplayCallback forwards to
@@ -43,13 +47,46 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+@dataclass
+class Earlier:
+    """What the earlier rounds of an extended study found, per cell: shown beside this round's
+    work so that cells the extension does not touch do not look empty."""
+
+    best: dict[str, float] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)
+    replicates: dict[str, int] = field(default_factory=dict)
+
+
+def earlier_work(study_dir: Path) -> Earlier | None:
+    """The earlier rounds' results (summary.json, written when a round ends) while a later round
+    runs; None in a study's first round."""
+    rounds = read_rounds(study_dir)
+    path = Path(study_dir) / SUMMARY
+    if len(rounds) < 2 or rounds[-1].get("ended") or not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    out = Earlier()
+    for cell, c in (summary.get("cells") or {}).items():
+        value = (c.get("optuna") or {}).get("best_value")
+        if isinstance(value, int | float) and math.isfinite(value):
+            out.best[cell] = float(value)
+        out.trials[cell] = int(c.get("completed", 0)) + int(c.get("stopped_early", 0))
+    for r in summary.get("replicates") or []:
+        if r.get("error") is None:
+            out.replicates[r["cell"]] = out.replicates.get(r["cell"], 0) + 1
+    return out
+
+
 class StudyDisplay:
-    """Live progress of one study (see the module docstring); ``console`` None = stdout."""
+    """Live progress of one study (see the module docstring); ``console`` None = stdout;
+    ``earlier``: an extended study's earlier rounds (:func:`earlier_work`)."""
 
     def __init__(self, methods: tuple[str, ...], missing: tuple[float, ...],
-                 console: Console | None = None, objective: str = LEGACY):
+                 console: Console | None = None, objective: str = LEGACY,
+                 earlier: Earlier | None = None):
         self.methods, self.missing = methods, missing
         self.objective, self.score = objective, score_key(objective)  # what "best" means
+        self.earlier = earlier or Earlier()
         self.console = console or Console(file=sys.stdout)  # this stdout, not one redirected later
         self.phase, self.total, self.t0 = "", 0, time.monotonic()
         self.running: dict[str, str] = {}  # trial id -> cell
@@ -134,10 +171,14 @@ class StudyDisplay:
                 cell = cell_id(m, p)
                 n = per_cell.get(cell, 0)
                 if self.phase == "search":
+                    n += self.earlier.trials.get(cell, 0)
                     best = self.best.get(cell)
+                    prior = self.earlier.best.get(cell)
+                    if prior is not None and (best is None or better(prior, best, self.objective)):
+                        best = prior
                     row.append(f"{'—' if best is None else f'{best:.4f}'} ({n} done)")
                 else:
-                    row.append(str(n))
+                    row.append(str(n + self.earlier.replicates.get(cell, 0)))
             grid.add_row(m.upper(), *row)
         return Group(head, grid)
 
@@ -160,6 +201,18 @@ class DisplayCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if _current is not None:
             _current.ended_trial(trial.trial_id, trial.config.get("cell", "?"), failed=True)
+
+
+class FiniteTBXLogger(TBXLoggerCallback):
+    """Tune's TensorBoard logger, given only the finite numbers of a result. ``val/best_loss`` is
+    inf while LE trains its teacher (no candidate model yet: "not yet", not a loss); Tune's own
+    logger skips NaN but hands inf to tensorboardX, which warned "NaN or Inf found in input
+    tensor." on the terminal for every such epoch (hundreds of lines in a --quiet study)."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        finite = {k: v for k, v in result.items()
+                  if not (isinstance(v, float) and not math.isfinite(v))}
+        super().log_trial_result(iteration, trial, finite)
 
 
 class _OneLine(logging.Formatter):
@@ -232,4 +285,5 @@ def library_logs(study_dir: Path, enabled: bool = True) -> Iterator[LibraryLogs 
         logs.restore()
 
 
-__all__ = ["LOG_FILE", "DisplayCallback", "LibraryLogs", "StudyDisplay", "library_logs"]
+__all__ = ["LOG_FILE", "DisplayCallback", "Earlier", "FiniteTBXLogger", "LibraryLogs", "StudyDisplay",
+           "earlier_work", "library_logs"]

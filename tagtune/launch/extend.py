@@ -29,6 +29,7 @@ from tagtune.study.config import ConfigError
 from tagtune.study.data import load
 from tagtune.study.folder import (
     BEST,
+    OPTUNA_DB,
     ROUNDS,
     SETTINGS,
     SUMMARY,
@@ -73,7 +74,8 @@ def extend_study(study_dir: str | Path, *, config: str | Path | None = None, ver
                           "replicates beyond the study's", where=str(study_dir))
     best = json.loads((study_dir / BEST).read_text()) if (study_dir / BEST).is_file() else {}
     rounds = read_rounds(study_dir) or [{
-        "round": 1, "ended": _mtime(study_dir / SUMMARY), "added_cells": old.cells,
+        "round": 1, "started": _first_start(study_dir), "ended": _mtime(study_dir / SUMMARY),
+        "added_cells": old.cells,
         "grown_cells": {}, "trials": old.trials, "replicates": old.replicates}]
     rounds.append({
         "round": len(rounds) + 1, "started": now(), "ended": None, "added_cells": added,
@@ -86,6 +88,27 @@ def extend_study(study_dir: str | Path, *, config: str | Path | None = None, ver
     atomic.write_json(study_dir / ROUNDS, rounds, indent=2)
     atomic.write_text(study_dir / SETTINGS, new.to_yaml())
     return run_study(new, verbose=verbose)
+
+
+def _first_start(study_dir: Path) -> str | None:
+    """When the study's first round began: its earliest Optuna study's start (optuna.db holds one
+    study per cell, each with its first trial's start); None where that is not known."""
+    import datetime as dt
+
+    import optuna
+
+    db = study_dir / OPTUNA_DB
+    if not db.is_file():
+        return None
+    try:
+        starts = [s.datetime_start for s in optuna.get_all_study_summaries(f"sqlite:///{db}")
+                  if s.datetime_start is not None]
+    except Exception:  # noqa: BLE001 -- an unreadable optuna.db only loses the date
+        return None
+    if not starts:
+        return None
+    first = min(starts).astimezone(dt.UTC)  # Optuna's datetimes are naive local time
+    return first.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mtime(path: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from tagtune.analysis import gain
 from tagtune.launch import paper_point
 from tagtune.launch.counts import best_per_cell
-from tagtune.launch.display import StudyDisplay, library_logs
+from tagtune.launch.display import StudyDisplay, earlier_work, library_logs
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -101,8 +101,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         init_ray(settings)
         if logs is not None:
             logs.apply()  # ray.init installs Ray's own handlers
-        display = (StudyDisplay(settings.methods, settings.missing, objective=settings.objective)
-                   if verbose == 1 else None)
+        display = (StudyDisplay(settings.methods, settings.missing, objective=settings.objective,
+                                earlier=earlier_work(study_dir)) if verbose == 1 else None)
         out = Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
                                          "source": settings.data}, logs)
         try:

@@ -2,19 +2,20 @@
 
 ``start_ui(study_dir, port, optuna)`` starts ``mlflow ui`` on the study's own store (bound to
 127.0.0.1) and, with ``optuna``, ``optuna-dashboard`` on the study's ``optuna.db``; it returns
-once both answer, with the URLs to open. The MLflow URL is the experiment's runs table
-(``/#/experiments/<id>/runs``): MLflow 3's UI otherwise opens a fresh browser on its GenAI
-overview. A study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local
-UI: its runs-table URL on that server is given instead.
+once both answer, with the URLs to open. The MLflow URL is the experiment's runs page on the
+cells' table (see :func:`comparisons`; before any cell has a run, the plain runs table). A
+study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local UI: the URLs on
+that server are given instead.
 
 Each server runs under :mod:`tagtune.launch.ui_guard` in a session of its own: :meth:`UI.stop`
 ends that whole session (the servers' workers included), and the guard ends it too when this
 process dies in a way no handler sees (SIGKILL), so nothing is left running. The ``tagtune ui``
 command stops them on Ctrl-C, SIGTERM, SIGHUP and on its own parent's death.
 
-Besides the runs table, :func:`comparisons` builds the links a researcher wants first: MLflow's
-compare-runs page of every cell's parent run (its best config and the replicates' test means,
-side by side), and of the replicates of each proportion's winning cell.
+:func:`comparisons` saves the views a researcher wants first in the study's experiment, as
+MLflow's own Share button does, and returns their links: the cells' table with the headline
+metric, method, proportion and best params as its first columns; the cells, then each
+proportion's replicates of every method, as charts led by the headline metric.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 from tagtune.study.config import ConfigError
 
@@ -45,7 +46,7 @@ class UI:
     optuna_url: str | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
     compare: list[tuple[str, str]] = field(default_factory=list)
-    """(what, URL): MLflow's compare-runs pages of the study (see :func:`comparisons`)."""
+    """(what, URL): the study's charts in MLflow's runs page (see :func:`comparisons`)."""
 
     def stop(self, grace_s: float = 4.0) -> None:
         """End every process of the servers' sessions: SIGTERM (the guard ends its server, SIGKILL
@@ -197,27 +198,85 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
                 f"http://127.0.0.1:{optuna_port}/api/meta", "optuna-dashboard", log, timeout_s))
             ui.optuna_url = f"http://127.0.0.1:{optuna_port}/dashboard"
         base = f"http://127.0.0.1:{port}" if local else uri.rstrip("/")
-        ui.compare = comparisons(uri, exp, base)
+        views = comparisons(uri, exp, base)
+        if views:  # the runs page opens on the cells' table; the charts are the comparisons
+            ui.mlflow_url, ui.compare = views[0][1], views[1:]
     except BaseException:
         ui.stop()
         raise
     return ui
 
 
-def compare_url(base: str, experiment: str, run_ids: list[str]) -> str:
-    """MLflow's compare-runs page of ``run_ids`` (its own route: ``#/compare-runs?runs=[...]``)."""
-    runs, exps = (quote(json.dumps(v, separators=(",", ":"))) for v in (run_ids, [experiment]))
-    return f"{base}/#/compare-runs?runs={runs}&experiments={exps}"
+# MLflow 3.17's UI, as its built JavaScript (mlflow/server/js/build) reads them:
+# - the experiment tag ``mlflow.sharedViewState.<key>`` holds a saved view of the runs page (its
+#   "Share" button writes them): an envelope {name, createdAt, updatedAt, state} whose state is
+#   the JSON of the page's search facets (searchFilter, orderByKey, orderByAsc, ...) and view
+#   (selectedColumns, runsHiddenMode, ...); ``?viewStateShareKey=<key>`` in the runs page's URL
+#   opens it;
+# - ``compareRunsMode=CHART`` opens the page's charts, whose default set starts with the
+#   experiment's primary metric (the tag ``mlflow.experiment.primaryMetric.name``).
+SHARED_VIEW = "mlflow.sharedViewState."
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+CELLS_FILTER = "tags.`tagtune.cell_run` != ''"  # the cells' parent runs: not trials, not analysis
+
+
+def view_url(base: str, experiment: str, key: str, charts: bool = False) -> str:
+    """The runs page of ``experiment`` opened on the shared view ``key`` (with ``charts``: its
+    charts, the primary metric's first, beside the runs' list)."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    # workflowType: the UI's GenAI / model-training switch, else from the browser's storage (a
+    # fresh browser: GenAI).
+    return (f"{base}/#/experiments/{experiment}/runs?viewStateShareKey={key}{mode}"
+            f"&workflowType=machine_learning")
+
+
+def view_state(search: str, metric: str, columns: list[str]) -> dict:
+    """A runs-page view: the runs ``search`` finds, best ``metric`` first, ``columns`` (MLflow's
+    canonical keys: ``metrics.`name```, ``tags.`name```, ``params.`name```) in that order, every
+    run shown in the charts (not the first 10)."""
+    return {"searchFilter": search, "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
+            "selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
+            "runListHidden": False, "hideEmptyCharts": True}
+
+
+def headline_charts(metric: str, params: list[str]) -> dict:
+    """The charts of a view: a section of its own, first, holding the ``metric``'s bar chart (one
+    bar a run) and a parallel-coordinates chart of ``params`` against it. MLflow adds a chart per
+    other metric in sections after it (runs without that metric are not in its chart)."""
+    section = "tagtune-headline"
+    card = {"deleted": False, "isGenerated": False, "metricSectionId": section}
+    return {
+        "compareRunSections": [{"uuid": section, "name": f"tagtune: {metric}", "display": True,
+                                "isReordered": True, "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [
+            {**card, "uuid": "tagtune-headline-bar", "type": "BAR", "metricKey": metric,
+             "displayName": metric},
+            {**card, "uuid": "tagtune-headline-parallel", "type": "PARALLEL",
+             "selectedParams": params, "selectedMetrics": [metric], "showAllRuns": True}],
+        "isAccordionReordered": True}
+
+
+def share(client, experiment: str, key: str, name: str, state: dict) -> None:
+    """Save ``state`` as the experiment's shared view ``key`` (what the UI's Share button saves)."""
+    now = int(time.time() * 1000)
+    client.set_experiment_tag(experiment, f"{SHARED_VIEW}{key}", json.dumps(
+        {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
 
 
 def comparisons(tracking_uri: str, experiment: str, base: str) -> list[tuple[str, str]]:
-    """The study's compare-runs links: every cell's parent run (best config, validation score,
-    replicate test means and sd); then, once replicates have finished, the replicates of each
-    proportion's winning cell by the headline metric's mean. Empty before any cell has a run."""
+    """The study's views in MLflow's runs page, each a shared view saved in the experiment
+    (:func:`share`) and its link: the cells' table (the headline metric, method, proportion and
+    best params as its first columns, best first; trials, replicates and the analysis run
+    apart); the cells' charts (the headline metric first: one bar a cell, so every method's best
+    config at every proportion side by side); per proportion, the replicates of every method
+    there (the headline metric first, one bar a seed). Before any replicate has a test result
+    only the table, by validation loss. Empty before any cell has a run."""
     from mlflow.tracking import MlflowClient
 
     from tagtune.launch.preflight import quick_mlflow_http
     from tagtune.launch.tracking import CELL_TAG
+    from tagtune.study.folder import proportion_text
+    from tagtune.study.methods.registry import searched
 
     with quick_mlflow_http():
         client = MlflowClient(tracking_uri)
@@ -225,23 +284,34 @@ def comparisons(tracking_uri: str, experiment: str, base: str) -> list[tuple[str
                                      order_by=["attributes.run_name ASC"])
         if not parents:
             return []
-        out = [(f"each cell's best config and test means ({len(parents)} cells)",
-                compare_url(base, experiment, [r.info.run_id for r in parents]))]
         metric = headline(set().union(*(r.data.metrics for r in parents)))
+        methods = list(dict.fromkeys(r.data.tags.get("method") for r in parents))
+        best_params = list(dict.fromkeys(
+            ["lr", *(p.name for m in methods if m for p in searched(m))]))
+        shown = metric or "val/best_loss"
+        columns = [f"metrics.`{shown}`", "tags.`method`", "tags.`proportion`",
+                   *(f"params.`{p}`" for p in best_params)]
+        out = []
+        share(client, experiment, "tagtune-cells", "tagtune: cells", view_state(
+            CELLS_FILTER, shown, columns) | ({} if metric else {"orderByAsc": True}))
+        out.append((f"the cells' table: {shown}, method, proportion, best params ({len(parents)} cells)",
+                    view_url(base, experiment, "tagtune-cells")))
         if metric is None:
             return out
-        winners: dict[str, tuple[float, str]] = {}  # proportion -> (mean, cell)
-        for r in parents:
-            value, proportion = r.data.metrics.get(metric), r.data.tags.get("proportion")
-            if value is not None and (proportion not in winners or value > winners[proportion][0]):
-                winners[proportion] = (value, r.data.tags[CELL_TAG])
-        cells = sorted(cell for _, cell in winners.values())
-        reps = [r for cell in cells for r in client.search_runs(
-            [experiment], f"tags.cell = '{cell}' and tags.phase = 'replicate'", max_results=1000,
-            order_by=["attributes.run_name ASC"])]
-        if reps:
-            out.append((f"replicates of the best cell per proportion ({', '.join(cells)}; {metric})",
-                        compare_url(base, experiment, [r.info.run_id for r in reps])))
+        client.set_experiment_tag(experiment, PRIMARY_METRIC, metric)
+        share(client, experiment, "tagtune-cells-charts", "tagtune: cells, charts",
+              view_state(CELLS_FILTER, metric, columns[:3]) | headline_charts(metric, ["method", "missing"]))
+        out.append((f"every method's best config per proportion, {metric} plotted first",
+                    view_url(base, experiment, "tagtune-cells-charts", charts=True)))
+        for proportion in sorted({float(r.data.tags["proportion"]) for r in parents}):
+            at = proportion_text(proportion)  # as the cell ids write it (a trial's tag: 0.4)
+            key = f"tagtune-replicates-{at}"
+            share(client, experiment, key, f"tagtune: replicates at {proportion:.0%} removed",
+                  view_state(f"tags.phase = 'replicate' and tags.cell LIKE '%@{at}'", metric,
+                             [f"metrics.`{metric}`", "tags.`method`", "tags.`seed`"])
+                  | headline_charts(metric, ["method", "seed"]))
+            out.append((f"the replicates of every method at {float(proportion):.0%} removed, "
+                        f"{metric} plotted first", view_url(base, experiment, key, charts=True)))
     return out
 
 
@@ -254,5 +324,5 @@ def headline(metrics: set[str]) -> str | None:
                  if m in metrics), None)
 
 
-__all__ = ["UI", "check_port", "comparisons", "compare_url", "experiment_id", "headline",
-           "port_holder", "served", "start_ui"]
+__all__ = ["UI", "check_port", "comparisons", "experiment_id", "headline", "port_holder", "served",
+           "share", "start_ui", "view_state", "view_url"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ray import tune
 
 from tagtune.launch import fusion
-from tagtune.launch.display import DisplayCallback, LibraryLogs, StudyDisplay
+from tagtune.launch.display import DisplayCallback, FiniteTBXLogger, LibraryLogs, StudyDisplay
 from tagtune.launch.ray_start import trial_resources
 from tagtune.launch.scheduler import rungs
 from tagtune.launch.snapshots import CheckpointPruner, SnapshotKeeper
@@ -71,7 +71,8 @@ def run_config(settings: StudySettings, phase: str, experiment_id: str, out: Out
         name=phase,
         storage_path=str(settings.study_dir),
         # The keeper last: Tune asks callbacks for their state after writing its own snapshot.
-        callbacks=[tracking, DisplayCallback(), CheckpointPruner(),
+        callbacks=[tracking, DisplayCallback(), FiniteTBXLogger(),  # no warnings for "not yet"
+                   CheckpointPruner(),
                    SnapshotKeeper(settings.study_dir / phase)],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         # No num_to_keep: it forces an experiment snapshot every few checkpoints of any trial.

@@ -389,10 +389,17 @@ def load_settings(path: str | Path, *, known_only: bool = False, absent: dict[st
         raise ConfigError(unknown[0], "unknown key", where=str(path))
     merged = {**{k: v for k, v in raw.items() if k in known},
               **{k: v for k, v in overrides.items() if v is not None}}
+    if "data" not in merged:  # a mapping without it (an empty file too): StudySettings needs it
+        raise ConfigError("data", "not given: the data file to study (a data: key, or --data)",
+                          where=str(path))
     try:
         return StudySettings(**merged)
     except TypeError as e:
         raise ConfigError("file", str(e), where=str(path)) from None
+    except ConfigError as e:  # a value of the file's (not an override's): name the file
+        if e.field not in raw or overrides.get(e.field) is not None:
+            raise
+        raise ConfigError(e.field, str(e).split(f": {e.field}: ", 1)[-1], where=str(path)) from None
 
 
 def load_study(study_dir: str | Path, **overrides: Any) -> StudySettings:

@@ -44,10 +44,16 @@ def test_analyze_prints_where_everything_is(study_dir, tmp_path):
     assert shown["tracking"].startswith("MLflow run ") and f"sqlite:///{study_dir}" in shown["tracking"]
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == len(CELLS) * (TINY_STUDY["trials"] + TINY_STUDY["replicates"])
-    # The answer first: a header, then one row per proportion, before where the files are.
-    answer = r.stdout.split("\nreport:", 1)[0].strip().splitlines()
-    assert answer[0].split()[:2] == ["removed", "best"] and "margin over B1" in answer[0]
-    assert [row.split()[0] for row in answer[1:]] == [f"{100 * p:.0f}%" for p in TINY_STUDY["missing"]]
+    # The answer first: a title naming the metric, a header, one row per proportion, then the
+    # conclusions it rests on (their last line says where the intervals are), then the files.
+    head = r.stdout.split("\nreport:", 1)[0].strip().splitlines()
+    answer = [line for line in head if line and not line.startswith("- ")]
+    assert answer[0].startswith("the answer, F1 macro (test, full truth) on the replicates"), answer
+    assert answer[1].split()[:2] == ["removed", "best"] and "margin over B1" in answer[1]
+    assert [row.split()[0] for row in answer[2:]] == [f"{100 * p:.0f}%" for p in TINY_STUDY["missing"]]
+    said = [line for line in head if line.startswith("- ")]
+    assert said and said[-1].endswith("their intervals are in the report's paired comparisons."), said
+    assert not [line for line in r.stdout.split("\nreport:", 1)[1].splitlines() if line.startswith("- ")]
     assert "missing" not in shown  # a finished study: nothing reported missing
 
 

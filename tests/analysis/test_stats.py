@@ -164,7 +164,8 @@ def test_conclusions_are_the_clear_differences_after_holm(reps):
     few = reps[reps["seed"] < 3]  # 3 seeds: no verdict anywhere, and it says so
     assert stats.conclusions(stats.summary_table(few, METRIC), stats.paired_comparisons(few, METRIC),
                              METRIC) == ["No comparison with the baselines has the 5 seeds a verdict "
-                                         "needs (6 with fewer): their intervals are in the table below."]
+                                         "needs (6 with fewer): their intervals are in the "
+                                         "report's paired comparisons."]
 
 
 def test_holm_adjusts_step_down_and_leaves_nan_out():

@@ -66,7 +66,7 @@ def test_layers_flags_over_yaml_over_preset(small_yaml):
     (["--method", "mt", "--alpha", "1"], "alpha"),
     (["--method", "mt", "--beta", "-0.5"], "beta"),
     (["--method", "b1", "--lr", "0"], "lr"),
-    (["--method", "b1", "--dropout", "1"], "model.dropout"),
+    (["--method", "b1", "--dropout", "1"], "--dropout: must be in"),  # the flag, not model.dropout
     (["--method", "b2"], "unknown method"),
     (["--method", "b1", "--preset", "audioset"], "unknown preset"),
     ([], "method: not given"),

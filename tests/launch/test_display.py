@@ -70,6 +70,9 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
     out = shown.output + "".join(capfd.readouterr())
     assert shown.exit_code == 0, out[-3000:]
     assert "search    1/1 done" in out and "replicate 1/1 done" in out
+    # Before it started, one line said what it would run and at most how long.
+    assert out.lstrip().startswith("plan: 1 cell (1 method x 1 proportion) x 1 trial x up to 2 "
+                                   "epochs, then 1 replicate per cell; at most ~"), out[:300]
     assert not [n for n in NOISE if n in out], out
     log = (tmp_path / "shown" / LOG_FILE).read_text()
     assert "A new study created" in log and "Configuration for experiment" in log
@@ -78,7 +81,7 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
                                      "--epochs", "1", "--name", "quiet", "--quiet"])
     out = quiet.output + "".join(capfd.readouterr())
     assert quiet.exit_code == 0, out[-3000:]
-    labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyse:")
+    labels = ("study:", "best:", "mlflow:", "log:", "open UI:", "analyze:")
     assert [line.split()[0] for line in out.splitlines()] == [label.split()[0] for label in labels], out
 
 

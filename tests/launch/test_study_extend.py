@@ -125,6 +125,10 @@ def test_extend_by_a_method_searches_and_replicates_the_new_cells(base_study, tm
         ("b1@0.00", "replicate"): 2}
     report = (d / "analysis" / "report.html").read_text()
     assert "round 2 (" in report and "added b0@0.00" in report
+    # Round 1's start is known (its first Optuna trial's), not "?".
+    assert rounds[0]["started"] and rounds[0]["started"] <= rounds[0]["ended"]
+    assert f"round 1 ({rounds[0]['started']} to {rounds[0]['ended']})" in report and "?" not in \
+        report.split("<h2>Rounds</h2>", 1)[1].split("</ul>", 1)[0]
     out = tmp_path / "best"
     assert invoke("export-best", d, "--out", out).exit_code == 0
     assert {p.name for p in out.glob("*.yaml")} >= {"b0_0.00.yaml", "b1_0.00.yaml"}

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -69,13 +68,60 @@ def _browser():
     return pytest.importorskip("playwright.sync_api", reason="no Playwright (pip install playwright)")
 
 
-@pytest.mark.timeout(300)
-def test_ui_shows_the_cells_runs_in_mlflow_and_optuna_dashboard(tiny_study):
+# Where a person looks first on MLflow's pages, read from the page itself.
+# The runs table (ag-grid): its column headers in order, and a column's cells by row.
+HEADERS = """() => [...document.querySelectorAll('.ag-header-row-column [role=columnheader]')]
+  .sort((a, b) => a.getBoundingClientRect().left - b.getBoundingClientRect().left)
+  .map(h => h.innerText.trim()).filter(t => t)"""
+COLUMN = """(name) => {
+  const h = [...document.querySelectorAll('[role=columnheader]')].find(x => x.innerText.trim() === name);
+  if (!h) return null;
+  const id = h.getAttribute('col-id');
+  const out = {};
+  for (const row of document.querySelectorAll('.ag-center-cols-container [role=row]')) {
+    const cell = row.querySelector(`[col-id="${id}"]`);
+    const rid = row.getAttribute('row-id') || row.getAttribute('row-index');
+    if (cell) out[rid] = cell.innerText.trim();
+  }
+  const names = {};
+  for (const row of document.querySelectorAll('[role=row]')) {
+    const a = row.querySelector('a');
+    const rid = row.getAttribute('row-id') || row.getAttribute('row-index');
+    if (a && rid !== null && a.innerText.trim()) names[rid] = a.innerText.trim();
+  }
+  return Object.keys(out).filter(k => names[k]).map(k => [names[k], out[k]]);
+}"""
+# The charts: the first section's title, and its first chart's title and bars (plotly's data:
+# one bar a run, the run ids on the axis and the values as the bars' lengths).
+FIRST_CHART = """() => {
+  const plot = document.querySelector('.js-plotly-plot');
+  if (!plot || !plot.data || !plot.data.length) return null;
+  const up = (test) => { let e = plot; while (e && !test(e.innerText || '')) e = e.parentElement; return e; };
+  const section = up(t => /^[^\\n]+\\n\\(\\d+\\)/.test(t));
+  const card = up(t => t.split('\\n')[0].trim().length > 0 && !/^[\\d.]+$/.test(t.split('\\n')[0].trim()));
+  return {section: section ? section.innerText.split('\\n')[0] : '',
+          card: card ? card.innerText.split('\\n')[0] : '',
+          type: plot.data[0].type, runs: plot.data[0].y, values: plot.data[0].x};
+}"""
+
+
+def _wait_for(page, script: str, arg=None, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = page.evaluate(script, arg) if arg is not None else page.evaluate(script)
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"nothing on the page for {script[:60]!r}")
+
+
+@pytest.mark.timeout(600)  # with the tiny study when it runs first, on 2 busy cores
+def test_ui_opens_mlflow_on_the_headline_metric_and_optuna_dashboard(tiny_study):
     sync_api = _browser()
     settings, result = tiny_study
     port, optuna_port = free_port(), free_port()
     ui = subprocess.Popen([sys.executable, "-m", "tagtune", "ui", str(result.study_dir), "--port",
-                           str(port), "--optuna", "--optuna-port", str(optuna_port)],
+                           str(port), "--optuna", "--optuna-port", str(optuna_port), "--no-browser"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [ui.stdout.readline().strip()]
@@ -86,39 +132,53 @@ def test_ui_shows_the_cells_runs_in_mlflow_and_optuna_dashboard(tiny_study):
         for line in lines:
             if ": " in line and line.split(": ", 1)[0] in ("MLflow runs", "Compare", "Optuna"):
                 urls.setdefault(line.split(":", 1)[0], []).append(line.split(": ", 1)[1].strip())
-        mlflow_url, (optuna_url,) = urls["MLflow runs"][0], urls["Optuna"]
-        assert mlflow_url == f"http://127.0.0.1:{port}/#/experiments/{result.experiment_id}/runs"
-        compare_cells, compare_replicates = urls["Compare"]
+        (table_url,), (optuna_url,) = urls["MLflow runs"], urls["Optuna"]
+        base = f"http://127.0.0.1:{port}/#/experiments/{result.experiment_id}/runs?viewStateShareKey="
+        assert table_url == f"{base}tagtune-cells&workflowType=machine_learning"
+        cells_charts, *replicate_charts = urls["Compare"]
+        assert len(replicate_charts) == len(TINY_STUDY["missing"])
+        metric, parents, ids = _cell_values(result)
         cells = [f"{m}@{p:.2f}" for m in TINY_STUDY["methods"] for p in TINY_STUDY["missing"]]
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(mlflow_url)
-            for cell in cells:  # the parent runs, by name, in the runs table
+            page = browser.new_page(viewport={"width": 1800, "height": 1100})
+            # The runs table: the cells alone, best first; the first columns after the run's
+            # name and date are the headline metric, the method, the proportion, the best lr.
+            page.goto(table_url)
+            for cell in cells:
                 page.get_by_text(cell, exact=True).first.wait_for(timeout=60_000)
-            # Expanding a parent shows its trials and replicates, named for a narrow column.
-            page.get_by_role("row").filter(has_text="mt@0.40").first.get_by_role("button").first.click()
-            for child in ("mt@0.40 #0", "mt@0.40 #1", "mt@0.40 seed 0", "mt@0.40 seed 1"):
-                page.get_by_text(child, exact=True).first.wait_for(timeout=30_000)
+            headers = list(dict.fromkeys(_wait_for(page, HEADERS)))
+            first = [h for h in headers if h not in ("Run Name", "Created", "Duration", "Metrics",
+                                                      "Tags", "Parameters")]
+            assert first[:4] == [metric, "method", "proportion", "lr"], headers
+            shown = dict(_wait_for(page, COLUMN, metric))
+            assert set(shown) == set(cells), shown  # no trial, replicate or analysis run
+            for cell, text in shown.items():
+                assert float(text.rstrip(".…")) == pytest.approx(parents[cell], abs=1e-6), (cell, text)
+            assert page.get_by_text("analysis", exact=True).count() == 0
+            # The cells' charts: the first section is the headline metric's, its first chart a
+            # bar a cell whose lengths are the cells' headline values.
+            page.goto("about:blank")  # a change of the hash alone does not load the new view
+            page.goto(cells_charts)
+            chart = _wait_for(page, FIRST_CHART)
+            assert chart["section"].startswith(f"tagtune: {metric}"), chart
+            assert chart["card"].startswith(metric) and chart["type"] == "bar", chart
+            assert dict(zip(chart["runs"], chart["values"], strict=True)) == pytest.approx(
+                {ids[c]: v for c, v in parents.items()}), chart
+            for axis in ("method", "missing"):  # the parallel coordinates: method, proportion
+                page.get_by_text(axis, exact=True).first.wait_for(timeout=30_000)
+            # Per proportion, every method's replicates: one bar a seed, the headline values.
+            for url, p in zip(replicate_charts, TINY_STUDY["missing"], strict=True):
+                page.goto("about:blank")
+                page.goto(url)
+                chart = _wait_for(page, FIRST_CHART)
+                reps = _replicate_values(result, metric, p)
+                assert chart["section"].startswith(f"tagtune: {metric}") and chart["type"] == "bar"
+                assert dict(zip(chart["runs"], chart["values"], strict=True)) == pytest.approx(reps)
+                assert len(reps) == len(TINY_STUDY["methods"]) * TINY_STUDY["replicates"]
             page.goto(optuna_url)
             for cell in cells:  # one Optuna study per cell
                 page.get_by_text(cell).first.wait_for(timeout=60_000)
-            # The comparison: every cell's parent run side by side, its headline metric's value
-            # on the page as MLflow prints it (3 decimals); then the winners' replicates.
-            metric, parents = _cell_values(result)
-            page.set_viewport_size({"width": 3600, "height": 1400})  # the run columns are virtualised too
-            page.goto(compare_cells)
-            page.get_by_text(f"Comparing {len(cells)} Runs", exact=False).wait_for(timeout=60_000)
-            for cell in cells:
-                page.get_by_text(cell, exact=True).first.wait_for(timeout=30_000)
-            shown = [float(x) for x in _metric_row(page, metric)]
-            assert sorted(shown) == pytest.approx(sorted(parents.values()), abs=6e-4), (shown, parents)
-            page.goto("about:blank")  # a change of the hash alone does not load the new runs
-            page.goto(compare_replicates)
-            n = len(TINY_STUDY["missing"]) * TINY_STUDY["replicates"]  # a winner per proportion
-            page.get_by_text(f"Comparing {n} Runs", exact=False).wait_for(timeout=60_000)
-            for seed in range(TINY_STUDY["replicates"]):
-                page.get_by_text(f" seed {seed}", exact=False).first.wait_for(timeout=30_000)
             browser.close()
     finally:
         ui.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -130,8 +190,8 @@ def test_ui_shows_the_cells_runs_in_mlflow_and_optuna_dashboard(tiny_study):
     assert not _listening(port) and not _listening(optuna_port), "a server was left running"
 
 
-def _cell_values(result) -> tuple[str, dict[str, float]]:
-    """The headline metric of the cells' parent runs, and its value per cell."""
+def _cell_values(result) -> tuple[str, dict[str, float], dict[str, str]]:
+    """The headline metric of the cells' parent runs, its value per cell, the runs' ids."""
     from mlflow.tracking import MlflowClient
 
     from tagtune.launch.tracking import CELL_TAG
@@ -140,38 +200,61 @@ def _cell_values(result) -> tuple[str, dict[str, float]]:
     runs = MlflowClient(result.tracking_uri).search_runs(
         [result.experiment_id], f"tags.`{CELL_TAG}` != ''")
     metric = headline(set().union(*(r.data.metrics for r in runs)))
-    return metric, {r.info.run_name: r.data.metrics[metric] for r in runs}
+    return (metric, {r.info.run_name: r.data.metrics[metric] for r in runs},
+            {r.info.run_name: r.info.run_id for r in runs})
 
 
-def test_the_comparison_links_name_every_cell_and_the_winners_replicates(tiny_study):
-    from urllib.parse import unquote
-
+def _replicate_values(result, metric: str, proportion: float) -> dict[str, float]:
+    """Run id -> headline value of every replicate at ``proportion``, whatever its method."""
     from mlflow.tracking import MlflowClient
 
-    from tagtune.launch.ui import comparisons
+    runs = MlflowClient(result.tracking_uri).search_runs([result.experiment_id], "tags.phase = 'replicate'")
+    return {r.info.run_id: r.data.metrics[metric] for r in runs
+            if float(r.data.tags["proportion"]) == proportion}
+
+
+def test_the_views_are_saved_in_the_experiment_and_find_their_runs(tiny_study):
+    from mlflow.tracking import MlflowClient
+
+    from tagtune.launch.ui import PRIMARY_METRIC, SHARED_VIEW, comparisons
 
     settings, result = tiny_study
     links = comparisons(result.tracking_uri, result.experiment_id, "http://h:1")
-    assert [what.split(" (")[0] for what, _ in links] == [
-        "each cell's best config and test means", "replicates of the best cell per proportion"]
     client = MlflowClient(result.tracking_uri)
-
-    def names(url: str) -> list[str]:
-        ids = json.loads(unquote(url.split("runs=", 1)[1].split("&", 1)[0]))
-        return sorted(client.get_run(i).info.run_name for i in ids)
-
-    assert links[0][1].startswith("http://h:1/#/compare-runs?runs=")
-    assert links[0][1].endswith("&experiments=" + quote(json.dumps([result.experiment_id])))
-    assert names(links[0][1]) == sorted(f"{m}@{p:.2f}" for m in TINY_STUDY["methods"]
-                                        for p in TINY_STUDY["missing"])
-    metric, values = _cell_values(result)
-    winners = {}
-    for cell, v in values.items():
-        p = cell.split("@")[1]
-        if p not in winners or v > values[winners[p]]:
-            winners[p] = cell
-    assert names(links[1][1]) == sorted(f"{c} seed {s}" for c in winners.values()
-                                        for s in range(TINY_STUDY["replicates"]))
+    exp = client.get_experiment(result.experiment_id)
+    metric, parents, ids = _cell_values(result)
+    assert exp.tags[PRIMARY_METRIC] == metric
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
+    keys = [url.split("viewStateShareKey=", 1)[1].split("&", 1)[0] for _, url in links]
+    assert keys == ["tagtune-cells", "tagtune-cells-charts",
+                    *(f"tagtune-replicates-{p:.2f}" for p in TINY_STUDY["missing"])]
+    assert all(url.startswith(f"http://h:1/#/experiments/{result.experiment_id}/runs?") and
+               url.endswith("&workflowType=machine_learning") for _, url in links)
+    assert ["compareRunsMode=CHART" in url for _, url in links] == [False] + [True] * (len(links) - 1)
+    for key in keys:
+        envelope = json.loads(exp.tags[f"{SHARED_VIEW}{key}"])  # what MLflow's Share button saves
+        assert isinstance(envelope["name"], str) and isinstance(envelope["createdAt"], int)
+        state = json.loads(envelope["state"])
+        assert state["selectedColumns"][0] == f"metrics.`{metric}`"
+        assert state["orderByKey"] == f"metrics.`{metric}`" and state["orderByAsc"] is False
+        # Its filter is MLflow's search syntax and finds the runs the view is about.
+        found = client.search_runs([result.experiment_id], state["searchFilter"], max_results=1000)
+        if key.startswith("tagtune-cells"):
+            assert sorted(r.info.run_name for r in found) == sorted(parents)
+        else:
+            p = float(key.rsplit("-", 1)[1])
+            assert {r.info.run_id for r in found} == set(_replicate_values(result, metric, p))
+        if key != "tagtune-cells":
+            (section,) = state["compareRunSections"]
+            bar, parallel = state["compareRunCharts"]
+            assert (bar["type"], bar["metricKey"], bar["metricSectionId"]) == ("BAR", metric,
+                                                                              section["uuid"])
+            assert parallel["type"] == "PARALLEL" and parallel["selectedMetrics"] == [metric]
+    cells_state = json.loads(json.loads(exp.tags[f"{SHARED_VIEW}tagtune-cells"])["state"])
+    assert cells_state["selectedColumns"][:4] == [f"metrics.`{metric}`", "tags.`method`",
+                                                  "tags.`proportion`", "params.`lr`"]
+    # Each searched parameter of the study's methods is a column (MT's alpha and beta, LE's gamma).
+    assert {"params.`alpha`", "params.`beta`", "params.`gamma`"} <= set(cells_state["selectedColumns"])
 
 
 def test_ui_port_in_use_is_one_line_exit_2_naming_its_holder(tiny_study):

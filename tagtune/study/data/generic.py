@@ -268,6 +268,14 @@ def _assemble(path: Path, arrays: dict, classes: np.ndarray, attrs: dict) -> Dat
         raise DataError(path, "meta", "not valid JSON") from e
     if not isinstance(meta, dict):
         raise DataError(path, "meta", "expected a JSON object")
+    # Each label array against the class names, before Split compares them with each other: a
+    # Y of the wrong width is then named as Y (Split alone could only say M differs from Y).
+    for name, a in arrays.items():
+        for key in ("Y", "M", "Y_full"):
+            shape = np.shape(a[key]) if a[key] is not None else None
+            if shape is not None and len(shape) == 2 and shape[1] != len(classes):
+                raise DataError(f"{path}:/{name}", key, f"expected {len(classes)} columns (one per "
+                                f"class name), got shape {tuple(shape)}")
     splits = {
         name: Split(a["X"], a["Y"], a["M"], a["keys"], a["Y_full"], where=f"{path}:/{name}")
         for name, a in arrays.items()

@@ -80,6 +80,11 @@ def study(
     objective: Annotated[str | None, typer.Option(
         help="What the search and model selection optimise: val/loss, val/auprc_macro or "
              "val/f1_macro_tuned (docs/study.md)" + _default("objective"))] = None,
+    rerank: Annotated[int | None, typer.Option(
+        help="Retrain each cell's top N trials on extra seeds and choose the best mean validation "
+             "score; 0 or 1: the single best run (docs/study.md)" + _default("rerank"))] = None,
+    rerank_seeds: Annotated[int | None, typer.Option(
+        help="Extra seeds of each re-ranked trial" + _default("rerank_seeds"))] = None,
     name: Annotated[str | None, typer.Option(
         help="Study name (directory, MLflow experiment)" + _default("name"))] = None,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
@@ -135,7 +140,7 @@ def study(
     overrides = {
         "data": str(data.absolute()) if data else None, "methods": _csv(methods),
         "missing": _csv(missing, float), "trials": trials, "replicates": replicates, "epochs": epochs,
-        "objective": objective,
+        "objective": objective, "rerank": rerank, "rerank_seeds": rerank_seeds,
         "name": name, "address": address or os.environ.get("RAY_ADDRESS"), "storage": storage,
         "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
         "grace_period": grace_period, "fuse": fuse,

@@ -9,7 +9,8 @@ from typing import Any
 
 from ray import tune
 
-from tagtune.launch.objective import better, metric
+from tagtune.launch.objective import metric
+from tagtune.study import objective as objectives
 from tagtune.study import tunestate
 from tagtune.study.folder import (
     SEARCH,
@@ -55,21 +56,30 @@ def _count(counts: dict, cell: str, error: bool, metrics: dict) -> None:
         c["stopped_early"] += 1
 
 
-def best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
-    """Per cell, the trial with the best score under the study's objective among those that ran
-    to the end, over every round's search."""
+def ranked_per_cell(settings: StudySettings) -> dict[str, list[dict[str, Any]]]:
+    """Per cell, the trials that ran to the end over every round's search, best first under the
+    study's objective (an earlier trial first on a tie; NaN last): {"value", "metric",
+    "trial_id", "config"} each."""
     key, _ = metric(settings)
     trials = [t for _, path in phase_dirs(settings.study_dir, SEARCH) if path.is_dir()
               for t in analysis(path).trials]
-    best: dict[str, dict[str, Any]] = {}
+    ranked: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:
         last = trial.last_result or {}
         if not last.get("complete") or key not in last:
             continue  # cut short by ASHA: its score is from a smaller budget
-        cell = trial.config["cell"]
-        if cell not in best or better(last[key], best[cell]["value"], settings):
-            best[cell] = {"value": last[key], "metric": key,  # which score "value" is
-                          "trial_id": trial.trial_id, "config": dict(trial.config)}
+        ranked.setdefault(trial.config["cell"], []).append(
+            {"value": last[key], "metric": key,  # which score "value" is
+             "trial_id": trial.trial_id, "config": dict(trial.config)})
+    for runs in ranked.values():  # stable: ties keep the trials' order
+        runs.sort(key=lambda b: objectives.loss(b["value"], settings.objective))
+    return ranked
+
+
+def best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
+    """Per cell, the trial with the best score under the study's objective among those that ran
+    to the end, over every round's search."""
+    best = {cell: runs[0] for cell, runs in ranked_per_cell(settings).items()}
     missing = set(settings.cells) - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))

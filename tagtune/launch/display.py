@@ -159,7 +159,8 @@ class StudyDisplay:
             f"   elapsed {_clock(time.monotonic() - self.t0)}",
             f"   ~{_clock(eta)} left" if eta is not None else "   estimating time left")
         grid = Table(box=None, pad_edge=False, show_edge=False, header_style="dim")
-        grid.add_column(f"best {self.objective}" if self.phase == "search" else "replicates done")
+        grid.add_column(f"best {self.objective}" if self.phase == "search" else
+                        "re-rank runs done" if self.phase == "rerank" else "replicates done")
         for p in self.missing:
             grid.add_column(f"{100 * p:.0f}% missing", justify="right")
         per_cell: dict[str, int] = {}
@@ -177,6 +178,8 @@ class StudyDisplay:
                     if prior is not None and (best is None or better(prior, best, self.objective)):
                         best = prior
                     row.append(f"{'—' if best is None else f'{best:.4f}'} ({n} done)")
+                elif self.phase == "rerank":
+                    row.append(str(n))
                 else:
                     row.append(str(n + self.earlier.replicates.get(cell, 0)))
             grid.add_row(m.upper(), *row)

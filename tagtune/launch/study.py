@@ -1,4 +1,5 @@
-"""Running a study: search every cell, then retrain each cell's best config with K seeds.
+"""Running a study: search every cell, (with ``rerank``) retrain each cell's top trials on extra
+seeds and choose by their mean, then retrain each cell's best config with K seeds.
 
 ``run_study(settings)`` is the plain function under ``tagtune study``; ``resume_study(dir)``
 under ``tagtune study resume``. What a study directory holds: :mod:`tagtune.study.folder`.
@@ -26,6 +27,7 @@ from tagtune.launch.preflight import (
 )
 from tagtune.launch.ray_start import init_ray, max_concurrent, trial_resources
 from tagtune.launch.replicates import ListSearcher, run_replicates
+from tagtune.launch.rerank import run_rerank
 from tagtune.launch.search import run_search
 from tagtune.launch.snapshot_repair import StudyInterrupted, restore_checked
 from tagtune.launch.tracking import (
@@ -42,6 +44,8 @@ from tagtune.study.data import Dataset, load
 from tagtune.study.folder import (
     BEST,
     PHASES,
+    REPLICATE,
+    RERANK,
     ROUNDS,
     SEARCH,
     SETTINGS,
@@ -93,8 +97,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
     ds = load(settings.data)
     check_supported(settings.methods, ds.observation)
     rnd = round_count(study_dir)  # the round to run: the last one begun (1: never extended)
-    for phase in PHASES:  # before anything is written: a refusal leaves every file as it was
-        restore_checked(settings, phase_dirname(phase, rnd))
+    for phase in (SEARCH, RERANK, REPLICATE):  # before anything is written: a refusal leaves
+        restore_checked(settings, phase_dirname(phase, rnd))  # every file as it was
     _prepare_dir(study_dir, settings)
     with library_logs(study_dir, enabled=verbose < 2) as logs:
         experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
@@ -120,6 +124,8 @@ def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: st
     rnd = round_count(study_dir)
     searcher_summary = run_search(settings, ds, ranges, experiment_id, out, rnd)
     best = best_per_cell(settings)
+    if settings.rerank > 1:  # the top trials on extra seeds: the best by their mean (launch/rerank)
+        best = run_rerank(settings, ds, experiment_id, out, rnd)
     paper = paper_point.paper_trials(study_dir)  # each cell's paper point
     for cell, b in best.items():
         b["paper_trial_id"] = paper.get(cell, {}).get("trial_id")
@@ -175,7 +181,8 @@ def study_trial_ids(study_dir: Path) -> set[str]:
     """Ids of every trial the study's Tune experiments recorded (read from disk, no Ray): from
     each phase's (every round's) newest whole snapshot, a kept generation where the newest is torn."""
     ids: set[str] = set()
-    for _, path in phase_dirs(study_dir):
+    reranks = [study_dir / phase_dirname(RERANK, r) for r in range(1, round_count(study_dir) + 1)]
+    for path in [path for _, path in phase_dirs(study_dir)] + reranks:
         ids |= set(tunestate.recorded_trials(path) or {})
     return ids
 

@@ -236,6 +236,8 @@ def run_name(cell: str, config: dict[str, Any]) -> str:
     """Readable in a narrow column: ``mt@0.40 #7`` (Optuna's trial number), ``mt@0.40 seed 2``."""
     if config.get("phase") == "replicate":  # a paper point's replicate says so
         return f"{cell} seed {config['seed']}" + (" paper point" if config.get("point") else "")
+    if config.get("phase") == "rerank":  # a search trial retrained on another seed
+        return f"{cell} re-rank of {config.get('rerank_of')} seed {config['seed']}"
     number = config.get("optuna_trial")
     return cell if number is None else f"{cell} #{number}"
 

@@ -51,6 +51,11 @@ from tagtune.study.errors import first_line
 SETTINGS = "study.yaml"
 SEARCH, REPLICATE = "search", "replicate"  # the phases, each a Ray Tune experiment directory
 PHASES = (SEARCH, REPLICATE)
+RERANK = "rerank"
+RERANK_SEED = 1000
+"""The re-rank's seeds are seed + RERANK_SEED + j: distinct from every replicate's (seed + r)."""
+"""The re-rank phase's experiment (setting ``rerank``; tagtune.launch.rerank): not one of PHASES,
+which every study has and the analysis reads."""
 BEST = "best.json"
 SUMMARY = "summary.json"
 OPTUNA_DB = "optuna.db"  # one Optuna study per cell, named by the cell id
@@ -63,7 +68,7 @@ ANALYSIS = "analysis"
 ROUNDS = "rounds.json"
 # Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
 STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
-              "reused_checkpoint", "point")
+              "reused_checkpoint", "point", "rerank_of")
 
 
 def proportion_text(proportion: float) -> str:
@@ -224,6 +229,14 @@ class StudySettings:
     """Replicate each cell's paper point (its first trial) on the best config's seeds, so that the
     summary and the report state the search's gain over it (tagtune.analysis.gain); False: only
     the best configs' replicates (as before the setting)."""
+    rerank: int = 0
+    """After the search, retrain each cell's top ``rerank`` complete trials on ``rerank_seeds``
+    extra seeds (seed + 1000 + j: never a replicate's) and choose the config with the best MEAN
+    validation score of the objective over its search run and those seeds (tagtune.launch.rerank):
+    the single best run is partly the luckiest. 0 or 1: the single best run (why the default:
+    docs/study.md)."""
+    rerank_seeds: int = 2
+    """Extra seeds of each re-ranked trial (only with rerank >= 2)."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides for every trial (batch_size, model, lr_decay_epochs ...)."""
 
@@ -244,6 +257,10 @@ class StudySettings:
                      "checkpoint_every"):
             _check(getattr(self, name) >= 1 or (name == "replicates" and self.replicates == 0),
                    name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.rerank >= 0, "rerank", f"must be >= 0, got {self.rerank}")
+        _check(self.rerank_seeds >= 1, "rerank_seeds", f"must be >= 1, got {self.rerank_seeds}")
+        _check(self.rerank < 2 or self.replicates <= RERANK_SEED, "replicates",
+               f"at most {RERANK_SEED} with rerank (the re-rank's seeds start at seed + {RERANK_SEED})")
         _check(self.grace_period <= self.epochs, "grace_period", "must be <= epochs")
         # Ray's rule: a share of one GPU below 1, whole GPUs above.
         gpus = self.gpus_per_trial

@@ -75,5 +75,28 @@ def better(a: float, b: float, objective: str) -> bool:
     return loss(a, objective) < loss(b, objective)
 
 
-__all__ = ["DEFAULT", "LEGACY", "OBJECTIVES", "better", "check", "from_loss", "loss", "mode",
-           "of_logs", "score_key"]
+def mean_score(values: list[float]) -> float:
+    """The mean of a config's scores over its runs (its search run and the re-rank's seeds); NaN
+    if any is NaN or there is none (a run with nothing to score is not evidence for the config)."""
+    values = [float(v) for v in values]
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return math.fsum(values) / len(values)
+
+
+def rerank_choice(scores: dict[str, list[float]], objective: str) -> str:
+    """The re-rank's choice: the candidate (key of ``scores``, in the order of the single-run
+    ranking, best first) whose scores over its runs have the best MEAN under ``objective``; the
+    earlier candidate on a tie; the first where no mean is finite. A single run's best is partly
+    the luckiest seed on a small validation set; the mean over seeds is less so."""
+    if not scores:
+        raise ValueError("rerank_choice: no candidates")
+    chosen = next(iter(scores))
+    for key, values in scores.items():
+        if better(mean_score(values), mean_score(scores[chosen]), objective):
+            chosen = key
+    return chosen
+
+
+__all__ = ["DEFAULT", "LEGACY", "OBJECTIVES", "better", "check", "from_loss", "loss", "mean_score",
+           "mode", "of_logs", "rerank_choice", "score_key"]

@@ -123,3 +123,25 @@ def test_fit_selections_differ_between_objectives(tiny_dataset):
     picked = {name: fit(tiny_dataset, replace(TINY_CONFIG, epochs=6, objective=name, seed=3)).best["epoch"]
               for name in objective.OBJECTIVES}
     assert len(set(picked.values())) > 1, picked
+
+
+def test_rerank_choice_takes_the_best_mean_not_the_best_single_run():
+    from tagtune.study.objective import mean_score, rerank_choice
+
+    # Trial "a" had the best search run (0.80) but its extra seeds fall back (mean 0.60); "b"
+    # holds up (mean 0.70): the re-rank chooses "b".
+    scores = {"a": [0.80, 0.50, 0.50], "b": [0.75, 0.70, 0.65], "c": [0.70, 0.60, 0.60]}
+    assert rerank_choice(scores, "val/auprc_macro") == "b"
+    assert mean_score(scores["b"]) == pytest.approx(0.70)
+    # A minimised objective: the lowest mean wins.
+    losses = {"a": [0.10, 0.40, 0.40], "b": [0.12, 0.20, 0.22]}
+    assert rerank_choice(losses, "val/loss") == "b"
+    # A tie keeps the earlier candidate (the single run's ranking); a NaN run is no evidence: its
+    # candidate is never chosen over a finite mean, and where no mean is finite the first stays.
+    assert rerank_choice({"a": [0.5, 0.7], "b": [0.7, 0.5]}, "val/auprc_macro") == "a"
+    assert rerank_choice({"a": [0.9, math.nan], "b": [0.4, 0.4]}, "val/auprc_macro") == "b"
+    assert rerank_choice({"a": [math.nan], "b": [math.nan]}, "val/auprc_macro") == "a"
+    # One candidate: the re-rank keeps the single best.
+    assert rerank_choice({"a": [0.3]}, "val/f1_macro_tuned") == "a"
+    with pytest.raises(ValueError):
+        rerank_choice({}, "val/auprc_macro")

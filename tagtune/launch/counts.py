@@ -4,6 +4,7 @@ best trial. Each experiment is parsed once per snapshot (:func:`analysis`)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _count(counts: dict, cell: str, error: bool, metrics: dict) -> None:
 
 def ranked_per_cell(settings: StudySettings) -> dict[str, list[dict[str, Any]]]:
     """Per cell, the trials that ran to the end over every round's search, best first under the
-    study's objective (an earlier trial first on a tie; NaN last): {"value", "metric",
+    study's objective (on a tie the earlier Optuna trial first; NaN last): {"value", "metric",
     "trial_id", "config"} each."""
     key, _ = metric(settings)
     trials = [t for _, path in phase_dirs(settings.study_dir, SEARCH) if path.is_dir()
@@ -71,8 +72,9 @@ def ranked_per_cell(settings: StudySettings) -> dict[str, list[dict[str, Any]]]:
         ranked.setdefault(trial.config["cell"], []).append(
             {"value": last[key], "metric": key,  # which score "value" is
              "trial_id": trial.trial_id, "config": dict(trial.config)})
-    for runs in ranked.values():  # stable: ties keep the trials' order
-        runs.sort(key=lambda b: objectives.loss(b["value"], settings.objective))
+    for runs in ranked.values():  # a tie: the earlier Optuna trial (the paper's point first)
+        runs.sort(key=lambda b: (objectives.loss(b["value"], settings.objective),
+                                 b["config"].get("optuna_trial", math.inf)))
     return ranked
 
 

@@ -13,6 +13,8 @@ import yaml
 from tagtune.study import objective
 from tests.conftest import TINY_TRAIN, invoke
 
+# The tests on the study fixture are `long`: a tiny study with a re-rank and a resume, ~2 min on
+# a shared 2-core VM.
 STUDY = dict(methods=("b1",), missing=(0.4,), trials=3, replicates=1, epochs=2, grace_period=2,
              checkpoint_every=2, paper_point=False, rerank=2, rerank_seeds=1)
 
@@ -38,6 +40,7 @@ def study(ray_session, tiny_dataset, tmp_path_factory):
     return settings, run_study(settings, verbose=0)
 
 
+@pytest.mark.long
 def test_the_top_trials_are_rerun_on_extra_seeds_and_the_best_mean_wins(study):
     settings, result = study
     key, name = objective.score_key(settings.objective), settings.objective
@@ -70,6 +73,7 @@ def test_the_top_trials_are_rerun_on_extra_seeds_and_the_best_mean_wins(study):
     assert set(reruns) <= study_trial_ids(result.study_dir)
 
 
+@pytest.mark.long
 def test_a_resume_of_the_finished_study_reruns_nothing(study):
     from tagtune.launch.study import resume_study
 
@@ -80,6 +84,7 @@ def test_a_resume_of_the_finished_study_reruns_nothing(study):
     assert again.best["b1@0.40"]["trial_id"] == result.best["b1@0.40"]["trial_id"]
 
 
+@pytest.mark.long
 def test_extend_refuses_a_change_of_rerank(study, tmp_path):
     settings, result = study
     d = tmp_path / "studies" / result.study_dir.name

@@ -88,8 +88,17 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {rule} | {m['test_full/f1_macro']:.3f} | {m['test_full/f1_macro_tuned']:.3f} | "
                      f"{m['test_full/map']:.3f} | {beat[0]} | {beat[1]} | {gain:+.3f} | "
                      f"{'' if pick is None else sum(r[pick] == 0 for r in rows)} | {len(rows)} |")
-    changed = sum(r["single"] != r["reranked"] for r in rows)
-    lines.append(f"\nThe re-rank chose another config than the single run in {changed} of {len(rows)} cells.")
+    from scipy.stats import binomtest
+
+    changed = [r for r in rows if r["single"] != r["reranked"]]
+    lines.append(f"\nThe re-rank chose another config than the single run in {len(changed)} of {len(rows)} "
+                 "cells; there, re-rank minus single run on the test seeds:")
+    for k in TESTED:
+        d = [r["reranked_test"][k] - r["single_test"][k] for r in changed]
+        up, down = sum(x > 0 for x in d), sum(x < 0 for x in d)
+        p = binomtest(up, up + down).pvalue if up + down else float("nan")
+        lines.append(f"- {k}: mean {statistics.fmean(d) if d else float('nan'):+.3f}, "
+                     f"higher in {up}, lower in {down} (sign test p = {p:.2f})")
     return "\n".join(lines)
 
 
@@ -103,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default="b1,llr,splc")
     p.add_argument("--missing", default="0.4")
     p.add_argument("--seeds", type=int, default=3, help="synthetic worlds (cells per method x proportion)")
+    p.add_argument("--first-world", type=int, default=0, help="the first world's seed (to add worlds)")
     p.add_argument("--configs", type=int, default=8, help="configs per cell (the paper's point first)")
     p.add_argument("--rerank", type=int, default=3, help="top trials re-ranked")
     p.add_argument("--rerank-seeds", type=int, default=2, help="extra seeds of each re-ranked trial")
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in args.datasets.split(","):
         for missing in (float(x) for x in args.missing.split(",")):
             for method in args.methods.split(","):
-                for world in range(args.seeds):
+                for world in range(args.first_world, args.first_world + args.seeds):
                     rows.append(run_cell(dataset, method, missing, world, args))
                     print(f"{time.time() - t0:7.0f}s {dataset} {missing} {method} world {world}: "
                           f"single {rows[-1]['single']} re-rank {rows[-1]['reranked']}", flush=True)

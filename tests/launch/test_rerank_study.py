@@ -100,3 +100,26 @@ def test_extend_refuses_a_change_of_rerank(study, tmp_path):
 def test_bad_rerank_is_one_line_exit_2(data_file, tmp_path):
     out = invoke("study", "--data", data_file, "--storage", tmp_path, "--rerank", "-1")
     assert out.exit_code == 2 and "rerank" in out.stderr and "\n" not in out.stderr.strip()
+
+
+@pytest.mark.long
+def test_an_extension_reranks_only_what_no_earlier_round_ran(study, tmp_path):
+    from tagtune.launch.extend import extend_study
+
+    settings, result = study
+    d = tmp_path / "studies" / result.study_dir.name
+    shutil.copytree(result.study_dir, d, symlinks=True)
+    first = {(c["rerank_of"], c["seed"]) for c, _ in _runs(d / "rerank").values()}
+    grown = extend_study(d, trials=5, verbose=0)
+    key, name = objective.score_key(settings.objective), settings.objective
+    runs = {**_runs(d / "search"), **_runs(d / "search.2")}
+    search = {t: last[key] for t, (_, last) in runs.items() if last.get("complete")}
+    top = sorted(search, key=lambda t: (objective.loss(search[t], name), runs[t][0]["optuna_trial"]))[:2]
+    second = {(c["rerank_of"], c["seed"]) for c, _ in _runs(d / "rerank.2").values()} \
+        if (d / "rerank.2").exists() else set()
+    # Round 2 ran exactly the top 2's (trial, seed) pairs round 1 had not.
+    assert not first & second and first | second >= {(t, settings.seed + 1000) for t in top}
+    assert second == {(t, settings.seed + 1000) for t in top} - first
+    record = json.loads((d / "best.json").read_text())["b1@0.40"]["rerank"]
+    assert [c["trial_id"] for c in record["candidates"]] == top
+    assert grown.best["b1@0.40"]["trial_id"] == record["chosen"]

@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
+	$(BIN)/lint-imports  # the import contracts of pyproject.toml (docs/architecture.md)
 	$(BIN)/python -m pytest -q -m "not slow and not cluster and not long" -p no:cacheprovider
 
 # The second tier, which CI runs too (.ci/run): kill-and-resume and lost-server scenarios
@@ -31,6 +32,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
+	$(BIN)/lint-imports
 
 # Whole-process timings, ratios against a baseline measured in the same run (quiet machine!).
 bench: $(STAMP)

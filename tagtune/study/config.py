@@ -11,51 +11,31 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-ARCHS: tuple[str, ...] = ("residual", "paper")
-"""``residual``: softmax attention, a residual around every embedding layer (tagtune's);
-``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
-raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
-DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-"""Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
-"""Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native (tagtune.study.precision)."""
-DEFAULT_PRECISION = "auto"  # bf16 where native: safe by the science check, faster (docs/precision.md)
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings per dataset (Sec. 4), on tagtune's default network; the openmic
-    # values are also TrainConfig's defaults. (The -paper presets are added below.)
-    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
-                "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
-    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
-              "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
-}
+# The layer below (torch-free, free of the methods), re-exported: these names have always been
+# read from here.
+from tagtune.study.configbase import (
+    ARCHS,
+    DEFAULT_ARCH,
+    DEFAULT_PRECISION,
+    DEVICES,
+    PRECISIONS,
+    PRESETS,
+    ModelConfig,
+    _check,
+)
+from tagtune.study.errors import ConfigError
 
-
-def __getattr__(name: str) -> Any:
-    # METHODS and METHOD_PARAMS are the method modules' declarations, read when first asked for:
-    # the registry imports the methods (torch), which import this module.
-    if name in ("METHODS", "METHOD_PARAMS"):
-        from tagtune.study.methods import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The methods' declarations: the registry imports the method modules, which read only the layer
+# below (configbase, errors) and import torch on first use, so this import makes no cycle and
+# loads no torch.
+from tagtune.study.methods.registry import METHOD_PARAMS, METHODS, check_config, get, owners
 
 
 def applies(method: str, name: str) -> bool:
     """Whether TrainConfig field ``name`` means something for ``method``: a common field, or one of
     the method's own parameters (METHOD_PARAMS, declared in its module)."""
-    from tagtune.study.methods.registry import owners
-
     found = owners(name)
     return not found or method in found
-
-
-class ConfigError(ValueError):
-    """A config value out of range or unknown; the message is one line naming the field."""
-
-    def __init__(self, field: str, problem: str, where: str = "config"):
-        self.field = field
-        super().__init__(f"{where}: {field}: {problem}")
 
 
 def typed(name: str, kind: str, v: Any, where: str = "config") -> Any:
@@ -84,27 +64,6 @@ def output_dir(path: str | Path, field: str = "out") -> Path:
     except OSError as e:
         raise ConfigError(field, f"cannot make the directory ({e.strerror})", where=str(path)) from None
     return path
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The attention multiple-instance model (Kong et al. 2018; Gururani et al. 2019)."""
-
-    layers: int = 3
-    """L: number of embedding layers (Linear + BatchNorm + ReLU + dropout)."""
-    hidden: int = 128
-    """H: width of the embedding layers."""
-    dropout: float = 0.6
-    """Dropout rate after every embedding layer."""
-    arch: str = DEFAULT_ARCH
-    """Network: residual (softmax attention, per-layer residuals) or paper (the paper's code's:
-    clamped sigmoid attention, one skip from the raw input; needs hidden == the input's F)."""
-
-    def __post_init__(self) -> None:
-        _check(self.arch in ARCHS, "arch", f"unknown network {self.arch!r}; use one of {', '.join(ARCHS)}")
-        _check(self.layers >= 0, "layers", f"must be >= 0, got {self.layers}")
-        _check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
-        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -184,8 +143,6 @@ class TrainConfig:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
         object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
-        from tagtune.study.methods.registry import check_config
-
         check_config(self)  # the method's name, then every method parameter's declared range
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -200,15 +157,6 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "precision",
                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
-
-# The paper's exact setup as its code ran it: its network, Adam (wd 1e-5, batch 64, 100
-# epochs, lr halved every 30), the EMA warm-up, MT reported from the student, and the
-# learning rate of each method's run script (PAPER_LR; applied by preset_config).
-_PAPER_RUN = {"weight_decay": 1e-5, "batch_size": 64, "epochs": 100, "lr_decay_epochs": [30, 60, 90],
-              "lr_decay": 0.5, "rampup_epochs": 0, "ema_warmup": True, "mt_select": "student"}
-for _name in ("openmic", "sonyc"):
-    PRESETS[f"{_name}-paper"] = {**PRESETS[_name], **_PAPER_RUN,
-                                 "model": {**PRESETS[_name]["model"], "arch": "paper"}}
 
 PAPER_LR: dict[str, dict[str, float]] = {
     # Adam's lr in the paper's run scripts (SiddGururani/audio_missing_labels, src/run_*.py at
@@ -229,8 +177,6 @@ def paper_lr(preset: str, method: str) -> float:
     dataset = preset.removesuffix("-paper")
     if dataset not in PAPER_LR:
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    from tagtune.study.methods.registry import get
-
     get(method)  # an unknown method is a ConfigError
     return PAPER_LR[dataset].get(method, NEWER_LR)
 
@@ -245,11 +191,6 @@ def preset_config(preset: str, method: str | None) -> dict[str, Any]:
     if preset.endswith("-paper") and method is not None:
         d["lr"] = paper_lr(preset, method)
     return d
-
-
-def _check(ok: bool, name: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(name, problem)
 
 
 def check_proportion(p: float, field: str = "missing", where: str = "config") -> None:
@@ -309,7 +250,7 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "NEWER_LR",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "NEWER_LR",
            "PAPER_LR", "PRECISIONS", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

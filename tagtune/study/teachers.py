@@ -41,9 +41,8 @@ from tagtune.study import atomic
 from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.methods import hooks, stages
+from tagtune.study.methods.le import TEACHER_LR  # declared by LE, whose teacher it is
 
-TEACHER_LR = 1e-3
-"""The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
 TEACHER_FILE, META_FILE, LOCK_FILE, LOG_FILE = "teacher.pt", "meta.json", "lock", "trainings.jsonl"
 # Every method-specific field (METHOD_PARAMS): B0 reads none of them.
 _UNUSED_BY_B0 = tuple(sorted({name for names in METHOD_PARAMS.values() for name in names}))

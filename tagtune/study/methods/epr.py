@@ -14,11 +14,14 @@ can tell, and an underestimate where positives go missing too.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "epr"
 LABEL = "EPR"

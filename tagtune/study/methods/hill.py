@@ -18,12 +18,14 @@ BCE's scale, so the learning rates of the other methods carry over.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "hill"
 LABEL = "Hill"

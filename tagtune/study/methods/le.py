@@ -23,16 +23,18 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from tagtune.study.config import PRESETS, ConfigError, TrainConfig
+from tagtune.study.configbase import PRESETS
+from tagtune.study.errors import ConfigError
+from tagtune.study.lazy import torch
 from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
 from tagtune.study.methods.declare import Bounds, Param, Search
-from tagtune.study.model import predict
 
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
     from tagtune.study.checkpoint import FitState
+    from tagtune.study.config import TrainConfig
 
 NAME = "le"
 LABEL = "LE"
@@ -52,6 +54,9 @@ SEARCHED = (GAMMA,)
 
 STAGES = ("teacher", "student")
 SHARED_TEACHER = True
+TEACHER_LR = 1e-3
+"""The shared teacher's Adam lr, a study's ``le_teacher_lr``: the paper's, for every method (its
+public code's hparams)."""
 """Stage 1 can be given to the fit (a B0 fit's model): a study's trials share it (tagtune.study.teachers)."""
 
 
@@ -86,6 +91,8 @@ def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> n
 def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
                   gamma: float) -> tuple[Tensor, float]:
     """The student's (N, C) float training mask, and the fraction of missing labels masked."""
+    from tagtune.study.model import predict  # the network (torch) only when a stage ends
+
     observed = M.numpy() > 0
     enhanced = enhance(predict(teacher, X), Y.numpy(), observed, gamma)
     n_missing = int((~observed).sum())

@@ -20,10 +20,13 @@ tagtune.study.teachers): it depends on alpha and beta, which the trials search. 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import torch
 from tagtune.study.methods import ALL, Batch, MethodState, le, mt
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "lemt"
 LABEL = "LE+MT"

@@ -24,13 +24,14 @@ No state of its own: the rate follows from the epochs completed, which a checkpo
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "llr"
 LABEL = "LL-R"

@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from tagtune.study.config import PRESETS, TrainConfig
+from tagtune.study.configbase import PRESETS
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from tagtune.study.config import TrainConfig
 
 NAME = "mt"
 LABEL = "MT"
@@ -110,10 +113,10 @@ def ema_decay(alpha: float, step: int, warmup: bool) -> float:
     return min(1.0 - 1.0 / (step + 1), alpha) if warmup else alpha
 
 
-@torch.no_grad()
 def after_step(state: MethodState) -> None:
     """theta' <- alpha_t * theta' + (1 - alpha_t) * theta, for every parameter."""
     teacher = list(state.teacher.parameters())
     student = list(state.model.parameters())
     alpha_t = ema_decay(state.cfg.alpha, state.step, state.cfg.ema_warmup)
-    torch._foreach_lerp_(teacher, student, 1.0 - alpha_t)
+    with torch.no_grad():  # not a decorator: torch is imported on first use (tagtune.study.lazy)
+        torch._foreach_lerp_(teacher, student, 1.0 - alpha_t)

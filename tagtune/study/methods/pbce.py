@@ -15,13 +15,14 @@ the mean over clips. Needs observed negatives, like B1.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "pbce"
 LABEL = "Partial BCE"

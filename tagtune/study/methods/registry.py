@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tagtune.study.config import ConfigError
+from tagtune.study.errors import ConfigError
 from tagtune.study.methods.declare import Param
 
 SHARED = ("declare", "registry")

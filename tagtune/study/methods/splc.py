@@ -19,13 +19,15 @@ only). Mean over entries (their sum): see :mod:`~tagtune.study.methods.hill`.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.methods.hill import EPS, FOCAL_GAMMA, MARGIN
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "splc"
 LABEL = "SPLC"

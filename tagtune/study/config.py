@@ -7,6 +7,7 @@ Ray Tune's config, MLflow params) with :func:`to_dict` / :func:`from_dict`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,16 @@ from tagtune.study.errors import ConfigError
 # The methods' declarations: the registry imports the method modules, which read only the layer
 # below (configbase, errors) and import torch on first use, so this import makes no cycle and
 # loads no torch.
-from tagtune.study.methods.registry import METHOD_PARAMS, METHODS, check_config, get, owners
+from tagtune.study.methods.registry import (
+    METHOD_PARAMS,
+    METHODS,
+    PARAMS,
+    as_flat,
+    check_config,
+    get,
+    make_params,
+    owners,
+)
 
 
 def applies(method: str, name: str) -> bool:
@@ -66,9 +76,10 @@ def output_dir(path: str | Path, field: str = "out") -> Path:
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainConfig:
-    """One training run of one method."""
+    """One training run of one method: the fields every method reads, and ``params``, the method's
+    own (constructed by name: ``TrainConfig(method="le", gamma=50.0)``, as configs name them)."""
 
     method: str = "b1"
     """One of METHODS: b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean
@@ -87,38 +98,11 @@ class TrainConfig:
     """Step-decay factor."""
     patience: int | None = None
     """Stop a stage after this many epochs without a better validation loss (None = never)."""
-    # The methods' own parameters, flat (the names of configs, MLflow params, checkpoints and
-    # exported YAML). Each is declared -- type, valid range, default, help, search range -- in the
-    # module of its method (tagtune.study.methods.<name>), which __post_init__ checks against; its
-    # default here is that declaration's (a test compares them), the paper's from PRESETS.
-    gamma: float = PRESETS["openmic"]["gamma"]
-    """LE, LE+MT: the teacher's score percentile at or above which missing labels are masked."""
-    le_teacher_lr: float | None = None
-    """LE, LE+MT: the stage-1 teacher's initial lr (None = lr)."""
-    alpha: float = PRESETS["openmic"]["alpha"]
-    """MT, LE+MT: EMA decay of the teacher."""
-    ema_warmup: bool = True
-    """MT, LE+MT: decay min(1 - 1/(t + 1), alpha) at optimizer step t (the paper's code)."""
-    mt_select: str = "teacher"
-    """MT, LE+MT: the network selected, evaluated and exported (teacher or student)."""
-    beta: float = PRESETS["openmic"]["beta"]
-    """MT, LE+MT: weight of the consistency loss."""
-    rampup_epochs: int = 0
-    """MT, LE+MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
-    delta_rel: float = 0.002
-    """LL-R: growth per epoch of the share of a batch's entries rejected."""
-    hill_lambda: float = 1.5
-    """Hill: lambda of the negative term (lambda - p) p^2."""
-    margin: float = 1.0
-    """Hill, SPLC: margin subtracted from a positive's logit."""
-    focal_gamma: float = 2.0
-    """Hill, SPLC: focusing exponent of the focal margin loss."""
-    splc_tau: float = 0.6
-    """SPLC: a missing label scored above tau counts as a positive from the second epoch on."""
-    pbce_gamma: float = 1.0
-    """Partial BCE: exponent of the normalisation g(p)."""
-    epr_k: float | None = None
-    """EPR: expected number of positives per clip (None: the mean observed per training clip)."""
+    params: Any = None
+    """The method's own parameters: an instance of its module's ``Params`` dataclass
+    (tagtune.study.methods.<name>; e.g. LE's gamma, MT's alpha). A mapping of them, or None for
+    their defaults, becomes one on construction. Configs, CLI flags, MLflow params and exported
+    YAML name them flat, beside the common fields (:func:`to_dict`, :func:`from_dict`)."""
     missing: float = 0.0
     """Proportion of observed training labels removed before training (the paper's Fig. 5)."""
     seed: int = 0
@@ -139,11 +123,29 @@ class TrainConfig:
     CPU path is deterministic either way)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __init__(self, **values: Any) -> None:
+        # Written out, not the dataclass's: a method's parameters are taken by name too, flat
+        # (``gamma=50.0``), beside or instead of ``params`` -- what dataclasses.replace passes.
+        flat = {k: values.pop(k) for k in list(values) if k in PARAMS}
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(f"TrainConfig.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        for name, f in known.items():
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, name, values.get(name, default))
+        if flat:
+            params = self.params
+            given = as_flat(params) if dataclasses.is_dataclass(params) else dict(params or {})
+            object.__setattr__(self, "params", {**given, **flat})
+        self.__post_init__()
+
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
         object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
-        check_config(self)  # the method's name, then every method parameter's declared range
+        check_config(self)  # the method's name, then its parameters, each by its declared range
+        object.__setattr__(self, "params", make_params(self.method, self.params))
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -201,8 +203,16 @@ def check_proportion(p: float, field: str = "missing", where: str = "config") ->
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain nested dict (lists for tuples), ready for YAML / JSON."""
-    d = asdict(cfg)
+    """Plain nested dict (lists for tuples), ready for YAML / JSON: the method's parameters flat,
+    where the config's fields were (``{"method": "le", ..., "gamma": 10.0, ..., "missing": ...}``)."""
+    d: dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.name == "params":
+            d.update(as_flat(cfg.params))
+        elif f.name == "model":
+            d["model"] = asdict(cfg.model)
+        else:
+            d[f.name] = getattr(cfg, f.name)
     d["lr_decay_epochs"] = list(cfg.lr_decay_epochs)
     return d
 
@@ -212,10 +222,14 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
     if not isinstance(d, dict):
         raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(d).__name__}")
     known = {f.name: f for f in fields(cls)}
+    params: dict[str, Any] = {}
+    if "params" in known:  # TrainConfig: the method's parameters, flat beside its fields
+        params = {k: _typed_param(prefix + k, v) for k, v in d.items() if k in PARAMS}
+        d = {k: v for k, v in d.items() if k not in PARAMS}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(prefix + unknown[0], "unknown key")
-    kwargs = {}
+    kwargs: dict[str, Any] = {"params": params} if params else {}
     for k, v in d.items():
         f = known[k]
         default = f.default if f.default is not MISSING else None
@@ -240,6 +254,13 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
         raise ConfigError(prefix.rstrip(".") or "config", str(e)) from None
 
 
+def _typed_param(name: str, v: Any) -> Any:
+    p = PARAMS[name.rsplit(".", 1)[-1]]
+    if v is None and p.optional:
+        return v
+    return typed(name, {bool: "bool", int: "int", float: "float", str: "str"}[p.kind], v)
+
+
 def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     """``cfg`` with ``overrides`` applied (``model`` may be a partial dict), re-validated."""
     d = to_dict(cfg)
@@ -251,6 +272,6 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "NEWER_LR",
-           "PAPER_LR", "PRECISIONS", "PRESETS",
+           "PARAMS", "PAPER_LR", "PRECISIONS", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

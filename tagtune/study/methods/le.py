@@ -20,6 +20,7 @@ peek at labels removed to simulate missing ones (the paper's SONYC code could).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +50,16 @@ GAMMA = Param("gamma", float, PRESETS["openmic"]["gamma"], "percentile (0-100) o
 LE_TEACHER_LR = Param("le_teacher_lr", float, None, "the stage-1 teacher's initial lr (none: lr); a study "
                       "fixes it so that the trials of a cell share one teacher", Bounds(0, low_open=True),
                       optional=True)
-PARAMS = (GAMMA, LE_TEACHER_LR)
+
+
+@dataclass(frozen=True)
+class Params:
+    """LE's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    gamma: float = GAMMA.field()
+    le_teacher_lr: float | None = LE_TEACHER_LR.field()
+
+
 SEARCHED = (GAMMA,)
 
 STAGES = ("teacher", "student")
@@ -103,7 +113,7 @@ def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
 def stage_lr(cfg: TrainConfig, stage: str) -> float:
     """The stage's initial lr: ``le_teacher_lr`` for the teacher where set, else ``lr`` (the student
     always starts at ``lr``, fresh)."""
-    return cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
+    return cfg.params.le_teacher_lr if stage == "teacher" and cfg.params.le_teacher_lr is not None else cfg.lr
 
 
 def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
@@ -112,7 +122,7 @@ def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: Train
     fs.le_teacher = teacher
     net = copy.deepcopy(fs.model)
     net.load_state_dict(teacher)
-    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.gamma)
+    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.params.gamma)
     fs.train_M = M.to(train.X.device)
 
 

@@ -20,6 +20,7 @@ tagtune.study.teachers): it depends on alpha and beta, which the trials search. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tagtune.study.lazy import torch
@@ -34,7 +35,13 @@ SUMMARY = "LE with MT's EMA-teacher consistency in both stages"
 SOURCE = "Gururani & Lerch 2021, its future work"
 ORDER = 4
 OBSERVATIONS = ALL
-PARAMS = le.PARAMS + mt.PARAMS
+
+
+@dataclass(frozen=True)
+class Params(mt.Params, le.Params):  # fields in reverse order of the bases: LE's, then MT's
+    """LE+MT's parameters: LE's and MT's (their declarations, not copies)."""
+
+
 SEARCHED = le.SEARCHED + mt.SEARCHED
 
 # LE's stages, boundary and teacher lr; MT's EMA teacher, selection and update, in each stage.

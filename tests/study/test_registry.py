@@ -207,3 +207,27 @@ def test_a_config_from_before_holds_every_methods_parameters_and_still_loads():
         from_dict(TrainConfig, {**before, "alpha": 1.5})
     with pytest.raises(ConfigError, match="config: gamma_typo: unknown key"):
         from_dict(TrainConfig, {**before, "gamma_typo": 1.0})
+
+
+BROKEN = {  # a method module's mistake, and the one line that names it
+    "Params = dict\n": "Params: must be a frozen dataclass",
+    "begin_stage = lambda fs, previous: None\n":
+        "begin_stage: must take 4 argument(s), as Hooks.begin_stage says",
+    "SEARCHED = (ZERO_WIDTH,)\n": "SEARCHED: zero_width not in its Params",
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(BROKEN))
+def test_a_broken_method_module_is_one_line_naming_it_on_import(tmp_path, mistake):
+    copy = tmp_path / "tagtune"
+    shutil.copytree(ROOT / "tagtune", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    params = "@dataclass(frozen=True)\nclass Params:\n    zero_width: float = ZERO_WIDTH.field()\n"
+    module = NEW_METHOD.replace(params, "") if mistake.startswith("SEARCHED") else NEW_METHOD
+    (copy / "study/methods/zero.py").write_text(module + mistake)
+    done = subprocess.run([sys.executable, "-O", "-c", "import tagtune.study.config"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode != 0  # under -O too: not an assert
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("tagtune.study.methods.registry.MethodDeclarationError: "
+                    f"tagtune/study/methods/zero.py: {BROKEN[mistake]}"), done.stderr[-2000:]

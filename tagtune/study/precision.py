@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tagtune.study.config import PRECISIONS, ConfigError
+from tagtune.study.configbase import PRECISIONS
+from tagtune.study.errors import ConfigError
 
 LOWP = torch.bfloat16
 """The low-precision dtype of ``bf16``."""

@@ -4,6 +4,7 @@ best trial. Each experiment is parsed once per snapshot (:func:`analysis`)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,19 @@ def best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
         if not last.get("complete") or key not in last:
             continue  # cut short by ASHA: its score is from a smaller budget
         cell = trial.config["cell"]
-        if cell not in best or better(last[key], best[cell]["value"], settings):
+        # A tie (a ranking metric on a few observed labels ties often) goes to the earliest Optuna
+        # trial, the paper's point first (the analysis' best_configs keeps the same rule).
+        held = best.get(cell)
+        if held is None or better(last[key], held["value"], settings) or (
+                last[key] == held["value"]
+                and _order(trial.config, trial.trial_id) < _order(held["config"], held["trial_id"])):
             best[cell] = {"value": last[key], "metric": key,  # which score "value" is
                           "trial_id": trial.trial_id, "config": dict(trial.config)}
     missing = set(settings.cells) - set(best)
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
     return dict(sorted(best.items()))
+
+
+def _order(config: dict[str, Any], trial_id: str) -> tuple[float, str]:
+    return config.get("optuna_trial", math.inf), trial_id

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu lint bench science clean
+.PHONY: demo test test-long test-gpu lint bench science clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/lint-imports  # the import contracts of pyproject.toml (docs/architecture.md)
+	$(BIN)/python -m pytest -q -m "not slow and not cluster and not long" -p no:cacheprovider
+
+# The second tier, which CI runs too (.ci/run): kill-and-resume and lost-server scenarios
+# (marker cluster), every UI ending, the study extensions and the bench smoke runs (marker long).
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m "(cluster or long) and not slow" -p no:cacheprovider
 
 # The GPU tests (tests/gpu) on a GPU node, which has no venv and no internet: installs nothing, runs
 # with the venv's python where there is one, else python3. TAGTUNE_GPU_TESTS_ON=cpu: a dry run here.
@@ -26,6 +32,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tagtune tests bench
+	$(BIN)/lint-imports
 
 # Whole-process timings, ratios against a baseline measured in the same run (quiet machine!).
 bench: $(STAMP)

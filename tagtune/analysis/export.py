@@ -69,7 +69,8 @@ def write_best(study: StudyFiles, table: pd.DataFrame, out: str | Path,
         atomic.write_text(path, _header(study, cell, best[cell], reps, metric)
                           + yaml.safe_dump(config, sort_keys=False))
         paths.append(path)
-        combined[cell] = {"validation_loss": best[cell]["value"],
+        # The best trial's score under the study's objective (val/loss in studies from before it).
+        combined[cell] = {"selection_score": best[cell]["value"], "objective": study.settings.objective,
                           "search_trial": best[cell]["trial_id"], "file": path.name,
                           "replicate_seeds": [seed + r for r in range(study.settings.replicates)],
                           "config": config}

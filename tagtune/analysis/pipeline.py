@@ -96,7 +96,7 @@ def _best_frame(best: dict[str, dict]) -> pd.DataFrame:
         cfg = train_config(b["config"])
         rows.append({"cell": cell, "method": cfg.method, "proportion": cfg.missing,
                      "selection_score": b["value"], "trial_id": b["trial_id"], "lr": cfg.lr,
-                     **{k: getattr(cfg, k) if applies(cfg.method, k) else math.nan for k in HPARAMS}})
+                     **{k: getattr(cfg.params, k) if applies(cfg.method, k) else math.nan for k in HPARAMS}})
     return pd.DataFrame(rows, columns=["cell", "method", "proportion", "selection_score",
                                        "trial_id", "lr", *HPARAMS])
 

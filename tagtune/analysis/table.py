@@ -255,11 +255,16 @@ def best_configs(study: StudyFiles, df: pd.DataFrame) -> dict[str, dict[str, Any
     done = done[done[selection].notna()] if selection in done else done.iloc[0:0]
     out = {}
     for cell, group in done.groupby("cell"):
-        row = group.loc[group[selection].idxmin() if lowest else group[selection].idxmax()]
-        trial_dir = next(p for _, d in phase_dirs(study.dir, SEARCH) for p in d.glob(f"*_{row['trial_id']}"))
-        config = json.loads((trial_dir / "params.json").read_text())
-        out[str(cell)] = {"value": float(row[selection]), "metric": selection, "trial_id": row["trial_id"],
-                          "config": config}
+        top = group[group[selection] == (group[selection].min() if lowest else group[selection].max())]
+        # A tie (a ranking metric on a few observed labels ties often) goes to the earliest Optuna
+        # trial, the paper's point first: the rule of tagtune.launch.counts.best_per_cell.
+        configs = {}
+        for tid in top["trial_id"]:
+            trial_dir = next(p for _, d in phase_dirs(study.dir, SEARCH) for p in d.glob(f"*_{tid}"))
+            configs[tid] = json.loads((trial_dir / "params.json").read_text())
+        tid = min(configs, key=lambda t: (configs[t].get("optuna_trial", math.inf), t))
+        out[str(cell)] = {"value": float(top.loc[top["trial_id"] == tid, selection].iloc[0]),
+                          "metric": selection, "trial_id": tid, "config": configs[tid]}
     return out
 
 

@@ -74,7 +74,7 @@ def ranked_per_cell(settings: StudySettings) -> dict[str, list[dict[str, Any]]]:
              "trial_id": trial.trial_id, "config": dict(trial.config)})
     for runs in ranked.values():  # a tie: the earlier Optuna trial (the paper's point first)
         runs.sort(key=lambda b: (objectives.loss(b["value"], settings.objective),
-                                 b["config"].get("optuna_trial", math.inf)))
+                                 b["config"].get("optuna_trial", math.inf), b["trial_id"]))
     return ranked
 
 
@@ -86,3 +86,4 @@ def best_per_cell(settings: StudySettings) -> dict[str, dict[str, Any]]:
     if missing:
         log.warning("no trial ran to the end in cells %s: they get no replicates", sorted(missing))
     return dict(sorted(best.items()))
+

@@ -17,7 +17,9 @@ alone would (:class:`tagtune.study.trainable.Reporter`: the same keys, the same 
   the member tells its stack on the way out and is dropped from the next round. A member whose
   fit ended (every epoch, or patience) leaves the same way.
 - :class:`StackRegistry` (one per study phase, no resources) deals members to stacks: a cell's
-  members fill one stack up to ``fuse``, then the next; a stack whose members have all left is
+  members that share what a stack must (``stacked.stack_key``: the network, batch size, epochs,
+  device, precision; a searched ``arch`` splits a cell) fill one stack up to ``fuse``, then the
+  next; a stack whose members have all left is
   ended, giving its resources back. The searcher deals a cell's trials ``fuse`` in a row (a
   batch ask of Optuna's TPE with the constant liar), so a stack fills with one cell's trials.
 - Resume: a member's checkpoint is an ordinary trial's (fused or not, it resumes either way).
@@ -188,21 +190,22 @@ class StackRegistry:
     def __init__(self, dataset_ref: list, fuse: int, resources: dict[str, float], teacher_cache: str | None):
         self.ds_ref, self.fuse = dataset_ref[0], fuse
         self.resources, self.teacher_cache = resources, teacher_cache
-        self.stacks: list[dict[str, Any]] = []  # {"cell", "actor", "members": set of trial ids}
+        self.stacks: list[dict[str, Any]] = []  # {"cell", "key", "actor", "members": set of trial ids}
 
-    def assign(self, cell: str, trial_id: str) -> Any:
-        """The stack ``trial_id`` joins: its cell's newest with room, or a new one."""
+    def assign(self, cell: str, trial_id: str, key: tuple = ()) -> Any:
+        """The stack ``trial_id`` joins: the newest with room of its cell and ``key`` (what a
+        stack's members share: tagtune.study.stacked.stack_key), or a new one."""
         for s in self.stacks:
             if trial_id in s["members"]:  # a retried member: its stack again
                 return s["actor"]
         for s in self.stacks:
-            if s["cell"] == cell and len(s["members"]) < self.fuse:
+            if s["cell"] == cell and s["key"] == key and len(s["members"]) < self.fuse:
                 s["members"].add(trial_id)
                 return s["actor"]
         options = {"num_cpus": self.resources.get("cpu", 1), "num_gpus": self.resources.get("gpu", 0),
                    "max_concurrency": 1000}  # every member's request open at once (async actor)
         actor = ray.remote(StackActor).options(**options).remote(self.ds_ref, self.teacher_cache)
-        self.stacks.append({"cell": cell, "actor": actor, "members": {trial_id}})
+        self.stacks.append({"cell": cell, "key": key, "actor": actor, "members": {trial_id}})
         return actor
 
     def release(self, trial_id: str) -> None:
@@ -256,7 +259,13 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     reporter = Reporter(config, report_at)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
-    stack = ray.get(stacks.assign.remote(config["cell"], trial_id))
+    from tagtune.study.folder import train_config
+    from tagtune.study.stacked import stack_key
+
+    # Keyed by what a stack shares, not by cell alone: a searched network (arch, layers ...)
+    # varies within a cell, and a member unlike its stack would fail (Stack.add refuses it).
+    key = stack_key(train_config(config))
+    stack = ray.get(stacks.assign.remote(config["cell"], trial_id, key))
     try:
         answer = ray.get(stack.join.remote(trial_id, config, resume))
         while not answer["done"]:

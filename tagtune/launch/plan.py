@@ -31,7 +31,7 @@ def trial_epochs(settings: StudySettings) -> tuple[int, int]:
 def slots(settings: StudySettings) -> int:
     """Trials that run at once on this machine (a cluster's are counted by Ray once it joins:
     None here means this machine's CPUs, or ``num_cpus``)."""
-    from tagtune.launch.study import default_num_cpus
+    from tagtune.launch.ray_start import default_num_cpus
 
     cpus = settings.num_cpus or default_num_cpus()
     return max(1, cpus // settings.cpus_per_trial)

@@ -50,14 +50,10 @@ def init_ray(settings: StudySettings) -> None:
 # raylet from its environment), ahead of any trial: a trial of a fraction of a second on a worker
 # still importing torch for seconds is what made Tune run trials one at a time (it hands the
 # next trial to the warm worker and drops the one starting).
-
-
 WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.study.trainable,tagtune.study.train")
 
 
 @contextlib.contextmanager
-
-
 def pending_trials(settings: StudySettings) -> Iterator[None]:
     """Tune queues as many trials as there are slots, not one. With a searcher of its own Tune
     keeps one trial pending (TUNE_MAX_PENDING_TRIALS_PG, read when ``fit`` starts): the one

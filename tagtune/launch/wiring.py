@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-
-
 class Output:
     """What a study shows and logs besides its results."""
 

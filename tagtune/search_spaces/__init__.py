@@ -6,8 +6,10 @@ from tagtune.search_spaces.spaces import (
     PAPER_LR,
     SPACES,
     Ranges,
+    default_ranges_yaml,
     load_ranges,
     paper_point,
 )
 
-__all__ = ["DEFAULT_RANGES_FILE", "LR", "PAPER_LR", "SPACES", "Ranges", "load_ranges", "paper_point"]
+__all__ = ["DEFAULT_RANGES_FILE", "LR", "PAPER_LR", "SPACES", "Ranges", "default_ranges_yaml", "load_ranges",
+           "paper_point"]

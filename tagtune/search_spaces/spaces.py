@@ -9,13 +9,14 @@ a log scale of its distance to 1 (0.9, 0.99, 0.999 are equally far apart there),
 trainable takes alpha, as in the paper.
 
 Parameter names are plain (``lr``, ``gamma``, ``one_minus_alpha``, ``beta``, ``delta_rel``,
-``margin``, ``splc_tau``, ``pbce_gamma``, ``arch``: the TrainConfig field names), not
+``margin``, ``splc_tau``, ``pbce_gamma``, ``arch``: the names a config uses), not
 method-prefixed: every Optuna study of tagtune covers one cell, i.e. one method, so no
 parameter is conditional inside a study, and plain names keep ``lr`` comparable across
 the cells' studies in the analysis.
 
 Ranges come from :class:`Ranges` (defaults below) or a YAML file (:func:`load_ranges`,
-example with every option in ``default.yaml`` next to this file). The network (``arch``:
+example with every option in ``default.yaml`` next to this file, generated from the methods'
+declarations by :func:`default_ranges_yaml`). The network (``arch``:
 residual or paper) is searched only where the ranges list the choices; the trial config
 then carries ``arch``, which :func:`tagtune.study.folder.train_config` puts into
 ``model.arch``.
@@ -24,6 +25,7 @@ then carries ``arch``, which :func:`tagtune.study.folder.train_config` puts into
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import field, fields, make_dataclass, replace
 from pathlib import Path
@@ -83,6 +85,63 @@ Ranges.__doc__ = """Search ranges, each ``(low, high)`` with low < high; validat
 names (see the declarations in tagtune.study.methods and ``default.yaml``), and ``arch``: the
 networks to choose from (categorical, every method), e.g. (residual, paper); empty: not
 searched, every trial runs the study's model.arch."""
+
+
+def _number(v: float, log: bool) -> str:
+    # YAML-safe: a log-scale end in exponent form with a dot (1.0e-4; plain YAML reads 1e-4 as a string)
+    if log:
+        mantissa, exponent = f"{v:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return repr(float(v))
+
+
+def _comment(text: str) -> list[str]:
+    return textwrap.wrap(text, width=98, initial_indent="  # ", subsequent_indent="  # ")
+
+
+_HEADER = """\
+# Search ranges of tagtune's Optuna study: an example override file, listing every option.
+# Load it with tagtune.search_spaces.load_ranges(path) (or pass it to the study's CLI).
+# Generated from the methods' declarations (tagtune.search_spaces.default_ranges_yaml; a test
+# keeps this file equal to it): edit a method module, not this file.
+#
+# Only the `search:` mapping is read; any key left out keeps its default (the values
+# below are the defaults). Each value is [low, high] with low < high. Write floats with a
+# dot (1.0e-4): plain YAML reads 1e-4 as a string, which tagtune also accepts.
+#
+# The paper's point (Gururani & Lerch 2021) is always each study's first trial:
+#   lr as its run scripts had it -- OpenMIC: b0/b1 5e-4, le/mt 1e-3; SONYC-UST: 1e-3 for all;
+#   OpenMIC gamma 10, alpha 0.999, beta 3; SONYC-UST gamma 95, alpha 0.99, beta 3; the newer
+#   methods ({newer}) lr 1e-3 and their authors' values
+#   (the defaults of their parameters).
+# If your ranges exclude it, it is clipped to the nearest end of the range.
+search:
+  # Adam learning rate; every method; log scale; {lr_valid}.
+  lr: [{lr_low}, {lr_high}]
+"""
+
+
+def default_ranges_yaml() -> str:
+    """The text of ``default.yaml``, from the declarations: ``lr``, then each searched parameter
+    of every method (who searches it, what it is, its scale and valid values, its default range),
+    then ``arch``."""
+    out = _HEADER.format(newer=", ".join(METHODS[4:]), lr_valid=LR.bounds.words("within"),
+                         lr_low=_number(LR.low, True), lr_high=_number(LR.high, True)).splitlines()
+    for name, p in _SEARCHED.items():
+        who = [m for m in METHODS if p in searched(m)]
+        whom = f"{who[0]} only" if len(who) == 1 else f"{', '.join(who[:-1])} and {who[-1]}"
+        what = (f"1 - {p.name}, where {p.name} is the {p.help} ({p.name} = 1 - this value)"
+                if p.search.complement else p.help)
+        scale = "log scale" if p.search.log else "linear"
+        out += _comment(f"{whom}: {what}; {scale}; {p.search_bounds.words('within')}; the default "
+                        f"{_number(p.default, False) if p.default is not None else 'none'}.")
+        low, high = (_number(v, p.search.log) for v in (p.search.low, p.search.high))
+        out.append(f"  {name}: [{low}, {high}]")
+    out += _comment(f"every method: the networks to choose from (categorical), among {', '.join(ARCHS)} "
+                    "(paper needs model.hidden = the input's F). Empty: not searched (the study's "
+                    "model.arch); the paper point then tries paper first.")
+    out.append("  arch: []")
+    return "\n".join(out) + "\n"
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
@@ -184,4 +243,5 @@ def load_ranges(path: str | Path) -> Ranges:
         raise ConfigError(f"search.{e.field}", str(e).split(": ", 2)[-1], where) from None
 
 
-__all__ = ["DEFAULT_RANGES_FILE", "LR", "PAPER_LR", "SPACES", "Ranges", "load_ranges", "paper_point"]
+__all__ = ["DEFAULT_RANGES_FILE", "LR", "PAPER_LR", "SPACES", "Ranges", "default_ranges_yaml", "load_ranges",
+           "paper_point"]

@@ -7,57 +7,47 @@ Ray Tune's config, MLflow params) with :func:`to_dict` / :func:`from_dict`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tagtune.study import objective
 
-ARCHS: tuple[str, ...] = ("residual", "paper")
-"""``residual``: softmax attention, a residual around every embedding layer (tagtune's);
-``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
-raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
-DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-"""Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
-"""Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native (tagtune.study.precision)."""
-DEFAULT_PRECISION = "auto"  # bf16 where native: safe by the science check, faster (docs/precision.md)
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings per dataset (Sec. 4), on tagtune's default network; the openmic
-    # values are also TrainConfig's defaults. (The -paper presets are added below.)
-    "openmic": {"gamma": 10.0, "alpha": 0.999, "beta": 3.0,
-                "model": {"layers": 3, "hidden": 128, "dropout": 0.6}},
-    "sonyc": {"gamma": 95.0, "alpha": 0.99, "beta": 3.0,
-              "model": {"layers": 1, "hidden": 512, "dropout": 0.6}},
-}
+# The layer below (torch-free, free of the methods), re-exported: these names have always been
+# read from here.
+from tagtune.study.configbase import (
+    ARCHS,
+    DEFAULT_ARCH,
+    DEFAULT_PRECISION,
+    DEVICES,
+    PRECISIONS,
+    PRESETS,
+    ModelConfig,
+    _check,
+)
+from tagtune.study.errors import ConfigError
 
-
-def __getattr__(name: str) -> Any:
-    # METHODS and METHOD_PARAMS are the method modules' declarations, read when first asked for:
-    # the registry imports the methods (torch), which import this module.
-    if name in ("METHODS", "METHOD_PARAMS"):
-        from tagtune.study.methods import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The methods' declarations: the registry imports the method modules, which read only the layer
+# below (configbase, errors) and import torch on first use, so this import makes no cycle and
+# loads no torch.
+from tagtune.study.methods.registry import (
+    METHOD_PARAMS,
+    METHODS,
+    PARAMS,
+    as_flat,
+    check_config,
+    get,
+    make_params,
+    owners,
+)
 
 
 def applies(method: str, name: str) -> bool:
     """Whether TrainConfig field ``name`` means something for ``method``: a common field, or one of
     the method's own parameters (METHOD_PARAMS, declared in its module)."""
-    from tagtune.study.methods.registry import owners
-
     found = owners(name)
     return not found or method in found
-
-
-class ConfigError(ValueError):
-    """A config value out of range or unknown; the message is one line naming the field."""
-
-    def __init__(self, field: str, problem: str, where: str = "config"):
-        self.field = field
-        super().__init__(f"{where}: {field}: {problem}")
 
 
 def typed(name: str, kind: str, v: Any, where: str = "config") -> Any:
@@ -88,30 +78,10 @@ def output_dir(path: str | Path, field: str = "out") -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """The attention multiple-instance model (Kong et al. 2018; Gururani et al. 2019)."""
-
-    layers: int = 3
-    """L: number of embedding layers (Linear + BatchNorm + ReLU + dropout)."""
-    hidden: int = 128
-    """H: width of the embedding layers."""
-    dropout: float = 0.6
-    """Dropout rate after every embedding layer."""
-    arch: str = DEFAULT_ARCH
-    """Network: residual (softmax attention, per-layer residuals) or paper (the paper's code's:
-    clamped sigmoid attention, one skip from the raw input; needs hidden == the input's F)."""
-
-    def __post_init__(self) -> None:
-        _check(self.arch in ARCHS, "arch", f"unknown network {self.arch!r}; use one of {', '.join(ARCHS)}")
-        _check(self.layers >= 0, "layers", f"must be >= 0, got {self.layers}")
-        _check(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
-        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainConfig:
-    """One training run of one method."""
+    """One training run of one method: the fields every method reads, and ``params``, the method's
+    own (constructed by name: ``TrainConfig(method="le", gamma=50.0)``, as configs name them)."""
 
     method: str = "b1"
     """One of METHODS: b0 (missing = negative), b1 (masked loss), le (label enhancing), mt (mean
@@ -135,38 +105,11 @@ class TrainConfig:
     val/f1_macro_tuned (maximised); see tagtune.study.objective. val/loss here, where every run
     and checkpoint before the setting had it; a study passes its own (a new study's default is
     tagtune.study.objective.DEFAULT)."""
-    # The methods' own parameters, flat (the names of configs, MLflow params, checkpoints and
-    # exported YAML). Each is declared -- type, valid range, default, help, search range -- in the
-    # module of its method (tagtune.study.methods.<name>), which __post_init__ checks against; its
-    # default here is that declaration's (a test compares them), the paper's from PRESETS.
-    gamma: float = PRESETS["openmic"]["gamma"]
-    """LE, LE+MT: the teacher's score percentile at or above which missing labels are masked."""
-    le_teacher_lr: float | None = None
-    """LE, LE+MT: the stage-1 teacher's initial lr (None = lr)."""
-    alpha: float = PRESETS["openmic"]["alpha"]
-    """MT, LE+MT: EMA decay of the teacher."""
-    ema_warmup: bool = True
-    """MT, LE+MT: decay min(1 - 1/(t + 1), alpha) at optimizer step t (the paper's code)."""
-    mt_select: str = "teacher"
-    """MT, LE+MT: the network selected, evaluated and exported (teacher or student)."""
-    beta: float = PRESETS["openmic"]["beta"]
-    """MT, LE+MT: weight of the consistency loss."""
-    rampup_epochs: int = 0
-    """MT, LE+MT: sigmoid ramp-up length of beta in epochs (0 = constant beta, the paper)."""
-    delta_rel: float = 0.002
-    """LL-R: growth per epoch of the share of a batch's entries rejected."""
-    hill_lambda: float = 1.5
-    """Hill: lambda of the negative term (lambda - p) p^2."""
-    margin: float = 1.0
-    """Hill, SPLC: margin subtracted from a positive's logit."""
-    focal_gamma: float = 2.0
-    """Hill, SPLC: focusing exponent of the focal margin loss."""
-    splc_tau: float = 0.6
-    """SPLC: a missing label scored above tau counts as a positive from the second epoch on."""
-    pbce_gamma: float = 1.0
-    """Partial BCE: exponent of the normalisation g(p)."""
-    epr_k: float | None = None
-    """EPR: expected number of positives per clip (None: the mean observed per training clip)."""
+    params: Any = None
+    """The method's own parameters: an instance of its module's ``Params`` dataclass
+    (tagtune.study.methods.<name>; e.g. LE's gamma, MT's alpha). A mapping of them, or None for
+    their defaults, becomes one on construction. Configs, CLI flags, MLflow params and exported
+    YAML name them flat, beside the common fields (:func:`to_dict`, :func:`from_dict`)."""
     missing: float = 0.0
     """Proportion of observed training labels removed before training (the paper's Fig. 5)."""
     seed: int = 0
@@ -187,13 +130,29 @@ class TrainConfig:
     CPU path is deterministic either way)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __init__(self, **values: Any) -> None:
+        # Written out, not the dataclass's: a method's parameters are taken by name too, flat
+        # (``gamma=50.0``), beside or instead of ``params`` -- what dataclasses.replace passes.
+        flat = {k: values.pop(k) for k in list(values) if k in PARAMS}
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(f"TrainConfig.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        for name, f in known.items():
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, name, values.get(name, default))
+        if flat:
+            params = self.params
+            given = as_flat(params) if dataclasses.is_dataclass(params) else dict(params or {})
+            object.__setattr__(self, "params", {**given, **flat})
+        self.__post_init__()
+
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", from_dict(ModelConfig, self.model, "model."))
         object.__setattr__(self, "lr_decay_epochs", tuple(int(e) for e in self.lr_decay_epochs))
-        from tagtune.study.methods.registry import check_config
-
-        check_config(self)  # the method's name, then every method parameter's declared range
+        check_config(self)  # the method's name, then its parameters, each by its declared range
+        object.__setattr__(self, "params", make_params(self.method, self.params))
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -211,15 +170,6 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "precision",
                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
-
-# The paper's exact setup as its code ran it: its network, Adam (wd 1e-5, batch 64, 100
-# epochs, lr halved every 30), the EMA warm-up, MT reported from the student, and the
-# learning rate of each method's run script (PAPER_LR; applied by preset_config).
-_PAPER_RUN = {"weight_decay": 1e-5, "batch_size": 64, "epochs": 100, "lr_decay_epochs": [30, 60, 90],
-              "lr_decay": 0.5, "rampup_epochs": 0, "ema_warmup": True, "mt_select": "student"}
-for _name in ("openmic", "sonyc"):
-    PRESETS[f"{_name}-paper"] = {**PRESETS[_name], **_PAPER_RUN,
-                                 "model": {**PRESETS[_name]["model"], "arch": "paper"}}
 
 PAPER_LR: dict[str, dict[str, float]] = {
     # Adam's lr in the paper's run scripts (SiddGururani/audio_missing_labels, src/run_*.py at
@@ -240,8 +190,6 @@ def paper_lr(preset: str, method: str) -> float:
     dataset = preset.removesuffix("-paper")
     if dataset not in PAPER_LR:
         raise ConfigError("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    from tagtune.study.methods.registry import get
-
     get(method)  # an unknown method is a ConfigError
     return PAPER_LR[dataset].get(method, NEWER_LR)
 
@@ -258,11 +206,6 @@ def preset_config(preset: str, method: str | None) -> dict[str, Any]:
     return d
 
 
-def _check(ok: bool, name: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(name, problem)
-
-
 def check_proportion(p: float, field: str = "missing", where: str = "config") -> None:
     """The one check of a missing-label proportion (a run's, a study's, a cell's): in [0, 1);
     1 would remove every observed label."""
@@ -271,8 +214,16 @@ def check_proportion(p: float, field: str = "missing", where: str = "config") ->
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain nested dict (lists for tuples), ready for YAML / JSON."""
-    d = asdict(cfg)
+    """Plain nested dict (lists for tuples), ready for YAML / JSON: the method's parameters flat,
+    where the config's fields were (``{"method": "le", ..., "gamma": 10.0, ..., "missing": ...}``)."""
+    d: dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.name == "params":
+            d.update(as_flat(cfg.params))
+        elif f.name == "model":
+            d["model"] = asdict(cfg.model)
+        else:
+            d[f.name] = getattr(cfg, f.name)
     d["lr_decay_epochs"] = list(cfg.lr_decay_epochs)
     return d
 
@@ -282,10 +233,14 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
     if not isinstance(d, dict):
         raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(d).__name__}")
     known = {f.name: f for f in fields(cls)}
+    params: dict[str, Any] = {}
+    if "params" in known:  # TrainConfig: the method's parameters, flat beside its fields
+        params = {k: _typed_param(prefix + k, v) for k, v in d.items() if k in PARAMS}
+        d = {k: v for k, v in d.items() if k not in PARAMS}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(prefix + unknown[0], "unknown key")
-    kwargs = {}
+    kwargs: dict[str, Any] = {"params": params} if params else {}
     for k, v in d.items():
         f = known[k]
         default = f.default if f.default is not MISSING else None
@@ -310,6 +265,13 @@ def from_dict(cls, d: dict[str, Any], prefix: str = ""):
         raise ConfigError(prefix.rstrip(".") or "config", str(e)) from None
 
 
+def _typed_param(name: str, v: Any) -> Any:
+    p = PARAMS[name.rsplit(".", 1)[-1]]
+    if v is None and p.optional:
+        return v
+    return typed(name, {bool: "bool", int: "int", float: "float", str: "str"}[p.kind], v)
+
+
 def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     """``cfg`` with ``overrides`` applied (``model`` may be a partial dict), re-validated."""
     d = to_dict(cfg)
@@ -320,7 +282,7 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return from_dict(TrainConfig, d)
 
 
-__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "NEWER_LR",
-           "PAPER_LR", "PRECISIONS", "PRESETS",
+__all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "NEWER_LR",
+           "PARAMS", "PAPER_LR", "PRECISIONS", "PRESETS",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

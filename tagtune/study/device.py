@@ -24,7 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
-from tagtune.study.config import DEVICES, ConfigError
+from tagtune.study.configbase import DEVICES
+from tagtune.study.errors import ConfigError
 
 GENERIC_ON_CPU = False
 """Internal switch (tests, benches): the generic torch path on the CPU too."""

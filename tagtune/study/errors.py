@@ -1,6 +1,15 @@
-"""An exception in a few words, for the one-line messages every refusal of tagtune prints."""
+"""An exception in a few words, for the one-line messages every refusal of tagtune prints; the
+ConfigError every bad value of a config is (here, below every module that refuses one)."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value out of range or unknown; the message is one line naming the field."""
+
+    def __init__(self, field: str, problem: str, where: str = "config"):
+        self.field = field
+        super().__init__(f"{where}: {field}: {problem}")
 
 
 def first_line(e: BaseException, limit: int | None = 150, *, named: bool = False) -> str:
@@ -13,4 +22,4 @@ def first_line(e: BaseException, limit: int | None = 150, *, named: bool = False
     return f"{type(e).__name__}: {text[0][:limit]}" if named else text[0][:limit]
 
 
-__all__ = ["first_line"]
+__all__ = ["ConfigError", "first_line"]

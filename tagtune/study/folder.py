@@ -312,7 +312,7 @@ class StudySettings:
 
     def base_config(self, **extra: Any) -> dict[str, Any]:
         """Trial config shared by every trial: paper preset, then user overrides."""
-        from tagtune.study.teachers import TEACHER_LR
+        from tagtune.study.methods.le import TEACHER_LR  # torch-free: its declarations
 
         preset = PRESETS[self.preset]
         model = {**preset["model"], **self.train.get("model", {})}

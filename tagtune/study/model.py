@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from tagtune.study import device as devices
 from tagtune.study import fused as fused_residual
 from tagtune.study import fused_paper, precision
-from tagtune.study.config import ConfigError, ModelConfig
+from tagtune.study.configbase import ModelConfig
+from tagtune.study.errors import ConfigError
 from tagtune.study.fast import keep_mask
 from tagtune.study.fused_paper import EPS_ATT
 

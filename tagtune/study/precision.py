@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tagtune.study.config import PRECISIONS, ConfigError
+from tagtune.study.configbase import PRECISIONS
+from tagtune.study.errors import ConfigError
 
 LOWP = torch.bfloat16
 """The low-precision dtype of ``bf16``."""
@@ -53,7 +54,20 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 products natively (faster than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return cpu_native_bf16()
+    return cpu_native_bf16() and bf16_products_apply()
+
+
+@functools.cache
+def bf16_products_apply() -> bool:
+    """Whether oneDNN's bf16 math mode (:func:`products`) changes a product on this CPU. The flag
+    is not enough: on an AMD EPYC with ``avx512_bf16`` (seen here, torch 2.13) torch sends fp32
+    products to MKL, not oneDNN, so the mode does nothing and "bf16" would be fp32 under another
+    name in every log. One small product, in and out of the mode, once a process."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 128, generator=g), torch.randn(128, 64, generator=g)
+    with products(LOWP):
+        got = torch.mm(a, b)
+    return not torch.equal(got, torch.mm(a, b))
 
 
 def resolve(name: str, device: torch.device, native: bool | None = None) -> str:
@@ -78,7 +92,8 @@ def resolve(name: str, device: torch.device, native: bool | None = None) -> str:
 @functools.cache
 def _warn_emulated(device_type: str) -> None:
     # One line, once: a fit resolves the precision at every stage, the CLI once before it.
-    what = " / ".join(CPU_FLAGS) if device_type == "cpu" else "bf16 support"
+    what = (" / ".join(CPU_FLAGS) + ", with torch's products on oneDNN" if device_type == "cpu"
+            else "bf16 support")
     print(f"warning: precision bf16: this {device_type.upper()} has no native bf16 ({what}); it runs, "
           "emulated or in fp32, no faster and likely slower than fp32 (use fp32 or auto)", file=sys.stderr)
 

@@ -65,6 +65,12 @@ SAME = ("method", "model", "batch_size", "epochs", "device", "precision", "deter
 """Config fields the members of one stack share: they fix the shapes and the schedule of a step."""
 
 
+def stack_key(cfg: TrainConfig) -> tuple:
+    """What a stack's members share (:data:`SAME`), as a key to deal trials to stacks by: a cell
+    whose study searches the network (``arch``, ``layers`` ...) fills one stack per network."""
+    return tuple(getattr(cfg, f) for f in SAME)
+
+
 @dataclass
 class Member:
     """One trial of a stack."""

@@ -30,7 +30,6 @@ import json
 import os
 import socket
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,16 @@ import torch
 from torch import Tensor
 
 from tagtune.study import atomic
-from tagtune.study.config import METHOD_PARAMS, TrainConfig, to_dict
+from tagtune.study.config import PARAMS, TrainConfig, replace, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.methods import hooks, stages
+from tagtune.study.methods.le import TEACHER_LR  # declared by LE, whose teacher it is
 from tagtune.study.objective import LEGACY
 
-TEACHER_LR = 1e-3
-"""The shared teacher's Adam lr: the paper's, for every method (its public code's hparams)."""
 TEACHER_FILE, META_FILE, LOCK_FILE, LOG_FILE = "teacher.pt", "meta.json", "lock", "trainings.jsonl"
-# Every method-specific field (METHOD_PARAMS): B0 reads none of them.
-_UNUSED_BY_B0 = tuple(sorted({name for names in METHOD_PARAMS.values() for name in names}))
+# Every method parameter at its default: in the key as when a run's config held them all, so that
+# the keys of studies from before stay their teachers' keys (B0 reads none of them).
+_KEYED_DEFAULTS = {name: p.default for name, p in PARAMS.items()}
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:
@@ -56,18 +55,17 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     ``le_teacher_lr`` means what it means in a fit (None: ``lr``), but a shared teacher needs
     one lr for every trial of a cell, whatever lr they search: a config that leaves it None is
     fixed to TEACHER_LR first, as a study does (``StudySettings.base_config``). Fields that B0
-    does not read are reset to their defaults, so that they stay out of the key.
+    does not read (the method's parameters) are not B0's, so they stay out of the key.
     """
-    if cfg.le_teacher_lr is None:
+    if cfg.params.le_teacher_lr is None:
         cfg = replace(cfg, le_teacher_lr=TEACHER_LR)
     lr = hooks(cfg.method).stage_lr(cfg, stages(cfg.method)[0])
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in _UNUSED_BY_B0}
-    return replace(cfg, method="b0", lr=lr, **defaults)
+    return replace(cfg, method="b0", lr=lr, params=None)
 
 
 def teacher_key(ds: Dataset, cfg: TrainConfig) -> str:
     """The cache key of ``cfg``'s teacher on ``ds`` (``threads`` aside: it changes no result)."""
-    d = to_dict(teacher_config(cfg))
+    d = {**_KEYED_DEFAULTS, **to_dict(teacher_config(cfg))}
     d.pop("threads")
     if d.get("objective") == LEGACY:  # keys from before the setting stay the keys of their teachers
         d.pop("objective")

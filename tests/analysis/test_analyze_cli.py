@@ -64,7 +64,10 @@ def test_metric_flag_sets_the_headline(tiny_study, study_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert printed(r.stdout)["tracking"] == "MLflow logging turned off"
     means = pd.DataFrame(result.replicates).groupby(["missing", "method"])[metric].mean()
-    rows = r.stdout.split("\nreport:", 1)[0].strip().splitlines()[1:]  # the answer table's
+    # The answer table's rows: after its title and header, one per proportion (then the gain lines).
+    head = [x for x in r.stdout.split("\nreport:", 1)[0].strip().splitlines() if x and not x.startswith("- ")]
+    assert head[1].split()[:2] == ["removed", "best"], head
+    rows = head[2:2 + len(TINY_STUDY["missing"])]
     for p, row in zip(TINY_STUDY["missing"], rows, strict=True):
         method = means[p].idxmax()  # best on the metric asked for
         assert row.split()[:3] == [f"{100 * p:.0f}%", method.upper(), f"{means[p][method]:.3f}"], row

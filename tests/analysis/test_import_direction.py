@@ -48,6 +48,7 @@ from tagtune.launch.cli import app
 r = CliRunner().invoke(app, ["analyze", sys.argv[1], "--out", sys.argv[2], "--no-mlflow"])
 assert r.exit_code == 0, r.output
 assert "ray" not in sys.modules, "tagtune analyze loaded Ray"
+assert "torch" not in sys.modules, "tagtune analyze loaded torch"
 print("ok")
 """
 
@@ -59,4 +60,31 @@ def test_analysis_and_tagtune_analyze_load_no_ray(tiny_study, tmp_path):
     _, result = tiny_study
     done = subprocess.run([sys.executable, "-c", NO_RAY, str(result.study_dir), str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+NO_TORCH = """
+import sys
+import tagtune.study.folder, tagtune.study.config, tagtune.study.methods.registry
+import tagtune.search_spaces, tagtune.analysis.pipeline
+from tagtune.study.config import METHODS, TrainConfig
+from tagtune.study.methods.registry import markdown_table
+for method in METHODS:  # the methods' declarations: their parameters' checks, the README's table
+    TrainConfig(method=method)
+markdown_table()
+assert "torch" not in sys.modules, "the study folder, the config or the analysis loaded torch"
+from typer.testing import CliRunner
+from tagtune.launch.cli import app
+for args in ([], ["train"], ["study"], ["analyze"]):
+    r = CliRunner().invoke(app, [*args, "--help"])
+    assert r.exit_code == 0, r.output
+assert "torch" not in sys.modules, "tagtune --help loaded torch"
+print("ok")
+"""
+
+
+def test_the_study_folder_the_analysis_and_tagtune_help_load_no_torch():
+    # torch costs ~2 s a process: `tagtune --help` and a laptop's analysis need none of it. The
+    # method modules import it on first use (tagtune.study.lazy), so their declarations are free.
+    done = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

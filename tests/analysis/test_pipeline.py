@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tagtune.analysis import analyze
 from tagtune.analysis.export import COMBINED, cell_filename
+from tagtune.study.config import applies
 from tagtune.study.objective import score_key
 from tagtune.study.teachers import TEACHER_LR
 from tests.conftest import TINY_STUDY, invoke
@@ -131,9 +132,12 @@ def test_exported_config_reproduces_its_replicate(tiny_study, analysed, tmp_path
         [cell_filename(c) for c in CELLS] + [COMBINED])
     combined = yaml.safe_load((out / COMBINED).read_text())
     assert set(combined["cells"]) == set(CELLS)
-    for cell in CELLS:  # LE's shared teacher: its lr travels in the config
+    for cell in CELLS:  # LE's shared teacher: its lr travels in LE's configs (the others hold none)
         cfg = combined["cells"][cell]["config"]
-        assert cfg["le_teacher_lr"] == (TEACHER_LR if settings.share_le_teacher else None)
+        if applies(cfg["method"], "le_teacher_lr"):
+            assert cfg["le_teacher_lr"] == (TEACHER_LR if settings.share_le_teacher else None)
+        else:
+            assert "le_teacher_lr" not in cfg
     seed = settings.seed + 1  # the second replicate: not the file's own seed
     for cell in ("mt@0.40", "le@0.40"):  # LE: stage 1 shared in the study, trained here
         row = r.table[(r.table.phase == "replicate") & (r.table.cell == cell) & (r.table.seed == seed)]

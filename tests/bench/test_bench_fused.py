@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -19,6 +21,7 @@ def _positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.long
 def test_bench_fused_cpu_only_quick_writes_every_figure_with_torch_numpy_h5py_alone(tmp_path, gpu_node_env):
     env = gpu_node_env
     out = tmp_path / "tmp.json"

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
+@pytest.mark.long
 def test_bench_gpu_cpu_only_quick_runs_with_torch_numpy_h5py_alone(tmp_path, gpu_node_env):
     env = gpu_node_env
     r = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--cpu-only", "--quick"],

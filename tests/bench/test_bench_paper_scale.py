@@ -14,6 +14,7 @@ import bench_paper_scale  # noqa: E402
 import study_cost  # noqa: E402
 
 
+@pytest.mark.long
 def test_quick_slice_runs_a_cell_to_the_end_and_projects(tmp_path, ray_session, capsys):
     result = bench_paper_scale.main(["--quick"], out=tmp_path)
     (row,) = result["rows"]
@@ -49,6 +50,7 @@ def test_bf16_reprojection_scales_only_the_bare_epoch():
     assert b1["bf16_core_s_per_epoch"] == pytest.approx(1.17 - 0.842 / 2)
 
 
+@pytest.mark.long
 def test_together_slice_runs_the_cells_as_one_study_and_counts_what_they_cost(tmp_path, ray_session, capsys):
     """``--together``: the slice's cells in ONE study (as the whole study runs them), the epochs
     ASHA really let them train, and the CPU of every process of the run, by role."""

@@ -7,11 +7,14 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import bench_precision  # noqa: E402
 
 
+@pytest.mark.long
 def test_quick_cell_times_both_precisions_and_prints_the_speed_up_last(capsys):
     result = bench_precision.main(["--quick", "--methods", "b1", "--threads", "1"])
     assert sorted(r["precision"] for r in result["runs"]) == ["bf16", "fp32"]

@@ -22,10 +22,12 @@ def _mapped(pid: int, lib: str) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
 @pytest.mark.parametrize("command", ["script", "module"])
-def test_ctrl_c_during_the_imports_is_one_line_no_traceback(command):
+def test_ctrl_c_during_the_imports_is_one_line_no_traceback(command, data_file, tmp_path):
     script = shutil.which("tagtune", path=str(Path(sys.executable).parent))
-    argv = [script, "train", "--help"] if command == "script" else \
-        [sys.executable, "-m", "tagtune", "train", "--help"]
+    # A run: what imports torch (--help and the declarations no longer do).
+    args = ["train", "--data", str(data_file), "--method", "b1", "--epochs", "1",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    argv = [script, *args] if command == "script" else [sys.executable, "-m", "tagtune", *args]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Once torch's library is mapped the import of torch is under way: interrupt it there.
     deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tagtune.launch.cli_train import resolve_config
-from tagtune.study.config import TrainConfig, from_dict
+from tagtune.study.config import TrainConfig, from_dict, to_dict
 from tests.conftest import invoke
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--no-progress"]
@@ -53,11 +53,12 @@ def test_train_with_progress_bar(data_file, tmp_path):
 def test_layers_flags_over_yaml_over_preset(small_yaml):
     cfg = resolve_config("sonyc", small_yaml, method=None, lr=0.5, gamma=None, layers=2,
                          hidden=None)
-    assert cfg.gamma == 95.0 and cfg.alpha == 0.99  # preset
-    assert cfg.method == "mt" and cfg.beta == 1.0 and cfg.model.hidden == 8  # yaml over preset
+    assert cfg.params.alpha == 0.99 and "gamma" not in to_dict(cfg)  # preset; MT's parameters only
+    assert resolve_config("sonyc", small_yaml, method="le").params.gamma == 95.0  # preset
+    assert cfg.method == "mt" and cfg.params.beta == 1.0 and cfg.model.hidden == 8  # yaml over preset
     assert cfg.model.dropout == 0.6  # the preset's model fields the yaml left alone
     assert cfg.lr == 0.5 and cfg.model.layers == 2  # flags over yaml
-    assert resolve_config(None, None, method="le").gamma == TrainConfig().gamma  # defaults
+    assert resolve_config(None, None, method="le").params.gamma == TrainConfig(method="le").params.gamma
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -44,8 +44,9 @@ def test_every_flag_reaches_config_yaml_with_its_own_value(data_file, tmp_path):
     values = {**FLAGS, **MODEL_FLAGS}
     assert len(set(values.values())) == len(values)  # distinct, so a swap shows
     args = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", v)]
-    saved = train("--data", data_file, "--method", "mt", *args, "--out", tmp_path / "run")
-    assert saved["method"] == "mt"
+    # LE+MT: the method that reads gamma, alpha, beta and rampup_epochs (a config holds its own)
+    saved = train("--data", data_file, "--method", "lemt", *args, "--out", tmp_path / "run")
+    assert saved["method"] == "lemt"
     assert {k: saved[k] for k in FLAGS} == FLAGS
     assert {k: saved["model"][k] for k in MODEL_FLAGS} == MODEL_FLAGS
     # The run trained with them: the saved model's layers are 7 wide, none the default 128.
@@ -62,7 +63,7 @@ def test_defaults_then_preset_then_config_then_flags(data_file, tmp_path):
                       "model:\n  hidden: 8\n  layers: 3\n")
     saved = train("--data", data_file, "--preset", "sonyc", "--config", config, "--lr", 0.003,
                   "--layers", 2, "--out", tmp_path / "run")
-    assert saved["alpha"] == 0.99 != default.alpha  # preset over defaults
+    assert "alpha" not in saved  # an LE run's config holds LE's parameters, not MT's
     assert saved["model"]["dropout"] == 0.6  # the preset's, the file left it alone
     assert saved["gamma"] == 50.0 and saved["model"]["hidden"] == 8  # file over preset
     assert saved["method"] == "le" and saved["epochs"] == 1
@@ -73,9 +74,10 @@ def test_defaults_then_preset_then_config_then_flags(data_file, tmp_path):
     saved = train("--data", data_file, "--preset", "sonyc", "--config", config,
                   "--out", tmp_path / "run2")
     assert (saved["lr"], saved["model"]["layers"]) == (0.002, 3)
-    saved = train("--data", data_file, "--preset", "sonyc", "--method", "b1", "--epochs", 1,
+    saved = train("--data", data_file, "--preset", "sonyc", "--method", "lemt", "--epochs", 1,
                   "--out", tmp_path / "run3")
     assert (saved["gamma"], saved["model"]["layers"], saved["model"]["hidden"]) == (95.0, 1, 512)
+    assert saved["alpha"] == 0.99 != TrainConfig(method="mt").params.alpha  # preset over defaults
 
 
 def test_saved_config_reproduces_the_run(data_file, tmp_path):

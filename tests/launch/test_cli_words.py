@@ -17,6 +17,7 @@ from rich.console import Console
 
 from tagtune.study.config import TrainConfig
 from tagtune.study.data import save
+from tagtune.study.trainable import EARLIER
 from tests.conftest import invoke
 
 STUDY_DEFAULTS = {"--trials": "20", "--replicates": "5", "--epochs": "100",
@@ -226,8 +227,9 @@ def test_a_quiet_study_with_le_prints_only_its_result_lines(tiny_dataset, tmp_pa
     assert [line.split()[0] for line in r.stdout.splitlines()] == labels, r.stdout
     # The teacher's epochs were reported (val/best_loss inf), and Tune's TensorBoard file holds
     # only finite values.
-    results = [json.loads(line) for f in (tmp_path / "quiet" / "search").glob("*/result.json")
-               for line in f.read_text().splitlines()]
+    rows = [json.loads(line) for f in (tmp_path / "quiet" / "search").glob("*/result.json")
+            for line in f.read_text().splitlines()]
+    results = [e for row in rows for e in [*row.get(EARLIER, []), row]]  # epochs carried, too
     assert any(x["stage"] == "teacher" for x in results)
     values = [v for events in (tmp_path / "quiet" / "search").glob("*/events.out.tfevents.*")
               for v in _scalars(events)]

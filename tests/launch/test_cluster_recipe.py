@@ -48,7 +48,7 @@ def test_cluster_extra_is_what_the_recipe_installs():
     # The laptop that submits and every node run one Ray: the one tagtune's ray[tune] resolved to.
     assert f"ray[default]=={version('ray')}" in extras["cluster"]
     assert any(d.startswith("mlflow[auth]") for d in extras["cluster"])
-    assert "tagtune[cluster]" in extras["dev"]  # so that `make test` runs the recipe below
+    assert "tagtune[cluster]" in extras["dev"]  # so that `make test-long` runs the recipe below
 
     recipe = yaml.safe_load((ROOT / "tagtune/launch/cluster.yaml").read_text())
     setup = "\n".join(recipe["setup_commands"])
@@ -100,6 +100,7 @@ def test_mlflow_server_refuses_an_open_server(tmp_path, monkeypatch, capsys, arg
 # --- a local study: its own Ray, whatever Ray's temp dir says ----------------------------------
 
 
+@pytest.mark.long  # a whole study in a process of its own
 @pytest.mark.timeout(300)
 def test_local_study_ignores_a_stale_ray_current_cluster(tmp_path, tiny_dataset):
     """A head that died leaves ray_current_cluster behind; a plain ray.init() would try to

@@ -173,3 +173,26 @@ def test_fuse_is_refused_in_one_line_when_bad(tmp_path):
         (line,) = out.stderr.strip().splitlines()
         assert line.startswith("error: ") and "fuse" in line and says in line, out.stderr
     assert not (tmp_path / "st").exists()  # refused before anything is written
+
+
+@pytest.mark.long
+def test_a_searched_network_fills_one_stack_per_network_and_no_trial_fails(tmp_path, ray_session,
+                                                                          tiny_dataset):
+    """``search: {arch: [residual, paper]}`` with ``fuse``: stacks are keyed by what a stack shares,
+    so a paper trial never joins a residual stack (it used to fail there, and Tune retried it)."""
+    from tagtune.launch.study import run_study
+    from tagtune.study.folder import LOG_FILE
+
+    path = save(tiny_dataset, tmp_path / "tiny.h5")
+    space = tmp_path / "space.yaml"
+    space.write_text("search:\n  arch: [residual, paper]\n")
+    settings = StudySettings(data=str(path), name="arch", storage=str(tmp_path), train=TRAIN, methods=("b1",),
+                             missing=(0.0,), trials=4, replicates=1, epochs=2, grace_period=2,
+                             checkpoint_every=2, fuse=4, search_space=str(space))
+    result = run_study(settings, verbose=0)
+    trials = tune.ExperimentAnalysis(str(settings.study_dir / "search")).trials
+    archs = Counter(train_config(t.config).model.arch for t in trials)
+    assert set(archs) == {"residual", "paper"}, archs  # both networks searched, so both kinds of stack
+    assert all(t.status == "TERMINATED" and t.num_failures == 0 for t in trials)
+    assert result.summary["cells"]["b1@0.00"]["failed"] == 0
+    assert "differs from its stack" not in (settings.study_dir / LOG_FILE).read_text()

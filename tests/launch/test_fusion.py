@@ -119,3 +119,31 @@ def test_tune_starts_as_many_members_as_the_stacks_that_fit_hold(ray_session, tm
     assert max_concurrent(settings(fuse=4)) == 8  # 2 CPUs: two stacks of one CPU, 4 members each
     assert max_concurrent(settings(fuse=4, cpus_per_trial=2)) == 4
     assert max_concurrent(settings(fuse="auto")) is None  # auto is off without GPUs
+
+
+def test_stacks_are_keyed_by_what_a_stack_shares_not_by_cell_alone(monkeypatch):
+    """A cell whose study searches the network (``arch``) deals its trials to one stack per network:
+    a paper trial joining a residual stack would fail (Stack.add refuses it) and be retried."""
+    from tagtune.study.folder import train_config
+    from tagtune.study.stacked import stack_key
+
+    made = []
+
+    class _Actor:  # what ray.remote(StackActor).options(...).remote(...) gives: a new stack
+        def options(self, **_):
+            return self
+
+        def remote(self, *_):
+            made.append(object())
+            return made[-1]
+
+    monkeypatch.setattr(fusion.ray, "remote", lambda _: _Actor())
+    registry = fusion.StackRegistry([None], fuse=4, resources={"cpu": 1}, teacher_cache=None)
+    keys = {arch: stack_key(train_config({**CONFIG, "arch": arch})) for arch in ("residual", "paper")}
+    assert keys["residual"] != keys["paper"]
+    dealt = {t: registry.assign("b1@0.30", t, keys[arch])
+             for t, arch in [("t0", "residual"), ("t1", "paper"), ("t2", "residual"), ("t3", "paper")]}
+    assert len(made) == 2
+    assert dealt["t0"] is dealt["t2"] and dealt["t1"] is dealt["t3"] and dealt["t0"] is not dealt["t1"]
+    assert registry.assign("b1@0.30", "t1", keys["paper"]) is dealt["t1"]  # a retried member: its stack
+    assert registry.assign("b0@0.30", "t4", keys["residual"]) not in dealt.values()  # another cell

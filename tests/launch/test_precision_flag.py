@@ -28,7 +28,7 @@ def test_precision_flag_reaches_config_yaml_resolved(data_file, tmp_path, given)
                "--out", out, "--no-progress")
     assert r.exit_code == 0, r.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    want = {"auto": "bf16" if precision.cpu_native_bf16() else "fp32"}.get(given, given)
+    want = {"auto": "bf16" if precision.native_bf16(torch.device("cpu")) else "fp32"}.get(given, given)
     assert saved["precision"] == want
 
 

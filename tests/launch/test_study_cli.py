@@ -15,6 +15,7 @@ from ray import tune
 from tagtune.study.data import load
 from tagtune.study.folder import train_config
 from tagtune.study.teachers import TeacherCache, teacher_key
+from tagtune.study.trainable import EARLIER
 from tests.conftest import TINY_STUDY, TINY_TRAIN, invoke
 from tests.launch.processes import free_port
 
@@ -46,7 +47,7 @@ def test_le_teacher_trained_once_per_key_in_a_real_study(tiny_study):
     # And no LE trial trained a teacher of its own: each reported its student's epochs only.
     E = TINY_STUDY["epochs"]
     for phase, t in le:
-        results = [json.loads(line) for line in _result_lines(result.study_dir / phase, t.trial_id)]
+        results = _epochs(result.study_dir / phase, t.trial_id)
         if t.config.get("reused_checkpoint"):  # the search's best trial's final state: no epoch
             assert [(x["epoch"], x["stage"]) for x in results] == [(2 * E, "student")]
             continue
@@ -84,12 +85,19 @@ def test_study_config_file_and_no_shared_teacher(own_teacher_study):
     for phase in ("search", "replicate"):
         for t in trials(study_dir, phase):
             assert t.config.get("le_teacher_lr") is None
-            results = [json.loads(line) for line in _result_lines(study_dir / phase, t.trial_id)]
+            results = _epochs(study_dir / phase, t.trial_id)
             # (a replicate's last report repeats its last epoch with the test metrics)
             stages = dict((x["epoch"], x["stage"]) for x in results)
             trained = {4: "student"} if phase == "replicate" else {
                 1: "teacher", 2: "teacher", 3: "student", 4: "student"}
             assert stages == trained, (phase, t)
+
+
+def _epochs(phase_dir, trial_id: str) -> list[dict]:
+    """Every epoch a trial reported, in order: an epoch between two decisions rides in the next
+    report (tagtune.study.trainable.EARLIER)."""
+    rows = [json.loads(line) for line in _result_lines(phase_dir, trial_id)]
+    return [e for row in rows for e in [*row.get(EARLIER, []), row]]
 
 
 def _result_lines(phase_dir, trial_id: str) -> list[str]:

@@ -96,6 +96,7 @@ def _optuna(study_dir: Path, cell: str) -> list:
     return optuna.load_study(study_name=cell, storage=f"sqlite:///{study_dir / 'optuna.db'}").trials
 
 
+@pytest.mark.long
 def test_extend_by_a_method_searches_and_replicates_the_new_cells(base_study, tmp_path):
     d = _copy(base_study, tmp_path)
     before = _runs(d)
@@ -134,6 +135,7 @@ def test_extend_by_a_method_searches_and_replicates_the_new_cells(base_study, tm
     assert {p.name for p in out.glob("*.yaml")} >= {"b0_0.00.yaml", "b1_0.00.yaml"}
 
 
+@pytest.mark.long
 def test_extend_by_a_proportion(base_study, tmp_path):
     d = _copy(base_study, tmp_path)
     before = _runs(d)
@@ -145,6 +147,7 @@ def test_extend_by_a_proportion(base_study, tmp_path):
     assert read_rounds(d)[1]["added_cells"] == ["b1@0.40"]
 
 
+@pytest.mark.long
 def test_extend_by_trials_continues_the_cells_optuna_study(base_study, tmp_path):
     d = _copy(base_study, tmp_path)
     before = _runs(d)
@@ -176,6 +179,7 @@ def test_extend_by_trials_continues_the_cells_optuna_study(base_study, tmp_path)
     assert sorted(r["seed"] for r in summary["replicates"]) == [0, 1]
 
 
+@pytest.mark.long
 def test_extend_by_replicates_adds_only_the_missing_seeds(base_study, tmp_path):
     d = _copy(base_study, tmp_path)
     before = _runs(d)
@@ -192,6 +196,7 @@ def test_extend_by_replicates_adds_only_the_missing_seeds(base_study, tmp_path):
     assert parent.data.metrics["replicates"] == 3
 
 
+@pytest.mark.long
 def test_a_cell_whose_best_changed_is_replicated_again_and_its_old_replicates_superseded(
         base_study, tmp_path):
     d = _copy(base_study, tmp_path)
@@ -222,6 +227,7 @@ def test_a_cell_whose_best_changed_is_replicated_again_and_its_old_replicates_su
     assert sorted(reps["seed"]) == [0, 1, 2] and not set(reps["trial_id"]) & set(superseded)
 
 
+@pytest.mark.long
 def test_refused_changes_are_one_line_exit_2_and_change_nothing(base_study, tmp_path, tiny_dataset):
     d = _copy(base_study, tmp_path)
     files = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}

@@ -293,7 +293,9 @@ def _alive(pids: list[int]) -> list[int]:
     return out
 
 
-ENDINGS = ["SIGINT", "SIGTERM", "SIGHUP", "its parent dies", "SIGKILL"]
+# Ctrl-C in `make test`; the other endings in the second tier (`make test-long`).
+ENDINGS = ["SIGINT", *(pytest.param(e, marks=pytest.mark.long)
+                       for e in ("SIGTERM", "SIGHUP", "its parent dies", "SIGKILL"))]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the guard uses prctl")

@@ -172,7 +172,7 @@ def test_mt_teacher_is_an_exact_copy_at_start_and_outside_autograd():
 
 
 def test_mt_ema_formula_after_one_step():
-    for cfg, alpha_1 in ((MT, 0.5), (replace(MT, ema_warmup=False), MT.alpha)):
+    for cfg, alpha_1 in ((MT, 0.5), (replace(MT, ema_warmup=False), MT.params.alpha)):
         state, teacher0, _, _ = _mt_update(cfg)
         changed = False
         for t0, t1, s1 in zip(teacher0, state.teacher.parameters(), state.model.parameters(),
@@ -227,11 +227,12 @@ def test_mt_ema_warmup_teacher_is_the_running_mean_of_the_student():
 
 def test_mt_without_warmup_alpha_is_constant():
     cfg = replace(MT, ema_warmup=False)
-    assert {mt.ema_decay(cfg.alpha, t, False) for t in (1, 2, 10, 10_000)} == {cfg.alpha}
+    alpha = cfg.params.alpha
+    assert {mt.ema_decay(alpha, t, False) for t in (1, 2, 10, 10_000)} == {alpha}
     students, teachers = _mt_steps(cfg, steps=4)
     expected = students[0]
     for t in range(1, 5):
-        expected = [cfg.alpha * e + (1 - cfg.alpha) * s for e, s in zip(expected, students[t], strict=True)]
+        expected = [alpha * e + (1 - alpha) * s for e, s in zip(expected, students[t], strict=True)]
         for p, q in zip(teachers[t - 1], expected, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 

@@ -113,8 +113,8 @@ def test_splc_relabels_from_its_second_epoch_on(tiny_dataset):
     shares = [h["train/relabelled_share"] for h in r.history]
     assert shares[0] == 0.0 and all(s > 0 for s in shares[1:])
     batch = Batch(torch.randn(8, 4, 6), torch.zeros(8, 3), torch.zeros(8, 3))
-    state = MethodState(build_model(6, 3, TINY.model, seed=0).train(), replace(TINY, splc_tau=0.01),
-                        torch.Generator().manual_seed(0))
+    state = MethodState(build_model(6, 3, TINY.model, seed=0).train(),
+                        replace(TINY, method="splc", splc_tau=0.01), torch.Generator().manual_seed(0))
     for progress, relabels in ((0.0, False), (0.99, False), (1.0, True), (2.5, True)):
         state.progress = progress
         assert (splc.step(batch, state)[1]["train/relabelled_share"] > 0) == relabels
@@ -158,7 +158,7 @@ def test_epr_loss_by_hand_and_k_from_the_data():
     batch = Batch(torch.randn(4, 4, 6), Y[:1].repeat(4, 1), M[:1].repeat(4, 1))
     model = build_model(6, 3, TINY.model, seed=0).train()
     for k, cfg_k in ((0.7, None), (2.0, 2.0)):  # epr_k null: the state's observed positives per clip
-        state = MethodState(model, replace(TINY, epr_k=cfg_k), torch.Generator().manual_seed(0),
+        state = MethodState(model, replace(TINY, method="epr", epr_k=cfg_k), torch.Generator().manual_seed(0),
                             positives_per_clip=0.7)
         loss, logs = epr.step(batch, state)
         p = model(batch.X, generator=torch.Generator().manual_seed(0))

@@ -26,12 +26,14 @@ Beyond the paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from tagtune.study.lazy import F, torch
 
-from tagtune.study.config import TrainConfig
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from tagtune.study.config import TrainConfig
 
 ALL = ("partial", "complete", "positives-only")
 """Every kind of observation (tagtune.study.data.core.OBSERVATIONS)."""

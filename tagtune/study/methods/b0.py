@@ -7,9 +7,12 @@ label is missing, so missing labels enter the loss as negatives.
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from tagtune.study.methods import ALL, Batch, MethodState, bce
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "b0"
 LABEL = "B0"

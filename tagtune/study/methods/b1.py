@@ -7,9 +7,12 @@ has loss 0 (no gradient, no NaN).
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "b1"
 LABEL = "B1"

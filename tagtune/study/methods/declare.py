@@ -1,15 +1,18 @@
 """What a method module declares about its parameters: type, valid range, default, help, search.
 
-A parameter is a flat TrainConfig field (``gamma``, ``alpha``, ...; the name configs, MLflow
-params, checkpoints and exported YAML use). It is declared once, in the module of the method
-that introduced it, and reused by the methods that share it (LE + MT takes LE's and MT's,
-SPLC takes Hill's margin). From these declarations come the config's range checks, the
-``tagtune train`` flags, the Optuna ranges and the README's method table (see
-:mod:`tagtune.study.methods.registry`). No torch here: the declarations are plain data.
+A parameter is a field of its method's ``Params`` dataclass (``gamma``, ``alpha``, ...: the name
+configs, CLI flags, MLflow params, checkpoints and exported YAML use, flat, as when a run's
+config held every method's as its own fields): ``gamma: float = GAMMA.field()``. It is declared
+once, in the module of the method that introduced it, and reused by the methods that share it
+(LE + MT's Params takes LE's and MT's, SPLC's takes Hill's margin). From these declarations come
+the config's range checks, the ``tagtune train`` flags, the Optuna ranges, ``default.yaml`` and
+the README's method table (see :mod:`tagtune.study.methods.registry`). No torch here: the
+declarations are plain data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +73,7 @@ class Search:
 
 @dataclass(frozen=True)
 class Param:
-    """One TrainConfig field that only some methods read."""
+    """One parameter of a method (a field of its ``Params``): what only some methods read."""
 
     name: str
     kind: type
@@ -88,6 +91,11 @@ class Param:
     """None is valid too (its meaning is in ``help``)."""
     search: Search | None = None
     """How a study searches it, for the methods that list it as searched."""
+
+    def field(self) -> Any:
+        """This parameter as a field of a method's ``Params`` dataclass: its default, and this
+        declaration as the field's metadata (``param``), where the registry reads it."""
+        return dataclasses.field(default=self.default, metadata={"param": self})
 
     def problem(self, v: Any) -> str | None:
         """What is wrong with ``v`` (one line without the name), or None."""

@@ -14,11 +14,15 @@ can tell, and an underestimate where positives go missing too.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "epr"
 LABEL = "EPR"
@@ -28,7 +32,15 @@ ORDER = 10
 OBSERVATIONS = ALL
 EPR_K = Param("epr_k", float, None, "expected number of positives per clip (none: the mean number of "
               "observed positives per training clip)", Bounds(0, low_open=True), optional=True)
-PARAMS = (EPR_K,)
+
+
+@dataclass(frozen=True)
+class Params:
+    """EPR's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    epr_k: float | None = EPR_K.field()
+
+
 SEARCHED = ()
 
 
@@ -42,6 +54,6 @@ def epr_loss(p: Tensor, Y: Tensor, M: Tensor, k: float) -> tuple[Tensor, Tensor]
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
     p = state.model(batch.X, generator=state.generator)
-    k = state.cfg.epr_k if state.cfg.epr_k is not None else state.positives_per_clip
+    k = state.cfg.params.epr_k if state.cfg.params.epr_k is not None else state.positives_per_clip
     loss, regulariser = epr_loss(p, batch.Y, batch.M, k)
     return loss, {"train/epr_regulariser": regulariser.detach()}

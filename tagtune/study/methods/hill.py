@@ -18,12 +18,15 @@ BCE's scale, so the learning rates of the other methods carry over.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "hill"
 LABEL = "Hill"
@@ -37,7 +40,17 @@ MARGIN = Param("margin", float, 1.0, "margin m subtracted from a positive's logi
                "(the authors': 1)", Bounds(0), search=Search(0.5, 1.0))
 FOCAL_GAMMA = Param("focal_gamma", float, 2.0, "focusing exponent of the focal margin loss (the authors': 2)",
                     Bounds(0))
-PARAMS = (HILL_LAMBDA, MARGIN, FOCAL_GAMMA)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Hill's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    hill_lambda: float = HILL_LAMBDA.field()
+    margin: float = MARGIN.field()
+    focal_gamma: float = FOCAL_GAMMA.field()
+
+
 SEARCHED = (MARGIN,)  # lambda and gamma as the authors left them
 EPS = 1e-6
 """Clip of p before its logit."""
@@ -59,4 +72,4 @@ def hill_loss(p: Tensor, Y: Tensor, lam: float, margin: float, gamma: float) -> 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
     cfg = state.cfg
     p = state.model(batch.X, generator=state.generator)
-    return hill_loss(p, batch.Y, cfg.hill_lambda, cfg.margin, cfg.focal_gamma), {}
+    return hill_loss(p, batch.Y, cfg.params.hill_lambda, cfg.params.margin, cfg.params.focal_gamma), {}

@@ -20,19 +20,22 @@ peek at labels removed to simulate missing ones (the paper's SONYC code could).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from tagtune.study.config import PRESETS, ConfigError, TrainConfig
+from tagtune.study.configbase import PRESETS
+from tagtune.study.errors import ConfigError
+from tagtune.study.lazy import torch
 from tagtune.study.methods import ALL, Batch, MethodState, b0, b1
 from tagtune.study.methods.declare import Bounds, Param, Search
-from tagtune.study.model import predict
 
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
     from tagtune.study.checkpoint import FitState
+    from tagtune.study.config import TrainConfig
 
 NAME = "le"
 LABEL = "LE"
@@ -47,11 +50,23 @@ GAMMA = Param("gamma", float, PRESETS["openmic"]["gamma"], "percentile (0-100) o
 LE_TEACHER_LR = Param("le_teacher_lr", float, None, "the stage-1 teacher's initial lr (none: lr); a study "
                       "fixes it so that the trials of a cell share one teacher", Bounds(0, low_open=True),
                       optional=True)
-PARAMS = (GAMMA, LE_TEACHER_LR)
+
+
+@dataclass(frozen=True)
+class Params:
+    """LE's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    gamma: float = GAMMA.field()
+    le_teacher_lr: float | None = LE_TEACHER_LR.field()
+
+
 SEARCHED = (GAMMA,)
 
 STAGES = ("teacher", "student")
 SHARED_TEACHER = True
+TEACHER_LR = 1e-3
+"""The shared teacher's Adam lr, a study's ``le_teacher_lr``: the paper's, for every method (its
+public code's hparams)."""
 """Stage 1 can be given to the fit (a B0 fit's model): a study's trials share it (tagtune.study.teachers)."""
 
 
@@ -86,6 +101,8 @@ def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> n
 def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
                   gamma: float) -> tuple[Tensor, float]:
     """The student's (N, C) float training mask, and the fraction of missing labels masked."""
+    from tagtune.study.model import predict  # the network (torch) only when a stage ends
+
     observed = M.numpy() > 0
     enhanced = enhance(predict(teacher, X), Y.numpy(), observed, gamma)
     n_missing = int((~observed).sum())
@@ -96,7 +113,7 @@ def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
 def stage_lr(cfg: TrainConfig, stage: str) -> float:
     """The stage's initial lr: ``le_teacher_lr`` for the teacher where set, else ``lr`` (the student
     always starts at ``lr``, fresh)."""
-    return cfg.le_teacher_lr if stage == "teacher" and cfg.le_teacher_lr is not None else cfg.lr
+    return cfg.params.le_teacher_lr if stage == "teacher" and cfg.params.le_teacher_lr is not None else cfg.lr
 
 
 def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
@@ -105,7 +122,7 @@ def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: Train
     fs.le_teacher = teacher
     net = copy.deepcopy(fs.model)
     net.load_state_dict(teacher)
-    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.gamma)
+    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.params.gamma)
     fs.train_M = M.to(train.X.device)
 
 

@@ -20,10 +20,14 @@ tagtune.study.teachers): it depends on alpha and beta, which the trials search. 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import torch
 from tagtune.study.methods import ALL, Batch, MethodState, le, mt
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "lemt"
 LABEL = "LE+MT"
@@ -31,7 +35,13 @@ SUMMARY = "LE with MT's EMA-teacher consistency in both stages"
 SOURCE = "Gururani & Lerch 2021, its future work"
 ORDER = 4
 OBSERVATIONS = ALL
-PARAMS = le.PARAMS + mt.PARAMS
+
+
+@dataclass(frozen=True)
+class Params(mt.Params, le.Params):  # fields in reverse order of the bases: LE's, then MT's
+    """LE+MT's parameters: LE's and MT's (their declarations, not copies)."""
+
+
 SEARCHED = le.SEARCHED + mt.SEARCHED
 
 # LE's stages, boundary and teacher lr; MT's EMA teacher, selection and update, in each stage.

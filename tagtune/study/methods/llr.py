@@ -24,13 +24,15 @@ No state of its own: the rate follows from the epochs completed, which a checkpo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "llr"
 LABEL = "LL-R"
@@ -43,7 +45,15 @@ DELTA_REL = Param("delta_rel", float, 0.002, "the share of a batch's (clip, clas
                   "this every epoch after the first (Kim et al. 2022: 0.1-0.5%)", Bounds(0, 1),
                   search=Search(1e-4, 1e-2, log=True, bounds=Bounds(0, 1, low_open=True),
                                 label="delta_rel (log scale)"))
-PARAMS = (DELTA_REL,)
+
+
+@dataclass(frozen=True)
+class Params:
+    """LL-R's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    delta_rel: float = DELTA_REL.field()
+
+
 SEARCHED = (DELTA_REL,)
 
 
@@ -72,6 +82,6 @@ def llr_loss(p: Tensor, Y: Tensor, M: Tensor, rate: float) -> tuple[Tensor, Tens
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
     p = state.model(batch.X, generator=state.generator)
-    rate = rejection_rate(int(state.progress), state.cfg.delta_rel)
+    rate = rejection_rate(int(state.progress), state.cfg.params.delta_rel)
     loss, out = llr_loss(p, batch.Y, batch.M, rate)
     return loss, {"train/rejected_share": out.float().mean()}

@@ -37,14 +37,18 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from tagtune.study.config import PRESETS, TrainConfig
+from tagtune.study.configbase import PRESETS
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState, masked_bce
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from tagtune.study.config import TrainConfig
 
 NAME = "mt"
 LABEL = "MT"
@@ -68,7 +72,19 @@ EMA_WARMUP = Param("ema_warmup", bool, True, "EMA decay min(1 - 1/(t + 1), alpha
 MT_SELECT = Param("mt_select", str, "teacher", "the network selected (by its own validation loss), evaluated "
                   "and exported (the paper's code reported the student)",
                   choices=("teacher", "student"))
-PARAMS = (ALPHA, BETA, RAMPUP_EPOCHS, EMA_WARMUP, MT_SELECT)
+
+
+@dataclass(frozen=True)
+class Params:
+    """MT's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    alpha: float = ALPHA.field()
+    beta: float = BETA.field()
+    rampup_epochs: int = RAMPUP_EPOCHS.field()
+    ema_warmup: bool = EMA_WARMUP.field()
+    mt_select: str = MT_SELECT.field()
+
+
 SEARCHED = (ALPHA, BETA)
 
 
@@ -79,12 +95,12 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 def networks(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> tuple:
     """(selected, other): the teacher and the student, or the other way round (``mt_select``)."""
-    return (student, teacher) if cfg.mt_select == "student" else (teacher, student)
+    return (student, teacher) if cfg.params.mt_select == "student" else (teacher, student)
 
 
 def other_suffix(cfg: TrainConfig) -> str:
     """The suffix of the other network's metric names: ``val/loss_student`` (or ``_teacher``)."""
-    return "_teacher" if cfg.mt_select == "student" else "_student"
+    return "_teacher" if cfg.params.mt_select == "student" else "_student"
 
 
 def rampup(progress: float, rampup_epochs: int) -> float:
@@ -101,7 +117,7 @@ def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
         p_teacher = state.teacher(batch.X, generator=state.generator)
     classification = masked_bce(p_student, batch.Y, batch.M)
     consistency = F.mse_loss(p_student, p_teacher)
-    beta = state.cfg.beta * rampup(state.progress, state.cfg.rampup_epochs)
+    beta = state.cfg.params.beta * rampup(state.progress, state.cfg.params.rampup_epochs)
     return classification + beta * consistency, {"train/consistency": consistency.detach()}
 
 
@@ -110,10 +126,10 @@ def ema_decay(alpha: float, step: int, warmup: bool) -> float:
     return min(1.0 - 1.0 / (step + 1), alpha) if warmup else alpha
 
 
-@torch.no_grad()
 def after_step(state: MethodState) -> None:
     """theta' <- alpha_t * theta' + (1 - alpha_t) * theta, for every parameter."""
     teacher = list(state.teacher.parameters())
     student = list(state.model.parameters())
-    alpha_t = ema_decay(state.cfg.alpha, state.step, state.cfg.ema_warmup)
-    torch._foreach_lerp_(teacher, student, 1.0 - alpha_t)
+    alpha_t = ema_decay(state.cfg.params.alpha, state.step, state.cfg.params.ema_warmup)
+    with torch.no_grad():  # not a decorator: torch is imported on first use (tagtune.study.lazy)
+        torch._foreach_lerp_(teacher, student, 1.0 - alpha_t)

@@ -15,13 +15,15 @@ the mean over clips. Needs observed negatives, like B1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import WITH_NEGATIVES, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "pbce"
 LABEL = "Partial BCE"
@@ -32,7 +34,15 @@ OBSERVATIONS = WITH_NEGATIVES
 PBCE_GAMMA = Param("pbce_gamma", float, 1.0, "exponent of g(p) = alpha p^gamma + beta, alpha and beta set by "
                    "g(0.1) = 5 and g(1) = 1 (Durand et al. 2019: 1)", Bounds(),
                    search=Search(-1.0, 3.0, label="gamma"))
-PARAMS = (PBCE_GAMMA,)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Partial BCE's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    pbce_gamma: float = PBCE_GAMMA.field()
+
+
 SEARCHED = (PBCE_GAMMA,)
 G_AT_TENTH = 5.0
 """g(0.1): the paper's weight of a clip with 10% of its labels (g(1) = 1)."""
@@ -57,4 +67,4 @@ def partial_bce(p: Tensor, Y: Tensor, M: Tensor, gamma: float) -> Tensor:
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
     p = state.model(batch.X, generator=state.generator)
-    return partial_bce(p, batch.Y, batch.M, state.cfg.pbce_gamma), {}
+    return partial_bce(p, batch.Y, batch.M, state.cfg.params.pbce_gamma), {}

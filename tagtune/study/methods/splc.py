@@ -19,13 +19,16 @@ only). Mean over entries (their sum): see :mod:`~tagtune.study.methods.hill`.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
 from tagtune.study.methods.declare import Bounds, Param, Search
 from tagtune.study.methods.hill import EPS, FOCAL_GAMMA, MARGIN
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "splc"
 LABEL = "SPLC"
@@ -37,7 +40,17 @@ OBSERVATIONS = ALL
 SPLC_TAU = Param("splc_tau", float, 0.6, "a missing label scored above tau counts as a positive from the "
                  "second epoch on (the authors': 0.6)", Bounds(0, 1, low_open=True, high_open=True),
                  search=Search(0.5, 0.95, label="tau"))
-PARAMS = (SPLC_TAU, MARGIN, FOCAL_GAMMA)
+
+
+@dataclass(frozen=True)
+class Params:
+    """SPLC's parameters: a run's ``TrainConfig.params`` (declared above, one field each)."""
+
+    splc_tau: float = SPLC_TAU.field()
+    margin: float = MARGIN.field()
+    focal_gamma: float = FOCAL_GAMMA.field()
+
+
 SEARCHED = (SPLC_TAU,)
 
 
@@ -55,9 +68,9 @@ def splc_loss(p: Tensor, Y: Tensor, M: Tensor, relabel: bool, tau: float, margin
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:
-    cfg = state.cfg
+    params = state.cfg.params
     p = state.model(batch.X, generator=state.generator)
     relabel = int(state.progress) >= 1  # epochs completed in this stage
-    loss, new = splc_loss(p, batch.Y, batch.M, relabel, cfg.splc_tau, cfg.margin, cfg.focal_gamma)
+    loss, new = splc_loss(p, batch.Y, batch.M, relabel, params.splc_tau, params.margin, params.focal_gamma)
     missing = (batch.M == 0).sum().clamp_min(1)
     return loss, {"train/relabelled_share": new.sum() / missing}

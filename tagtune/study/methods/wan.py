@@ -11,11 +11,13 @@ Made for positives-only data (AudioSet style), where B1 and MT cannot run.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from tagtune.study.lazy import F, torch
 from tagtune.study.methods import ALL, Batch, MethodState
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NAME = "wan"
 LABEL = "WAN"

@@ -19,12 +19,15 @@ SAMPLE = 512  # clips the timed epoch trains on: enough for a stable per-clip ti
 
 
 def trial_epochs(settings: StudySettings) -> tuple[int, int]:
-    """(search epochs, replicate epochs) the study can train at most: every trial to the end."""
+    """(search epochs, replicate epochs) the study can train at most: every trial to the end; the
+    second counts the paper point's replicates (``paper_point``) and the re-rank's runs too."""
     from tagtune.study.methods import stages
 
     per_cell = {m: settings.epochs * len(stages(m)) for m in settings.methods}
     search = sum(per_cell[m] * settings.trials for m in settings.methods) * len(settings.missing)
-    reps = sum(per_cell[m] * settings.replicates for m in settings.methods) * len(settings.missing)
+    runs = (settings.replicates * (2 if settings.paper_point else 1)
+            + (settings.rerank * settings.rerank_seeds if settings.rerank > 1 else 0))
+    reps = sum(per_cell[m] * runs for m in settings.methods) * len(settings.missing)
     return search, reps
 
 
@@ -72,7 +75,10 @@ def plan_line(settings: StudySettings, ds=None) -> str:
     search, reps = trial_epochs(settings)
     head = (f"plan: {_n(cells, 'cell')} ({_n(len(settings.methods), 'method')} x "
             f"{_n(len(settings.missing), 'proportion')}) x {_n(settings.trials, 'trial')} x up to "
-            f"{_n(settings.epochs, 'epoch')}, then {_n(settings.replicates, 'replicate')} per cell")
+            f"{_n(settings.epochs, 'epoch')}, then {_n(settings.replicates, 'replicate')} per cell"
+            + (" and of its paper point" if settings.paper_point and settings.replicates else "")
+            + (f" (after a re-rank of the top {settings.rerank} on {_n(settings.rerank_seeds, 'seed')})"
+               if settings.rerank > 1 else ""))
     if ds is None or settings.gpus_per_trial > 0 or settings.address is not None:
         return head + " (no time estimate: it is timed on this machine's CPUs only)"
     n = slots(settings)

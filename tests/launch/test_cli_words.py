@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -77,17 +78,20 @@ def test_the_plan_says_cells_trials_epochs_replicates_and_a_time(tiny_dataset, t
     path = save(tiny_dataset, tmp_path / "tiny.h5")
     s = StudySettings(data=str(path), storage=str(tmp_path), methods=("b0", "le"),
                       missing=(0.0, 0.4, 0.8), trials=4, replicates=2, epochs=3, num_cpus=2)
-    # LE trains two stages of `epochs`: (3 + 6) epochs a trial x 3 proportions.
-    assert trial_epochs(s) == ((3 + 6) * 4 * 3, (3 + 6) * 2 * 3)
+    # LE trains two stages of `epochs`: (3 + 6) epochs a trial x 3 proportions; the replicates are
+    # the best config's and the paper point's (paper_point, on by default).
+    assert trial_epochs(s) == ((3 + 6) * 4 * 3, (3 + 6) * 2 * 2 * 3)
+    assert trial_epochs(replace(s, paper_point=False))[1] == (3 + 6) * 2 * 3
     line = plan_line(s, tiny_dataset)
     assert line.startswith("plan: 6 cells (2 methods x 3 proportions) x 4 trials x up to 3 epochs, "
-                           "then 2 replicates per cell; at most ~"), line
+                           "then 2 replicates per cell and of its paper point; at most ~"), line
     assert line.endswith("on 2 trial slots (ASHA stops many trials early)"), line
     assert "\n" not in line
     on_a_cluster = plan_line(StudySettings(data=str(path), storage=str(tmp_path), address="auto"),
                              tiny_dataset)
     assert on_a_cluster.startswith("plan: 55 cells (11 methods x 5 proportions) x 20 trials x up "
-                                   "to 100 epochs, then 5 replicates per cell (no time estimate")
+                                   "to 100 epochs, then 5 replicates per cell and of its paper point "
+                                   "(no time estimate")
 
 
 # -- bad input names the file or the flag it came from: one test per case ---------------------

@@ -4,9 +4,7 @@ re-rank run ran (and is logged) once."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from collections import Counter
 
 import pytest
@@ -14,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.launch.processes import base_env
 from tests.launch.test_reliability import slow_study
-from tests.launch.test_resume import _kill_tree, _tagtune
+from tests.launch.test_resume import _tagtune, ctrl_c_study
 
 pytestmark = [pytest.mark.cluster, pytest.mark.long, pytest.mark.timeout(420)]
 
@@ -23,22 +21,10 @@ def test_ctrl_c_in_the_rerank_phase_and_resume_finishes(tmp_path):
     config = slow_study(tmp_path, "rr", methods=["b1"], missing=[0.0], trials=3, replicates=1,
                         epochs=8, grace_period=8, checkpoint_every=2, paper_point=False,
                         rerank=2, rerank_seeds=2)
-    env = base_env()
-    driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
     study_dir = tmp_path / "studies" / "rr"
-    journal = study_dir / "mlflow-journal.jsonl"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and driver.poll() is None and not (
-                journal.exists() and '"phase": "rerank"' in journal.read_text()):
-            time.sleep(0.1)
-        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        _, err = driver.communicate(timeout=180)
-    finally:
-        _kill_tree(driver)
-    assert driver.returncode == 130, err[-3000:]
+    env = base_env()
+    returncode, err = ctrl_c_study(config, study_dir, '"phase": "rerank"', 240, env)
+    assert returncode == 130, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"interrupted: {study_dir}: interrupted in the rerank phase"), last
     assert not (study_dir / "summary.json").exists() and not (study_dir / "replicate").exists()

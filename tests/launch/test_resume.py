@@ -149,22 +149,10 @@ def test_killed_study_resumes_without_duplicates(tmp_path):
 def test_ctrl_c_stops_with_how_to_resume_and_resume_finishes(tmp_path):
     config = slow_study(tmp_path, "ctrlc", methods=["b1"], missing=[0.0], trials=4, replicates=1,
                         epochs=8, grace_period=8, checkpoint_every=2)
-    env = base_env()
-    driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
     study_dir = tmp_path / "studies" / "ctrlc"
-    journal = study_dir / "mlflow-journal.jsonl"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and driver.poll() is None and not (
-                journal.exists() and '"op": "result"' in journal.read_text()):
-            time.sleep(0.1)
-        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        _, err = driver.communicate(timeout=180)
-    finally:
-        _kill_tree(driver)
-    assert driver.returncode == 130, err[-3000:]
+    env = base_env()
+    returncode, err = ctrl_c_study(config, study_dir, '"op": "result"', 180, env)
+    assert returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == (
         f"interrupted: {study_dir}: interrupted in the search phase, its state saved; "
         f"continue with: tagtune study resume {study_dir}")
@@ -184,3 +172,23 @@ def test_ctrl_c_stops_with_how_to_resume_and_resume_finishes(tmp_path):
     assert max(Counter(r.data.tags["tagtune.trial_id"] for r in trials).values()) == 1
     assert len(trials) == 5 and len(runs) == 6  # and the cell's parent run
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def ctrl_c_study(config: Path, study_dir: Path, needle: str, wait_s: float,
+                 env: dict[str, str]) -> tuple[int | None, str]:
+    """``tagtune study --config CONFIG --quiet`` in its own process, sent SIGINT (what Ctrl-C
+    sends) once its journal holds ``needle`` (or after ``wait_s``): its exit code and stderr."""
+    driver = subprocess.Popen(_tagtune("study", "--config", str(config), "--quiet"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    journal = study_dir / "mlflow-journal.jsonl"
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                journal.exists() and needle in journal.read_text()):
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=180)
+    finally:
+        _kill_tree(driver)
+    return driver.returncode, err

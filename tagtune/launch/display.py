@@ -213,8 +213,10 @@ class FiniteTBXLogger(TBXLoggerCallback):
     tensor." on the terminal for every such epoch (hundreds of lines in a --quiet study)."""
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        finite = {k: v for k, v in result.items()
-                  if not (isinstance(v, float) and not math.isfinite(v))}
+        # Numbers only: the epochs a report carries (trainable.EARLIER) are a list, which
+        # tensorboardX cannot log (it warned once a report in study.log).
+        finite = {k: v for k, v in result.items() if not isinstance(v, list | tuple)
+                  and not (isinstance(v, float) and not math.isfinite(v))}
         super().log_trial_result(iteration, trial, finite)
 
 

@@ -69,7 +69,10 @@ def kill_session(proc: subprocess.Popen) -> None:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    # Not the test session's Ray settings either (its workers' preload: tests/conftest.py), which
+    # a user's shell or cluster node does not have.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_preload_python_modules")}
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 

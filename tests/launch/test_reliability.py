@@ -107,8 +107,9 @@ def cluster():
 def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, cluster):
     # ~6 s a trial: Tune reuses a free actor for the next trial, so the worker node gets one
     # only if a trial outlasts the start of its trial actor there (with ray[default] installed,
-    # seconds under load); 2 s trials all ran on the head's one actor.
-    epochs = 30
+    # seconds under load); 2 s trials all ran on the head's one actor. (Epochs, not seconds:
+    # since trials report only at decisions, 30 epochs take ~2.5 s here, 60 ~5 s.)
+    epochs = 60
     config = slow_study(tmp_path, "multi", n_train=8000, methods=["b1"], missing=[0.0], trials=4,
                         replicates=0, epochs=epochs, grace_period=epochs, max_failures=3)
     cluster.start_node()
@@ -127,8 +128,9 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
             time.sleep(0.1)
             for tid, results in (trial_results(search) if search.is_dir() else {}).items():
                 last = results[-1]
-                # A trial on the worker node with a checkpoint (epoch 2) behind it.
-                if cluster.on_node(last["pid"], worker) and EVERY < last["epoch"] < 9:
+                # A trial on the worker node with a checkpoint (epoch 2) behind it, and most of
+                # its epochs ahead (it reports only at decisions: every EVERY epochs here).
+                if cluster.on_node(last["pid"], worker) and EVERY < last["epoch"] < epochs // 2:
                     victim = tid
         assert victim is not None, f"no trial ran on the worker node:\n{log.read_text()[-3000:]}"
         # The node dies: its raylet, then everything else it ran (a worker process outlives

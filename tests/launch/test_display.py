@@ -72,7 +72,8 @@ def test_study_terminal_shows_the_display_not_library_lines(tmp_path, ray_sessio
     assert "search    1/1 done" in out and "replicate 1/1 done" in out
     # Before it started, one line said what it would run and at most how long.
     assert out.lstrip().startswith("plan: 1 cell (1 method x 1 proportion) x 1 trial x up to 2 "
-                                   "epochs, then 1 replicate per cell and of its paper point; at most ~"), out[:300]
+                                   "epochs, then 1 replicate per cell and of its paper point; "
+                                   "at most ~"), out[:300]
     assert not [n for n in NOISE if n in out], out
     log = (tmp_path / "shown" / LOG_FILE).read_text()
     assert "A new study created" in log and "Configuration for experiment" in log

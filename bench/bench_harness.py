@@ -136,25 +136,6 @@ def launch(bs, args: list[str], tmp: Path):
     return json.loads(answer[len(ANSWER):]), sampler
 
 
-def make_data(path: Path, clips: int) -> None:
-    """OpenMIC-shaped random data (10 x 128 frames, 20 classes, ~10% observed), train/valid/test
-    = clips, clips/4, clips/4."""
-    import numpy as np
-
-    from tagtune.study.data import Dataset, Split, save
-
-    rng = np.random.default_rng(0)
-
-    def split(k: int, prefix: str) -> Split:
-        M = rng.random((k, 20)) < 0.1
-        Y = ((rng.random((k, 20)) < 0.3) & M).astype(np.float32)
-        return Split(rng.normal(size=(k, 10, 128)).astype(np.float32), Y, M,
-                     np.array([f"{prefix}{i}" for i in range(k)]))
-
-    save(Dataset(train=split(clips, "tr"), valid=split(clips // 4, "va"),
-                 test=split(clips // 4, "te"), classes=tuple(f"c{i}" for i in range(20)),
-                 name="harness"), path)
-
 
 _RAN: dict[tuple[int, int, int], dict] = {}
 
@@ -223,7 +204,7 @@ def main() -> None:
     bs = _bench_study()
     tmp = Path(tempfile.mkdtemp(prefix="bench-harness-"))
     data = tmp / "harness.h5"
-    make_data(data, a.clips)
+    bs.make_data(data, (a.clips, a.clips // 4, a.clips // 4))  # bench_study's OpenMIC-shaped data
     base = {"data": str(data), "storage": str(tmp), "methods": (CELL[0],), "missing": (CELL[1],),
             "replicates": 0, "checkpoint_every": a.checkpoint_every, "train": TRAIN,
             "num_cpus": a.cpus, "cpus_per_trial": 1}

@@ -76,8 +76,15 @@ def deterministic(on: bool) -> Iterator[None]:
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
     """Inverted dropout from torch's own ``bernoulli_`` on ``x``'s device, drawn from ``generator``
     (a generator of that device): keep with probability 1 - p, scale the kept by 1 / (1 - p)."""
-    mask = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
-    return x * mask.div_(1.0 - p)
+    return x * dropout_mask(x.shape, x.dtype, x.device, p, generator)
 
 
-__all__ = ["CUBLAS_WORKSPACE", "DEVICES", "GENERIC_ON_CPU", "deterministic", "dropout", "generic", "resolve"]
+def dropout_mask(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device, p: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`dropout`'s mask for an input of that shape, dtype and device, scaled by 1 / (1 - p)."""
+    mask = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
+    return mask.div_(1.0 - p)
+
+
+__all__ = ["CUBLAS_WORKSPACE", "DEVICES", "GENERIC_ON_CPU", "deterministic", "dropout", "dropout_mask",
+           "generic", "resolve"]

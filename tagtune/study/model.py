@@ -49,16 +49,35 @@ from tagtune.study.fast import keep_mask
 from tagtune.study.fused_paper import EPS_ATT
 
 
-def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None,
+class DrawnMasks:
+    """Dropout masks drawn before a forward, handed to it in place of a generator: one per
+    dropout, in the order the forward applies them, already scaled by 1/(1-p).
+
+    A stacked forward (:func:`tagtune.study.stacked.forward`) runs this module's own forward
+    under ``torch.func.vmap``, where nothing can draw from a member's generator; it draws each
+    member's masks first, in the order and shape its solo forward would.
+    """
+
+    def __init__(self, masks: list[Tensor]):
+        self._masks = iter(masks)
+
+    def next(self) -> Tensor:
+        return next(self._masks)
+
+
+def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | DrawnMasks | None = None,
             generic: bool = False) -> Tensor:
     """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p).
 
     The mask comes from :func:`tagtune.study.fast.keep_mask` (16-bit integers against a
     threshold: ~10x cheaper than ``bernoulli_``; the keep rate is within 2^-17 of 1 - p);
-    ``generic``: from torch's ``bernoulli_`` on ``x``'s device (the GPU path).
+    ``generic``: from torch's ``bernoulli_`` on ``x``'s device (the GPU path); given
+    :class:`DrawnMasks`: their next.
     """
     if not training or p == 0.0:
         return x
+    if isinstance(generator, DrawnMasks):
+        return x * generator.next()
     if generic:
         return devices.dropout(x, p, generator)
     return x * keep_mask(x.shape, p, generator)
@@ -168,4 +187,4 @@ def predict(model: nn.Module, X: np.ndarray | Tensor, batch_size: int = 256) -> 
     return torch.cat(out).cpu().numpy()
 
 
-__all__ = ["EPS_ATT", "AttentionMIL", "build_model", "dropout", "predict"]
+__all__ = ["EPS_ATT", "AttentionMIL", "DrawnMasks", "build_model", "dropout", "predict"]

@@ -24,9 +24,10 @@ given teacher equals one trained after that teacher in the same fit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,14 +127,6 @@ def lr_at(cfg: TrainConfig, stage_epoch: int, stage: str = "main") -> float:
 
 def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
         resume: str | Path | None = None, le_teacher: Any = None) -> FitResult:
-    """:func:`_fit` on ``cfg.device`` (tagtune.study.device), deterministic algorithms if asked."""
-    with devices.deterministic(cfg.deterministic):
-        return _fit(ds, cfg, devices.resolve(cfg.device), on_epoch=on_epoch, resume=resume,
-                    le_teacher=le_teacher)
-
-
-def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpoch | None = None,
-         resume: str | Path | None = None, le_teacher: Any = None) -> FitResult:
     """Train ``cfg.method`` on ``ds`` and return the selected model and the history.
 
     ``on_epoch(logs, save)`` is called after every epoch; ``save(dir)`` writes the
@@ -141,25 +134,177 @@ def _fit(ds: Dataset, cfg: TrainConfig, device: torch.device, *, on_epoch: OnEpo
     ``le_teacher`` (a method whose stage 1 is shared, LE; a module or a state dict of the
     configured architecture, trained on the same labels, e.g. a B0 fit's model) skips stage 1;
     on ``resume`` the saved teacher is used instead.
+
+    A :class:`Trainer` of one member on ``cfg.device`` (tagtune.study.device), deterministic
+    algorithms if asked: the loop a fused stack runs too (tagtune.study.stacked).
     """
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    ds = remove_labels(ds, cfg.missing, seed=cfg.seed)
-    methods.check_supported([cfg.method], ds.observation)
-    if le_teacher is not None and not methods.shares_teacher(cfg.method):
-        shared = [m for m in methods.METHODS if methods.shares_teacher(m)]
-        raise ConfigError("le_teacher", f"only for method {', '.join(shared)}, not {cfg.method}")
-    hooks = methods.hooks(cfg.method)
-    train, valid = _Data.of(ds.train, device), _Data.of(ds.valid, device)
-    fs = _start(ds, cfg, train, resume, le_teacher)
-    taxonomy = taxonomy_of(ds)  # parsed once a fit, not every epoch
-    while True:
-        while fs.stage_epoch < cfg.epochs and not fs.stopped:
-            _epoch(fs, hooks, train, valid, ds.valid, cfg, on_epoch, taxonomy)
-        if fs.stage == len(fs.stages) - 1:
-            break
-        fs = _stage_boundary(fs, hooks, train, ds, cfg)
-    return _result(fs, ds, cfg)
+    with devices.deterministic(cfg.deterministic):
+        trainer = Trainer(ds, cfg)
+        member = trainer.add(cfg, on_epoch, resume=resume, le_teacher=le_teacher)
+        while trainer.active:
+            trainer.epoch()
+        if member.failed is not None:
+            raise member.failed
+        return member.result()
+
+
+@dataclass
+class Member:
+    """One trial of a :class:`Trainer`: its config, its data (its labels removed), its state."""
+
+    cfg: TrainConfig
+    ds: Dataset
+    """The data with this member's labels removed (its seed, its proportion)."""
+    fs: FitState
+    hooks: Hooks
+    train: _Data
+    valid: _Data
+    on_epoch: OnEpoch | None = None
+    done: bool = False
+    """Its last stage has ended (every epoch trained, or patience)."""
+    failed: BaseException | None = None
+    """What ended it with an error (its step, validation, callback or stage boundary raised): the
+    others go on, as a trial's error ends only that trial."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Its complete state, an ordinary trial's checkpoint (``fit(..., resume=directory)``)."""
+        return save_state(self.fs, self.cfg, directory)
+
+    def result(self) -> FitResult:
+        return _result(self.fs, self.ds, self.cfg)
+
+
+Networks = tuple[Tensor, Any, Any]
+"""What a step gets for one member's batch: the clips, and the callables that stand for its
+network and its teacher (None without one)."""
+
+
+class Trainer:
+    """The one epoch loop: members trained one epoch at a time, together, each its own trial.
+
+    :func:`fit` is a trainer of one member that calls its networks directly (the CPU's fused
+    kernels, or the generic torch path). A fused stack (:class:`tagtune.study.stacked.Stack`) is
+    this loop with every step's forward run for all its members as one stacked network; nothing
+    else differs. Members join and leave between epochs (a member ASHA stopped leaves).
+    """
+
+    generic: bool | None = None
+    """The generic torch path for every member whatever the device (None: as the device says)."""
+
+    def __init__(self, ds: Dataset, cfg: TrainConfig):
+        self.ds, self.like = ds, cfg
+        self.device = devices.resolve(cfg.device)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)  # a guard: nothing reads the global stream
+        self.taxonomy = taxonomy_of(ds)  # parsed once, not every epoch
+        self.members: list[Member] = []
+
+    def _data(self, split: Split, name: str) -> _Data:
+        """A member's clips, labels and mask of its split ``name`` (train, valid), on the device."""
+        return _Data.of(split, self.device)
+
+    def add(self, cfg: TrainConfig, on_epoch: OnEpoch | None = None, resume: str | Path | None = None,
+            le_teacher: Any = None) -> Member:
+        """A member from the start, from a saved state (``resume``), or from a given LE teacher."""
+        ds = remove_labels(self.ds, cfg.missing, seed=cfg.seed)
+        methods.check_supported([cfg.method], ds.observation)
+        if le_teacher is not None and not methods.shares_teacher(cfg.method):
+            shared = [m for m in methods.METHODS if methods.shares_teacher(m)]
+            raise ConfigError("le_teacher", f"only for method {', '.join(shared)}, not {cfg.method}")
+        train, valid = self._data(ds.train, "train"), self._data(ds.valid, "valid")
+        with devices.deterministic(cfg.deterministic):
+            fs = _start(ds, cfg, train, resume, le_teacher, generic=self.generic)
+            member = Member(cfg, ds, fs, methods.hooks(cfg.method), train, valid, on_epoch)
+            self._advance(member)  # a state saved at a stage's end goes on at the next stage's start
+        self.members.append(member)
+        return member
+
+    def leave(self, member: Member) -> None:
+        """Take ``member`` out (ASHA stopped it); its state stays readable."""
+        self.members.remove(member)
+
+    @property
+    def active(self) -> list[Member]:
+        return [m for m in self.members if not m.done and m.failed is None]
+
+    def epoch(self, group: Sequence[Member] | None = None) -> list[Member]:
+        """Train every active member (of ``group``: those) one epoch; validate each, call its
+        ``on_epoch``, move it to its next stage where one ended. The members trained, in order."""
+        group = [m for m in (self.members if group is None else group) if not m.done and m.failed is None]
+        if not group:
+            return []
+        with devices.deterministic(self.like.deterministic):
+            lrs = {id(m): _set_lr(m.fs, m.cfg) for m in group}
+            train_logs = self._train_epoch(group)
+            for m in group:
+                if m.failed is not None:
+                    continue
+                try:
+                    _close_epoch(m.fs, m.hooks, m.valid, m.ds.valid, m.cfg, m.on_epoch, self.taxonomy,
+                                 lrs[id(m)], train_logs[id(m)])
+                    self._advance(m)
+                except Exception as e:  # noqa: BLE001 -- its error, not the other members'
+                    m.failed = e
+        return group
+
+    def _advance(self, m: Member) -> None:
+        while m.fs.stage_epoch >= m.cfg.epochs or m.fs.stopped:
+            if m.fs.stage == len(m.fs.stages) - 1:
+                m.done = True
+                return
+            m.fs = _stage_boundary(m.fs, m.hooks, m.train, m.ds, m.cfg)
+
+    def _forward(self, alive: list[Member], rows: list[Tensor]) -> list[Networks]:
+        """Each member's batch and its networks, called by its step as they are."""
+        return [(m.train.X.index_select(0, r), m.fs.model, m.fs.teacher)
+                for m, r in zip(alive, rows, strict=True)]
+
+    def _train_epoch(self, group: list[Member]) -> dict[int, dict[str, float]]:
+        """One pass over the training clips for each member, in its own random order; the mean of
+        its step logs. A member whose step raises leaves the pass (``failed``); the others' numbers
+        do not change."""
+        states = {id(m): _begin_train_epoch(m.fs, m.cfg, m.train) for m in group}
+        N = group[0].train.X.shape[0]
+        B = self.like.batch_size
+        perms = {id(m): torch.randperm(N, generator=m.fs.batches).to(m.train.X.device) for m in group}
+        starts = batch_starts(N, B)
+        sums: dict[int, dict[str, Tensor]] = {id(m): {} for m in group}
+        for i, start in enumerate(starts):
+            alive = [m for m in group if m.failed is None]
+            if not alive:
+                break
+            rows = [perms[id(m)][start : start + B] for m in alive]
+            nets = self._forward(alive, rows)
+            total: Tensor | None = None
+            stepped = []
+            for m, r, (X, model, teacher) in zip(alive, rows, nets, strict=True):
+                state = states[id(m)]
+                state.progress = m.fs.stage_epoch + i / len(starts)
+                batch = Batch(X, m.train.Y.index_select(0, r), m.fs.train_M.index_select(0, r))
+                direct = model is state.model
+                view = state if direct else dataclasses.replace(state, model=model, teacher=teacher)
+                try:
+                    loss, logs = m.hooks.step(batch, view)
+                except Exception as e:  # noqa: BLE001 -- its error (a diverged lr, ...), not the others'
+                    m.failed = e
+                    continue
+                stepped.append(m)
+                total = loss if total is None else total + loss
+                for k, v in {"train/loss": loss, **logs}.items():
+                    sums[id(m)][k] = sums[id(m)].get(k, 0.0) + torch.as_tensor(v).detach()
+            if total is None:
+                break
+            for m in stepped:
+                m.fs.optimizer.zero_grad(set_to_none=True)
+            total.backward()  # disjoint parameters: each member gets its own loss's gradient
+            for m in stepped:
+                state = states[id(m)]
+                m.fs.optimizer.step()
+                m.fs.steps += 1
+                state.step = m.fs.steps
+                if m.hooks.after_step is not None:
+                    m.hooks.after_step(state)
+        return {k: {name: float(v) / len(starts) for name, v in s.items()} for k, s in sums.items()}
 
 
 def _start(ds: Dataset, cfg: TrainConfig, train: _Data, resume: str | Path | None, le_teacher: Any,
@@ -246,14 +391,6 @@ def _network_from(state: dict[str, Tensor], like: AttentionMIL) -> AttentionMIL:
     return net.eval()
 
 
-def _epoch(fs: FitState, hooks: Hooks, train: _Data, valid: _Data, valid_split: Split,
-           cfg: TrainConfig, on_epoch: OnEpoch | None, taxonomy: Taxonomy | None) -> None:
-    """Train one epoch, validate, update the selection, log, call back."""
-    lr = _set_lr(fs, cfg)
-    train_logs = _train_epoch(fs, hooks, train, cfg)
-    _close_epoch(fs, hooks, valid, valid_split, cfg, on_epoch, taxonomy, lr, train_logs)
-
-
 def _set_lr(fs: FitState, cfg: TrainConfig) -> float:
     """The learning rate of the epoch about to be trained, set in the optimizer."""
     lr = lr_at(cfg, fs.stage_epoch + 1, fs.stages[fs.stage])
@@ -307,32 +444,6 @@ def _close_epoch(fs: FitState, hooks: Hooks, valid: _Data, valid_split: Split, c
 def _selected(fs: FitState, cfg: TrainConfig) -> tuple[AttentionMIL, AttentionMIL | None]:
     """The network model selection looks at, and the other one (MT's; None for most methods)."""
     return methods.hooks(cfg.method).networks(fs.model, fs.teacher, cfg)
-
-
-def _train_epoch(fs: FitState, hooks: Hooks, train: _Data, cfg: TrainConfig) -> dict[str, float]:
-    """One pass over the training clips in a random order; the mean of the step logs."""
-    state = _begin_train_epoch(fs, cfg, train)
-    after_step = hooks.after_step
-    perm = torch.randperm(train.X.shape[0], generator=fs.batches).to(train.X.device)
-    starts = batch_starts(train.X.shape[0], cfg.batch_size)
-    B = cfg.batch_size
-    sums: dict[str, Tensor] = {}
-    for i, start in enumerate(starts):
-        idx = perm[start : start + B]
-        state.progress = fs.stage_epoch + i / len(starts)
-        batch = Batch(train.X.index_select(0, idx), train.Y.index_select(0, idx),
-                      fs.train_M.index_select(0, idx))
-        loss, logs = hooks.step(batch, state)
-        fs.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        fs.optimizer.step()
-        fs.steps += 1
-        state.step = fs.steps
-        if after_step is not None:
-            after_step(state)
-        for k, v in {"train/loss": loss, **logs}.items():
-            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach()
-    return {k: float(v) / len(starts) for k, v in sums.items()}
 
 
 def _begin_train_epoch(fs: FitState, cfg: TrainConfig, train: _Data) -> MethodState:
@@ -398,4 +509,4 @@ def evaluate_fit(result: FitResult, ds: Dataset) -> dict[str, float]:
     return out
 
 
-__all__ = ["FitResult", "evaluate_fit", "fit", "lr_at", "other_suffix", "stream_seed"]
+__all__ = ["FitResult", "Member", "Trainer", "evaluate_fit", "fit", "lr_at", "other_suffix", "stream_seed"]

@@ -2,9 +2,9 @@
 
 ``save_state`` writes everything :func:`tagtune.study.train.fit` needs to continue a
 run exactly where it stopped: networks, optimizer, the best model so far, the stage,
-early-stopping counters, LE's teacher and enhanced mask, the random streams and the
-history. Resuming and training on gives bitwise the weights and history of an
-uninterrupted run.
+early-stopping counters, the method's own state (LE's teacher), the training mask (LE's
+enhanced one), the random streams and the history. Resuming and training on gives bitwise
+the weights and history of an uninterrupted run.
 
 Across devices (a state written on a GPU resumed on a CPU, or back): tensors are read onto
 the CPU and copied into the networks of wherever the run resumes; the optimizer's moments are
@@ -69,10 +69,12 @@ class FitState:
     """Optimizer steps taken in the current stage (MT's EMA warm-up counts them)."""
     bad_epochs: int = 0
     """Epochs since the validation loss last improved."""
-    le_teacher: dict[str, Tensor] | None = None
-    """LE: the selected stage-1 teacher."""
-    masked_fraction: float | None = None
-    """LE: fraction of the missing training labels the enhancement masked out."""
+    method: dict[str, Any] = field(default_factory=dict)
+    """What the method keeps for itself, under its own names (LE: ``le_teacher``, the selected
+    stage-1 network's state, set as the student's stage begins; ``FitResult.le_teacher`` returns
+    it); saved and restored with the rest, read by no one else."""
+    method_logs: dict[str, float] = field(default_factory=dict)
+    """Numbers the method adds to every epoch's logs from then on (LE: ``le/masked_fraction``)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -105,9 +107,9 @@ def save_state(fs: FitState, cfg: TrainConfig, directory: str | Path) -> Path:
         "model": fs.model.state_dict(),
         "optimizer": fs.optimizer.state_dict(),
         "teacher": None if fs.teacher is None else fs.teacher.state_dict(),
-        "le_teacher": fs.le_teacher,
+        "method": fs.method,
+        "method_logs": fs.method_logs,
         "train_M": fs.train_M,
-        "masked_fraction": fs.masked_fraction,
         "rng": {
             "batches": fs.batches.get_state(),
             "noise": fs.noise.get_state(),
@@ -155,8 +157,14 @@ def restore(fs: FitState, payload: dict[str, Any]) -> None:
     if fs.teacher is not None:
         fs.teacher.load_state_dict(payload["teacher"])
     for name in ("stage_epoch", "stopped", "best_loss", "best_logs", "best_model", "best_other",
-                 "steps", "bad_epochs", "le_teacher", "train_M", "masked_fraction", "history"):
+                 "steps", "bad_epochs", "train_M", "history"):
         setattr(fs, name, payload[name])
+    if "method" in payload:
+        fs.method, fs.method_logs = payload["method"], payload["method_logs"]
+    else:  # written before the method's state had a place of its own: LE's two fields
+        fs.method = {} if payload["le_teacher"] is None else {"le_teacher": payload["le_teacher"]}
+        fs.method_logs = ({} if payload["masked_fraction"] is None
+                          else {"le/masked_fraction": payload["masked_fraction"]})
     fs.train_M = fs.train_M.to(params[0].device)
     fs.batches.set_state(payload["rng"]["batches"])
     if payload["rng"].get("noise_device", "cpu") == fs.noise.device.type:

@@ -419,8 +419,7 @@ def _close_epoch(fs: FitState, hooks: Hooks, valid: _Data, valid_split: Split, c
         loss_o, metrics_o = _validate(other, valid, valid_split, taxonomy)
         suffix = hooks.other_suffix(cfg)
         logs |= {f"val/loss{suffix}": loss_o, **{k + suffix: v for k, v in metrics_o.items()}}
-    if fs.masked_fraction is not None:
-        logs["le/masked_fraction"] = fs.masked_fraction
+    logs |= fs.method_logs  # LE: le/masked_fraction
 
     # The objective as a quantity to minimise (for val/loss the loss itself, so a checkpoint's
     # best_loss from before the setting means what it meant); NaN is never the best.
@@ -486,7 +485,7 @@ def _result(fs: FitState, ds: Dataset, cfg: TrainConfig) -> FitResult:
         model=net(best),
         cfg=cfg,
         other=net(best_other),
-        le_teacher=net(fs.le_teacher),
+        le_teacher=net(fs.method.get("le_teacher")),
     )
 
 

@@ -186,6 +186,27 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path, method, at):
         assert _same_weights(resumed.le_teacher, whole.le_teacher)
 
 
+def test_resume_reads_a_state_from_before_the_methods_own_state(tiny_dataset, tmp_path):
+    """A state written when LE's teacher and masked fraction were fields of the fit state (no
+    ``method``/``method_logs``) resumes as the state written now does."""
+    cfg = _cfg("le", epochs=2)
+
+    def on_epoch(logs, save):
+        if logs["epoch"] == 3:
+            save(tmp_path)
+
+    whole = fit(tiny_dataset, cfg, on_epoch=on_epoch)
+    path = tmp_path / "state.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["le_teacher"] = payload.pop("method")["le_teacher"]
+    payload["masked_fraction"] = payload.pop("method_logs")["le/masked_fraction"]
+    torch.save(payload, path)
+    resumed = fit(tiny_dataset, cfg, resume=tmp_path)
+    assert _same_history(resumed.history, whole.history)
+    assert _same_weights(resumed.model, whole.model)
+    assert _same_weights(resumed.le_teacher, whole.le_teacher)
+
+
 def test_resume_refuses_another_config(tiny_dataset, tmp_path):
     fit(tiny_dataset, _cfg("b1"), on_epoch=lambda logs, save: save(tmp_path))
     with pytest.raises(ConfigError, match="different config.*lr"):

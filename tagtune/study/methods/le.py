@@ -119,11 +119,12 @@ def stage_lr(cfg: TrainConfig, stage: str) -> float:
 def begin_stage(fs: FitState, teacher: dict[str, Tensor], train: Any, cfg: TrainConfig) -> None:
     """The student's stage begins: the selected stage-1 ``teacher`` (a state dict) scores the training
     clips (``train``: their X, Y, M tensors), and the enhanced mask becomes ``fs``'s training mask."""
-    fs.le_teacher = teacher
+    fs.method["le_teacher"] = teacher  # FitResult.le_teacher: reusable by another LE fit
     net = copy.deepcopy(fs.model)
     net.load_state_dict(teacher)
-    M, fs.masked_fraction = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.params.gamma)
+    M, masked = enhanced_mask(net.eval(), train.X, train.Y.cpu(), train.M.cpu(), cfg.params.gamma)
     fs.train_M = M.to(train.X.device)
+    fs.method_logs["le/masked_fraction"] = masked
 
 
 def step(batch: Batch, state: MethodState) -> tuple[Tensor, dict[str, Tensor]]:

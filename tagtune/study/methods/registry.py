@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from tagtune.study.methods import Batch, MethodState
 
-SHARED = ("declare", "registry")
+SHARED = ("base", "declare", "registry")
 """Modules of this package that are not methods."""
 DECLARED = ("NAME", "LABEL", "SUMMARY", "SOURCE", "ORDER", "OBSERVATIONS", "SEARCHED", "step")
 """What every method module declares (``Params`` too, where it has parameters)."""

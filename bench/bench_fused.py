@@ -1,5 +1,5 @@
 """Fused trials against separate ones: trial-epochs per second of N configs trained as one stacked
-network (tagtune.study.stacked) and of N trials each in its own process, and the paper-sized
+network (tagtune.study.fit.stacked) and of N trials each in its own process, and the paper-sized
 study's projected wall time both ways, on one device.
 
 Needs only torch, numpy and h5py, as bench_gpu.py (whose helpers it uses): nothing of
@@ -87,7 +87,7 @@ def fused(ds, method: str, n: int, device: str, epochs: int, clock: Clock) -> tu
     import torch
 
     from tagtune.study.config import TrainConfig
-    from tagtune.study.stacked import Stack
+    from tagtune.study.fit.stacked import Stack
 
     base = TrainConfig(method=method, epochs=epochs, device=device, missing=MISSING)  # one thread
     cfgs = [replace(base, seed=k, lr=lr) for k, lr in enumerate(lrs(n))]

@@ -2,7 +2,7 @@
 paper-sized study's projected wall time on one GPU.
 
 Needs only torch, numpy and h5py (a GPU node may have no Ray, Optuna or MLflow): it imports
-``tagtune.study.train`` and nothing of ``launch`` or the trainable. One prepared run:
+``tagtune.study.fit.train`` and nothing of ``launch`` or the trainable. One prepared run:
 
 1. epoch seconds of B1, LE and MT on OpenMIC-size random data (12,678 training and 2,237
    validation clips of 10 x 128, 20 classes; ``bench_speed.make_data``), on the GPU (the
@@ -47,7 +47,7 @@ def usable_cores() -> int:
 
 def _path(generic: bool) -> None:
     """--cpu-only: the GPU's steps run the GPU's code path (the generic one) on the CPU."""
-    from tagtune.study import device
+    from tagtune.study.nn import device
 
     device.GENERIC_ON_CPU = generic
 
@@ -58,7 +58,7 @@ def epoch_seconds(method: str, device: str, n_train: int, n_valid: int, epochs: 
     import torch
 
     from tagtune.study.config import TrainConfig
-    from tagtune.study.train import fit
+    from tagtune.study.fit.train import fit
 
     _path(generic)
 
@@ -84,7 +84,7 @@ def _sharer(device: str, generic: bool, n_train: int, n_valid: int, epochs: int,
     import torch
 
     from tagtune.study.config import TrainConfig
-    from tagtune.study.train import fit
+    from tagtune.study.fit.train import fit
 
     _path(generic)
 

@@ -103,8 +103,8 @@ def worker_loop(spec: dict) -> dict:
     import torch
 
     from tagtune.study.data import load
+    from tagtune.study.fit.train import fit
     from tagtune.study.folder import train_config
-    from tagtune.study.train import fit
 
     torch.set_num_threads(1)
     ds = load(spec["data"])

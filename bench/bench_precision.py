@@ -15,7 +15,7 @@ The last line is the geometric mean of the cells' wall ratios.
 
 ``--generic`` also times the generic torch path (what a GPU runs: ``reference_forward``, under
 autocast in bf16) on the CPU, the measurement behind running bf16 inside the hand-fused kernels
-instead (tagtune.study.precision).
+instead (tagtune.study.nn.precision).
 
     python bench/bench_precision.py            # B1, LE, MT at 1 and 2 threads, 3 repeats
     python bench/bench_precision.py --quick    # 2,000 clips, 1 repeat: under 2 minutes
@@ -43,9 +43,9 @@ def worker(method: str, threads: int, precision: str, n_train: int, n_valid: int
     """One timing, in this (fresh) process."""
     import torch
 
-    from tagtune.study import device
     from tagtune.study.config import ModelConfig, TrainConfig
-    from tagtune.study.train import fit
+    from tagtune.study.fit.train import fit
+    from tagtune.study.nn import device
 
     torch.set_num_threads(threads)
     device.GENERIC_ON_CPU = generic
@@ -76,7 +76,7 @@ def cpu_note() -> str:
     """The CPU's bf16 support, as torch and /proc/cpuinfo say."""
     import torch
 
-    from tagtune.study.precision import cpu_native_bf16
+    from tagtune.study.nn.precision import cpu_native_bf16
 
     return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"native bf16 {'yes' if cpu_native_bf16() else 'no'}")

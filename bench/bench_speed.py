@@ -101,7 +101,7 @@ def worker(impl: str, method: str, threads: int, n_train: int, n_valid: int,
     ds, warm = make_data(n_train, n_valid), make_data(256, 64, seed=1)
     if impl == "ours":
         from tagtune.study.config import ModelConfig, TrainConfig
-        from tagtune.study.train import fit
+        from tagtune.study.fit.train import fit
 
         # fp32, as the paper's code computes: the comparison is of the code, not of the arithmetic
         # (bf16, the default where native, is bench_precision.py's)

@@ -6,7 +6,7 @@ fresh process in a session of its own, sampled from outside every 0.2 s through 
 (a) overhead: N and 2N trial configs (B1 and MT, ASHA off: grace period = epochs, no
     replicates) through ``run_study`` (Ray Tune + Optuna + MLflow, a local Ray of 1 CPU),
     and the same configs, read back from the studies, in a sequential loop over
-    ``tagtune.study.train.fit`` (1 thread). Overhead = (study wall x CPUs) / (loop wall x 1)
+    ``tagtune.study.fit.train.fit`` (1 thread). Overhead = (study wall x CPUs) / (loop wall x 1)
     - 1, split into one-time costs (Ray, the MLflow store, the trial worker's imports, the
     Optuna export and the final MLflow sync) and the steady state: the trials' span, from
     the driver's journal clock, against the loop. CPU utilisation = CPU seconds of every
@@ -124,8 +124,8 @@ def worker_study(spec: dict) -> dict:
     import ray
 
     from tagtune.launch.study import run_study
+    from tagtune.study.fit.teachers import TeacherCache
     from tagtune.study.folder import JOURNAL, SEARCH, TEACHERS, StudySettings
-    from tagtune.study.teachers import TeacherCache
 
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=spec.pop("num_cpus"), include_dashboard=False,
@@ -161,8 +161,8 @@ def worker_loop(spec: dict) -> dict:
     import torch
 
     from tagtune.study.data import load
+    from tagtune.study.fit.train import fit
     from tagtune.study.folder import train_config
-    from tagtune.study.train import fit
 
     torch.set_num_threads(1)
     ds = load(spec["data"])

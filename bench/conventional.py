@@ -12,7 +12,7 @@ raw input added to the stack's output, a clamped sigmoid attention normalised ov
 hardtanh, its uniform(+-sqrt(6/fan_in)) initialisation. MT's EMA warms up as the paper's
 code does (``global_step += 1`` then alpha = min(1 - 1/(global_step + 1), alpha)).
 
-``bench/bench_speed.py`` times it against ``tagtune.study.train.fit`` and
+``bench/bench_speed.py`` times it against ``tagtune.study.fit.train.fit`` and
 ``tests/study/test_fast.py`` checks that both reach statistically the same validation loss.
 Methods: ``b0`` (missing = negative), ``b1`` (masked BCE), ``le`` (a b0 teacher stage,
 the teacher's scores on the training set, a b1 student stage on the enhanced mask),

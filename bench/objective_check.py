@@ -55,9 +55,9 @@ def _search_configs(method: str, preset: str, n: int, seed: int) -> list[dict[st
 def _fit_scored(ds, cfg) -> list[dict[str, float]]:
     """Fit ``cfg``; per epoch of the last stage, its validation logs and the selectable network's
     test metrics against the complete truth (f1_macro_tuned with validation-tuned thresholds)."""
-    from tagtune.study import train
-    from tagtune.study.metrics import evaluate, tuned_thresholds
-    from tagtune.study.model import predict
+    from tagtune.study.eval.metrics import evaluate, tuned_thresholds
+    from tagtune.study.fit import train
+    from tagtune.study.nn.model import predict
 
     per_epoch: list[dict[str, float]] = []
     pending: list[dict[str, float]] = []

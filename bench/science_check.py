@@ -93,7 +93,7 @@ def fit_one(job: tuple[str, dict]) -> dict:
     import torch
 
     from tagtune.study.config import TrainConfig, from_dict
-    from tagtune.study.train import evaluate_fit, fit
+    from tagtune.study.fit.train import evaluate_fit, fit
 
     torch.set_num_threads(1)
     path, cfg = job

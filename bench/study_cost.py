@@ -3,7 +3,7 @@
 A study (tagtune.launch.study) searches every (method, proportion) cell with ``trials``
 trials under its own ASHA (tagtune.launch.scheduler: max_t = epochs, grace period 5,
 reduction factor 3), then retrains each cell's best config with ``replicates`` seeds to the
-end. LE's stage-1 teacher is shared (tagtune.study.teachers): trained once per (proportion,
+end. LE's stage-1 teacher is shared (tagtune.study.fit.teachers): trained once per (proportion,
 seed) -- one for the whole search of a cell (its trials share the seed), one per replicate
 seed, the first of which is the search's. The ASHA count is simulated with Ray's rule
 (AsyncHyperBandScheduler: at each rung a trial goes on iff its score is not below the

@@ -26,7 +26,6 @@ from typing import Any
 import pandas as pd
 
 from tagtune.analysis.gain import PAPER
-from tagtune.study import tunestate
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.folder import (
     BEST,
@@ -41,6 +40,7 @@ from tagtune.study.folder import (
     superseded,
     train_config,
     trial_id_of,
+    tunestate,
 )
 from tagtune.study.objective import mode, score_key
 

@@ -155,9 +155,9 @@ def train(
     **params: Any,
 ) -> None:
     """Train one method on one data file; write config, history, metrics, model, predictions."""
-    from tagtune.study.device import resolve as resolve_device
-    from tagtune.study.precision import resolve as resolve_precision
-    from tagtune.study.run import train_run
+    from tagtune.study.fit.run import train_run
+    from tagtune.study.nn.device import resolve as resolve_device
+    from tagtune.study.nn.precision import resolve as resolve_precision
 
     # params: the methods' own parameters, one flag each (see method_flags).
     cfg = resolve_config(preset, config, method=method, lr=lr,

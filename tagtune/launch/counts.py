@@ -12,11 +12,11 @@ from ray import tune
 
 from tagtune.launch.objective import metric
 from tagtune.study import objective as objectives
-from tagtune.study import tunestate
 from tagtune.study.folder import (
     SEARCH,
     StudySettings,
     phase_dirs,
+    tunestate,
 )
 
 log = logging.getLogger(__name__)

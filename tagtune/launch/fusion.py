@@ -5,9 +5,9 @@ ASHA decisions, MLflow run, checkpoints and resume. What changes is where its ep
 trial itself (:func:`member_trial`) is a light process holding no CPU
 (``MEMBER_RESOURCES``); it hands its config to a :class:`StackActor`, an actor holding one trial's
 resources (its CPUs and share of a GPU), which trains every member it holds one epoch at a time
-as one :class:`tagtune.study.stacked.Stack`, then answers each member with its epoch's logs (and,
+as one :class:`tagtune.study.fit.stacked.Stack`, then answers each member with its epoch's logs (and,
 when a checkpoint is due, its state). The member reports them to Tune exactly as a trial trained
-alone would (:class:`tagtune.study.trainable.Reporter`: the same keys, the same checkpoints).
+alone would (:class:`tagtune.launch.trainable.Reporter`: the same keys, the same checkpoints).
 
 - Rounds: a stack waits until every member it holds has asked for its next epoch (Tune has taken
   the last one's report and let it go on), at most ``GRACE_S``; a member that does not come in
@@ -39,8 +39,8 @@ from typing import Any
 import ray
 from ray import tune
 
+from tagtune.launch.trainable import Reporter, replayed
 from tagtune.study.data import Dataset
-from tagtune.study.trainable import Reporter, replayed
 
 MEMBER_RESOURCES = {"cpu": 0, "memory": 2**20}
 """What a member trial asks Ray for: it only waits for its stack. No CPU (a fraction of one would
@@ -67,7 +67,7 @@ class StackActor:
     def __init__(self, dataset: Dataset, teacher_cache: str | None):
         self.ds, self.teacher_cache = dataset, teacher_cache
         self.stack: Any = None
-        self.members: dict[str, Any] = {}  # trial id -> tagtune.study.stacked.Member
+        self.members: dict[str, Any] = {}  # trial id -> tagtune.study.fit.stacked.Member
         self.configs: dict[str, dict[str, Any]] = {}
         self.replies: dict[str, list[dict[str, Any]]] = {}
         self.waiting: dict[str, asyncio.Future] = {}
@@ -85,10 +85,10 @@ class StackActor:
         return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume)
 
     def _join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None) -> dict:
+        from tagtune.study.fit.stacked import Stack
+        from tagtune.study.fit.teachers import TeacherCache
         from tagtune.study.folder import train_config
         from tagtune.study.methods import shares_teacher
-        from tagtune.study.stacked import Stack
-        from tagtune.study.teachers import TeacherCache
 
         cfg = train_config(config)
         if self.stack is None:
@@ -114,7 +114,7 @@ class StackActor:
         return self._ending(trial_id)
 
     def _ending(self, trial_id: str) -> dict:
-        from tagtune.study.train import evaluate_fit
+        from tagtune.study.fit.train import evaluate_fit
 
         member = self.members[trial_id]
         if member.failed is not None:  # its error alone: its trial fails, its stack-mates go on
@@ -194,7 +194,7 @@ class StackRegistry:
 
     def assign(self, cell: str, trial_id: str, key: tuple = ()) -> Any:
         """The stack ``trial_id`` joins: the newest with room of its cell and ``key`` (what a
-        stack's members share: tagtune.study.stacked.stack_key), or a new one."""
+        stack's members share: tagtune.study.fit.stacked.stack_key), or a new one."""
         for s in self.stacks:
             if trial_id in s["members"]:  # a retried member: its stack again
                 return s["actor"]
@@ -259,8 +259,8 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     reporter = Reporter(config, report_at)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
+    from tagtune.study.fit.stacked import stack_key
     from tagtune.study.folder import train_config
-    from tagtune.study.stacked import stack_key
 
     # Keyed by what a stack shares, not by cell alone: a searched network (arch, layers ...)
     # varies within a cell, and a member unlike its stack would fail (Stack.add refuses it).

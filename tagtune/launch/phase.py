@@ -16,7 +16,7 @@ from tagtune.launch.ray_start import pending_trials
 from tagtune.launch.rebind import rebinding
 from tagtune.launch.snapshot_repair import StudyInterrupted, ended_after_snapshot
 from tagtune.launch.wiring import Output, kind, phase_trainable, run_config
-from tagtune.study import tunestate
+from tagtune.study.folder import tunestate
 
 log = logging.getLogger(__name__)
 

@@ -46,8 +46,8 @@ def epoch_seconds(settings: StudySettings, ds) -> float:
     from dataclasses import replace
 
     from tagtune.study.data import Dataset, Split
+    from tagtune.study.fit.train import fit
     from tagtune.study.folder import train_config
-    from tagtune.study.train import fit
 
     n = len(ds.train.keys)
     k = min(n, SAMPLE)

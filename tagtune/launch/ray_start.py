@@ -50,7 +50,7 @@ def init_ray(settings: StudySettings) -> None:
 # raylet from its environment), ahead of any trial: a trial of a fraction of a second on a worker
 # still importing torch for seconds is what made Tune run trials one at a time (it hands the
 # next trial to the warm worker and drops the one starting).
-WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.study.trainable,tagtune.study.train")
+WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.launch.trainable,tagtune.study.fit.train")
 
 
 @contextlib.contextmanager

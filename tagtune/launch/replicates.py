@@ -20,13 +20,14 @@ from tagtune.launch.tracking import (
     SUPERSEDED_TAG,
     tag_trials,
 )
+from tagtune.launch.trainable import TRIAL_STATE
 from tagtune.launch.wiring import Output, phase_trainable, run_config, trial_dirname_of
-from tagtune.study import atomic
 from tagtune.study.folder import (
     REPLICATE,
     ROUNDS,
     SEARCH,
     StudySettings,
+    atomic,
     phase_dirname,
     phase_dirs,
     read_rounds,
@@ -34,7 +35,6 @@ from tagtune.study.folder import (
     train_config,
     trial_dirname,
 )
-from tagtune.study.trainable import TRIAL_STATE
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ factor), so a trial only competes with trials of its own cell, as in the paper
 where every method was tuned on its own.
 
 The time axis is the trainable's ``budget`` (epochs spent on the model being
-selected; 0 while LE trains its teacher), see ``tagtune.study.trainable``.
+selected; 0 while LE trains its teacher), see ``tagtune.launch.trainable``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pickle
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from tagtune.study import atomic
+from tagtune.study.folder import atomic
 
 TIME_ATTR = "budget"
 

@@ -49,11 +49,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from tagtune.launch.trainable import EARLIER
 from tagtune.search_spaces import SPACES, Ranges, paper_point
-from tagtune.study import atomic
 from tagtune.study.config import METHODS, ConfigError, check_proportion
-from tagtune.study.folder import cell_id, parse_cell
-from tagtune.study.trainable import EARLIER
+from tagtune.study.folder import atomic, cell_id, parse_cell
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ class CellSearcher(Searcher):
         return b is None or (a < b if self._mode == "min" else a > b)
 
     def _observe(self, t: _Open, result: dict[str, Any]) -> None:
-        # A report carries the epochs held since the one before (tagtune.study.trainable):
+        # A report carries the epochs held since the one before (tagtune.launch.trainable):
         # Optuna hears every epoch, as if each had been a report.
         for earlier in result.get(EARLIER, ()):
             self._observe_one(t, earlier)

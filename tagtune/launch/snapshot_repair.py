@@ -10,11 +10,11 @@ from pathlib import Path
 from tagtune.launch.tracking import (
     journal_outcomes,
 )
-from tagtune.study import tunestate
 from tagtune.study.config import ConfigError
 from tagtune.study.folder import (
     JOURNAL,
     StudySettings,
+    tunestate,
 )
 
 log = logging.getLogger(__name__)

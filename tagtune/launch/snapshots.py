@@ -5,9 +5,9 @@ state, then the searcher's state, into the driver's staging folder, then asks ev
 for its state (``Callback.get_state``), and only after that starts copying the folder into
 the study (in place: the copy a kill can tear). So at ``get_state`` the staging folder holds
 one whole, consistent generation; the keeper copies it into ``PHASE/last-good/`` there
-(:func:`tagtune.study.tunestate.keep`) and returns None (it has no state of its own, so Tune
+(:func:`tagtune.study.folder.tunestate.keep`) and returns None (it has no state of its own, so Tune
 writes no callback file for it). ``study resume`` puts that generation back where the copy in
-the phase folder is torn (:func:`tagtune.study.tunestate.repair`).
+the phase folder is torn (:func:`tagtune.study.folder.tunestate.repair`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from tagtune.launch.rebind import Rebindable
-from tagtune.study import tunestate
+from tagtune.study.folder import tunestate
 
 log = logging.getLogger(__name__)
 

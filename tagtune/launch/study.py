@@ -38,7 +38,6 @@ from tagtune.launch.tracking import (
 )
 from tagtune.launch.wiring import Output, phase_trainable
 from tagtune.search_spaces import Ranges, load_ranges
-from tagtune.study import atomic, tunestate
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
 from tagtune.study.folder import (
@@ -51,12 +50,14 @@ from tagtune.study.folder import (
     SETTINGS,
     SUMMARY,
     StudySettings,
+    atomic,
     load_settings,
     load_study,
     phase_dirname,
     phase_dirs,
     read_rounds,
     round_count,
+    tunestate,
 )
 from tagtune.study.methods import check_supported
 

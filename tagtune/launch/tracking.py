@@ -32,19 +32,19 @@ from ray.tune import Callback
 from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import quick_mlflow_http
 from tagtune.launch.rebind import Rebindable
-from tagtune.study import atomic
+from tagtune.launch.trainable import EARLIER, REPLAYED
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.errors import first_line
 from tagtune.study.folder import (
     ARTIFACTS,
     JOURNAL,
     STUDY_KEYS,
+    atomic,
     cell_id,
     parse_cell,
     proportion_text,
     train_config,
 )
-from tagtune.study.trainable import EARLIER, REPLAYED
 
 log = logging.getLogger(__name__)
 TRIAL_TAG = "tagtune.trial_id"
@@ -356,7 +356,7 @@ class MlflowJournalCallback(Rebindable, Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get(REPLAYED):  # a result the journal already has, told Tune again on resume
             return
-        # One event per epoch, those the report carries first (tagtune.study.trainable.EARLIER).
+        # One event per epoch, those the report carries first (tagtune.launch.trainable.EARLIER).
         for r in [*result.get(EARLIER, ()), result]:
             self._emit({"op": "result", "trial_id": trial.trial_id, "step": r["training_iteration"],
                         "metrics": numeric_metrics(r)}, trials)

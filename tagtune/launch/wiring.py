@@ -16,13 +16,13 @@ from tagtune.launch.snapshots import CheckpointPruner, SnapshotKeeper
 from tagtune.launch.tracking import (
     MlflowJournalCallback,
 )
+from tagtune.launch.trainable import train_trial
 from tagtune.study.data import Dataset
 from tagtune.study.folder import (
     SEARCH,
     StudySettings,
     trial_dirname,
 )
-from tagtune.study.trainable import train_trial
 
 log = logging.getLogger(__name__)
 

@@ -118,11 +118,11 @@ class TrainConfig:
     """torch intra-op threads (the CPU budget of the run)."""
     device: str = "cpu"
     """Where to train: cpu, cuda (in a study: the GPU Ray assigned the trial), or auto (the GPU
-    when torch sees one). Checkpoints resume on either; see tagtune.study.device. The default
+    when torch sees one). Checkpoints resume on either; see tagtune.study.nn.device. The default
     keeps a run where it always was: an existing script or bench on a GPU node still uses the CPU."""
     precision: str = DEFAULT_PRECISION
     """auto (bf16 where the CPU or GPU has it natively, else fp32), bf16 (mixed: matrix products in
-    bf16; weights, BatchNorm, losses, metrics fp32) or fp32; see tagtune.study.precision. The
+    bf16; weights, BatchNorm, losses, metrics fp32) or fp32; see tagtune.study.nn.precision. The
     default is auto since the science check (docs/precision.md); fp32 reproduces runs from before.
     A checkpoint resumes in either."""
     deterministic: bool = False

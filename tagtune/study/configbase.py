@@ -17,12 +17,13 @@ from tagtune.study.errors import ConfigError
 ARCHS: tuple[str, ...] = ("residual", "paper")
 """``residual``: softmax attention, a residual around every embedding layer (tagtune's);
 ``paper``: the paper's code's network (clamped sigmoid attention over time, one skip from the
-raw input to the embedding stack's output). See :mod:`tagtune.study.model`."""
+raw input to the embedding stack's output). See :mod:`tagtune.study.nn.model`."""
 DEFAULT_ARCH = "residual"  # the science bench decides; switching the default is this line
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-"""Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.device)."""
+"""Where a run trains: ``auto`` = the GPU when torch sees one (tagtune.study.nn.device)."""
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
-"""Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native (tagtune.study.precision)."""
+"""Arithmetic of a run: ``bf16`` = mixed precision, ``auto`` = bf16 where native
+(tagtune.study.nn.precision)."""
 DEFAULT_PRECISION = "auto"  # bf16 where native: safe by the science check, faster (docs/precision.md)
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's settings per dataset (Sec. 4), on tagtune's default network; the openmic

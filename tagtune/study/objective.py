@@ -8,7 +8,7 @@ a validation metric of the fit loop's epoch logs:
 - ``val/auprc_macro``: macro average precision over the observed validation labels, maximised
   (threshold-free: how well each class's clips are ranked);
 - ``val/f1_macro_tuned``: F1 macro with each class's threshold tuned on the observed validation
-  labels (:func:`tagtune.study.metrics.tuned_thresholds`), maximised.
+  labels (:func:`tagtune.study.eval.metrics.tuned_thresholds`), maximised.
 
 Why the default is what it is: docs/study.md, from bench/objective_check.py.
 

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from tagtune.analysis import analyze
 from tagtune.analysis.export import COMBINED, cell_filename
 from tagtune.study.config import applies
+from tagtune.study.fit.teachers import TEACHER_LR
 from tagtune.study.objective import score_key
-from tagtune.study.teachers import TEACHER_LR
 from tests.conftest import TINY_STUDY, invoke
 
 METHODS, MISSING = TINY_STUDY["methods"], TINY_STUDY["missing"]

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from tagtune.study import device as devices
 from tagtune.study.data.synth import synthesize
+from tagtune.study.nn import device as devices
 
 _ON = os.environ.get("TAGTUNE_GPU_TESTS_ON", "cuda")
 if _ON not in ("cuda", "cpu"):

@@ -9,7 +9,7 @@ Optuna, MLflow, YAML; tests/gpu/test_gpu_imports.py checks that)::
 
 Where torch sees no GPU every test skips with its reason. Dry run, to check the tests' logic on a
 machine without one: ``TAGTUNE_GPU_TESTS_ON=cpu make test-gpu`` runs the same tests with the device
-``cpu`` and ``tagtune.study.device.GENERIC_ON_CPU`` on, i.e. what a GPU runs, on the CPU (the GPU
+``cpu`` and ``tagtune.study.nn.device.GENERIC_ON_CPU`` on, i.e. what a GPU runs, on the CPU (the GPU
 vs CPU comparisons then compare the CPU with itself; the Ray test skips: no GPU to share).
 A minute or two on a GPU: small synthetic data, 2-3 epochs a fit.
 """
@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.study import device as devices
 from tagtune.study import methods
 from tagtune.study.config import METHODS, ModelConfig, TrainConfig
-from tagtune.study.stacked import fit_many
-from tagtune.study.train import FitResult, evaluate_fit, fit
+from tagtune.study.fit.stacked import fit_many
+from tagtune.study.fit.train import FitResult, evaluate_fit, fit
+from tagtune.study.nn import device as devices
 from tests.conftest import TINY_CONFIG
 from tests.gpu.conftest import DRY
 

@@ -95,7 +95,7 @@ def test_bad_values_exit_2_with_one_line(data_file, tmp_path, args, message):
 def test_out_that_is_a_file_exit_2_before_training(data_file, tmp_path, monkeypatch):
     blocker = tmp_path / "run"
     blocker.write_text("a file, not a directory")
-    monkeypatch.setattr("tagtune.study.run.fit", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("tagtune.study.fit.run.fit", lambda *a, **k: pytest.fail("trained anyway"))
     r = invoke("train", "--method", "b1", "--data", data_file, "--out", blocker, "--no-progress")
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from tagtune.launch.trainable import EARLIER
 from tagtune.study.config import TrainConfig
 from tagtune.study.data import save
-from tagtune.study.trainable import EARLIER
 from tests.conftest import invoke
 
 STUDY_DEFAULTS = {"--trials": "20", "--replicates": "5", "--epochs": "100",

@@ -16,13 +16,13 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tagtune.launch.tracking import read_journal
-from tagtune.study import device as devices
+from tagtune.launch.trainable import Reporter
 from tagtune.study.data import Dataset, load, save
+from tagtune.study.fit.teachers import TeacherCache
+from tagtune.study.fit.train import fit
 from tagtune.study.folder import JOURNAL, StudySettings, load_settings, train_config
 from tagtune.study.methods import shares_teacher
-from tagtune.study.teachers import TeacherCache
-from tagtune.study.train import fit
-from tagtune.study.trainable import Reporter
+from tagtune.study.nn import device as devices
 from tests.conftest import TINY_TRAIN, invoke, make_split
 from tests.launch.processes import base_env
 from tests.launch.test_reliability import TRIAL_RUNS, journal_restarts, slow_study

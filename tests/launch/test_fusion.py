@@ -124,8 +124,8 @@ def test_tune_starts_as_many_members_as_the_stacks_that_fit_hold(ray_session, tm
 def test_stacks_are_keyed_by_what_a_stack_shares_not_by_cell_alone(monkeypatch):
     """A cell whose study searches the network (``arch``) deals its trials to one stack per network:
     a paper trial joining a residual stack would fail (Stack.add refuses it) and be retried."""
+    from tagtune.study.fit.stacked import stack_key
     from tagtune.study.folder import train_config
-    from tagtune.study.stacked import stack_key
 
     made = []
 

@@ -80,7 +80,7 @@ def test_train_auto_records_where_it_ran(data_file, tmp_path, monkeypatch):
 
 def test_train_device_cuda_without_a_gpu_is_one_line_exit_2(data_file, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("tagtune.study.run.fit", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("tagtune.study.fit.run.fit", lambda *a, **k: pytest.fail("trained anyway"))
     r = _train("--data", data_file, "--method", "b1", "--device", "cuda", "--out", tmp_path / "run")
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()

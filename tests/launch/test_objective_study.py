@@ -11,8 +11,8 @@ import shutil
 import pytest
 import yaml
 
+from tagtune.launch.trainable import EARLIER
 from tagtune.study import objective
-from tagtune.study.trainable import EARLIER
 from tests.conftest import TINY_TRAIN, invoke
 
 STUDY = dict(methods=("b1",), missing=(0.0,), trials=4, replicates=2, epochs=3, grace_period=3,

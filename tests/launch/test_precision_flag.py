@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tagtune.study import precision
+from tagtune.study.nn import precision
 from tests.conftest import invoke
 
 

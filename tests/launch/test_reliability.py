@@ -27,11 +27,11 @@ from tagtune.launch.tracking import (
     numeric_metrics,
     read_journal,
 )
+from tagtune.launch.trainable import EARLIER
 from tagtune.study import data
 from tagtune.study.config import applies, to_dict
 from tagtune.study.data import Dataset
 from tagtune.study.folder import JOURNAL, train_config
-from tagtune.study.trainable import EARLIER
 from tests.conftest import make_split
 from tests.launch.processes import (
     MlflowServer,

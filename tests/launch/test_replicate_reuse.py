@@ -9,9 +9,9 @@ from mlflow import MlflowClient
 from ray import tune
 
 from tagtune.launch.study import run_study
+from tagtune.launch.trainable import TRIAL_STATE
 from tagtune.study import data
 from tagtune.study.folder import StudySettings
-from tagtune.study.trainable import TRIAL_STATE
 from tests.conftest import TINY_TRAIN
 
 EPOCHS = 2

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 
+from tagtune.launch import trainable
 from tagtune.launch.scheduler import CellASHA, TrialScheduler, rungs
 from tagtune.launch.searcher import Cell, CellSearcher
-from tagtune.study import trainable
-from tagtune.study.trainable import EARLIER, STEP, Reporter
+from tagtune.launch.trainable import EARLIER, STEP, Reporter
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 METRIC, MODE = "val/best_loss", "min"

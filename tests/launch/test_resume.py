@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tagtune.launch.tracking import journal_outcomes
-from tagtune.study import tunestate
-from tagtune.study.trainable import TRIAL_STATE
+from tagtune.launch.trainable import TRIAL_STATE
+from tagtune.study.folder import tunestate
 from tests.launch.processes import base_env
 from tests.launch.test_reliability import TRIAL_RUNS, journal_restarts, slow_study
 

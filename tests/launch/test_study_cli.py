@@ -12,10 +12,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from tagtune.launch.trainable import EARLIER
 from tagtune.study.data import load
+from tagtune.study.fit.teachers import TeacherCache, teacher_key
 from tagtune.study.folder import train_config
-from tagtune.study.teachers import TeacherCache, teacher_key
-from tagtune.study.trainable import EARLIER
 from tests.conftest import TINY_STUDY, TINY_TRAIN, invoke
 from tests.launch.processes import free_port
 
@@ -95,7 +95,7 @@ def test_study_config_file_and_no_shared_teacher(own_teacher_study):
 
 def _epochs(phase_dir, trial_id: str) -> list[dict]:
     """Every epoch a trial reported, in order: an epoch between two decisions rides in the next
-    report (tagtune.study.trainable.EARLIER)."""
+    report (tagtune.launch.trainable.EARLIER)."""
     rows = [json.loads(line) for line in _result_lines(phase_dir, trial_id)]
     return [e for row in rows for e in [*row.get(EARLIER, []), row]]
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tagtune.study import tunestate
-from tagtune.study.folder import JOURNAL
+from tagtune.study.folder import JOURNAL, tunestate
 from tests.launch.processes import base_env, kill_session
 from tests.launch.test_reliability import TRIAL_RUNS, slow_study, tagtune
 from tests.launch.test_resume import _ended, _running_at

@@ -13,7 +13,7 @@ from tagtune.analysis.table import headline_metric
 from tagtune.launch.cli import app
 from tagtune.study.data import save
 from tagtune.study.data.synth import synthesize
-from tagtune.study.dcase import NAMES
+from tagtune.study.eval.dcase import NAMES
 
 
 def test_train_on_sonyc_like_data_writes_dcase_metrics(tmp_path):

@@ -11,8 +11,8 @@ from tagtune.study.data import Dataset, Split
 from tagtune.study.data.core import DataError
 from tagtune.study.data.sonyc import UST_TAXONOMY
 from tagtune.study.data.synth import synthesize
-from tagtune.study.dcase import NAMES, dcase_metrics, taxonomy_of
-from tagtune.study.metrics import evaluate
+from tagtune.study.eval.dcase import NAMES, dcase_metrics, taxonomy_of
+from tagtune.study.eval.metrics import evaluate
 
 # Two categories: "a" has two fine tags and an uncertain X tag, "b" one fine tag and no X.
 TAX = {"coarse": {"1": "a", "2": "b"}, "fine": {"1": {"1": "a1", "2": "a2", "X": "ax"},

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from tagtune.study import device as devices
-from tagtune.study.checkpoint import STATE_FILE, crossed_noise_seed, load_payload, optimizer_state
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, replace, to_dict
-from tagtune.study.train import fit
+from tagtune.study.fit.checkpoint import STATE_FILE, crossed_noise_seed, load_payload, optimizer_state
+from tagtune.study.fit.train import fit
+from tagtune.study.nn import device as devices
 from tests.conftest import TINY_CONFIG
 
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from tagtune.study import fast
 from tagtune.study.config import ModelConfig, TrainConfig
 from tagtune.study.data import Dataset, Split
-from tagtune.study.model import build_model, dropout
-from tagtune.study.train import fit
+from tagtune.study.fit.train import fit
+from tagtune.study.nn import fast
+from tagtune.study.nn.model import build_model, dropout
 from tests.conftest import bench_module
 
 PAPER = ModelConfig(arch="paper")  # the paper's OpenMIC network: L = 3, H = F = 128
@@ -167,7 +167,7 @@ def test_eval_forward_equals_the_reference_forward(F_, cfg):
 def test_numpy_metrics_equal_sklearn_on_random_data_with_ties():
     from sklearn.metrics import average_precision_score, f1_score
 
-    from tagtune.study.metrics import _ap, f1_macro
+    from tagtune.study.eval.metrics import _ap, f1_macro
 
     rng = np.random.default_rng(0)
     for _ in range(100):

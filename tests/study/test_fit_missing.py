@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from tagtune.study import train as train_module
 from tagtune.study.config import ModelConfig, TrainConfig, replace
 from tagtune.study.data import remove_labels
-from tagtune.study.train import fit
+from tagtune.study.fit import train as train_module
+from tagtune.study.fit.train import fit
 from tests.conftest import make_split
 
 CFG = TrainConfig(method="b1", epochs=2, batch_size=32, lr=3e-3, lr_decay_epochs=(), seed=3,

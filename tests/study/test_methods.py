@@ -10,7 +10,7 @@ import torch
 
 from tagtune.study.config import ModelConfig, TrainConfig, replace
 from tagtune.study.methods import Batch, MethodState, b0, b1, le, masked_bce, mt
-from tagtune.study.model import build_model
+from tagtune.study.nn.model import build_model
 
 P = torch.tensor([[0.9, 0.2], [0.5, 0.7]])
 Y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

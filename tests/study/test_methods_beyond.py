@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tagtune.study.config import METHODS, ConfigError, replace
 from tagtune.study.data import positives_only
 from tagtune.study.data.core import OBSERVATIONS
+from tagtune.study.fit.train import fit
 from tagtune.study.methods import (
     Batch,
     MethodState,
@@ -28,8 +29,7 @@ from tagtune.study.methods import (
     supports,
     wan,
 )
-from tagtune.study.model import build_model
-from tagtune.study.train import fit
+from tagtune.study.nn.model import build_model
 from tests.conftest import TINY_CONFIG
 
 P = torch.tensor([[0.9, 0.2, 0.6], [0.5, 0.7, 0.1]])

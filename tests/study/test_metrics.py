@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tagtune.study.data import Split
-from tagtune.study.metrics import auprc, evaluate, f1_macro, mean_average_precision
+from tagtune.study.eval.metrics import auprc, evaluate, f1_macro, mean_average_precision
 
 # 5 clips x 2 classes; (clip 4, class 0) and (clip 0, class 1) are missing.
 Y = np.array([[1, 0], [0, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagtune.study.config import ModelConfig
-from tagtune.study.model import AttentionMIL, build_model, dropout, predict
+from tagtune.study.nn.model import AttentionMIL, build_model, dropout, predict
 
 CFG = ModelConfig(layers=2, hidden=8, dropout=0.5)
 

@@ -11,7 +11,7 @@ import pytest
 from tagtune.study import objective
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Split
-from tagtune.study.metrics import evaluate, f1_macro, tuned_thresholds
+from tagtune.study.eval.metrics import evaluate, f1_macro, tuned_thresholds
 from tests.conftest import TINY_CONFIG
 
 # Hand-made: class 0's positives score .9 .4 .35, its negatives .3 .1 -> best cut between .35 and .3;
@@ -75,7 +75,7 @@ def test_each_objective_orders_a_history_by_its_metric(name, epoch):
 @pytest.mark.parametrize(("name", "epoch"), [("val/loss", 1), ("val/auprc_macro", 2),
                                              ("val/f1_macro_tuned", 3)])
 def test_the_trial_reports_its_objectives_best_so_far(name, epoch):
-    from tagtune.study.trainable import Reporter
+    from tagtune.launch.trainable import Reporter
 
     reporter = Reporter({**_config(), "objective": name})
     key = objective.score_key(name)
@@ -104,7 +104,7 @@ def test_score_keys_and_modes():
 
 @pytest.mark.parametrize("name", objective.OBJECTIVES)
 def test_fit_selects_the_epoch_best_by_its_objective(tiny_dataset, name):
-    from tagtune.study.train import evaluate_fit, fit
+    from tagtune.study.fit.train import evaluate_fit, fit
 
     cfg = replace(TINY_CONFIG, epochs=6, objective=name, seed=3)
     result = fit(tiny_dataset, cfg)
@@ -118,7 +118,7 @@ def test_fit_selects_the_epoch_best_by_its_objective(tiny_dataset, name):
 
 def test_fit_selections_differ_between_objectives(tiny_dataset):
     """On the tiny data the objectives pick different epochs: selection really follows the setting."""
-    from tagtune.study.train import fit
+    from tagtune.study.fit.train import fit
 
     picked = {name: fit(tiny_dataset, replace(TINY_CONFIG, epochs=6, objective=name, seed=3)).best["epoch"]
               for name in objective.OBJECTIVES}

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tagtune.study import device as devices
-from tagtune.study import precision
-from tagtune.study.checkpoint import STATE_FILE
 from tagtune.study.config import ConfigError, ModelConfig, TrainConfig, from_dict, replace, to_dict
-from tagtune.study.model import build_model
-from tagtune.study.train import fit
+from tagtune.study.fit.checkpoint import STATE_FILE
+from tagtune.study.fit.train import fit
+from tagtune.study.nn import device as devices
+from tagtune.study.nn import precision
+from tagtune.study.nn.model import build_model
 
 # hidden 32: torch keeps a product with an inner dimension of 16 or less in fp32 even in
 # oneDNN's bf16 mode (precision.products), so a narrower toy network would compute fp32 in "bf16".

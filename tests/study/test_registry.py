@@ -103,7 +103,7 @@ _NAMED = re.compile(r"""["'](%s)["']|\bmethods\.(%s)\b|\bimport\b.*\b(%s)\b|"""
                     % (("|".join(METHODS),) * 3))
 
 
-@pytest.mark.parametrize("path", ["tagtune/study/train.py", "tagtune/study/trainable.py",
+@pytest.mark.parametrize("path", ["tagtune/study/fit/train.py", "tagtune/launch/trainable.py",
                                   "tagtune/search_spaces/spaces.py"])
 def test_the_loop_the_trainable_and_the_spaces_name_no_method(path):
     code = [line for line in (ROOT / path).read_text().splitlines()

@@ -340,7 +340,7 @@ def test_cli_convert_broken_release_exits_2_with_one_line(release, tmp_path):
 def test_meta_keeps_the_taxonomy_and_the_verified_positives_an_x_tag_hides(release):
     """05_000102's verified row has 7-X and 7-1: 7-1 is hidden in M but kept for the DCASE
     metric; the train clip 00_000002 (crowd 1-X beside 1-2) is not scored, so not kept."""
-    from tagtune.study.dcase import taxonomy_of
+    from tagtune.study.eval.dcase import taxonomy_of
 
     root, _ = release
     fine, coarse = read_sonyc(root), read_sonyc(root, level="coarse")
@@ -371,7 +371,7 @@ def test_the_baselines_embeddings_directory_is_found(tmp_path):
 def test_dcase_metrics_of_a_converted_release_score_the_hidden_positive(release, tmp_path):
     """Round trip through the generic file, then the official fine metrics on validate, whose
     05_000102 has 7-X and a hidden 7-1: predicting 7-1 there is a TP, not nothing."""
-    from tagtune.study.dcase import dcase_metrics, taxonomy_of
+    from tagtune.study.eval.dcase import dcase_metrics, taxonomy_of
 
     root, _ = release
     ds = load(save(read_sonyc(root), tmp_path / "s.h5"))

@@ -1,4 +1,4 @@
-"""Fused trials (tagtune.study.stacked): each member of a stack equals its config trained alone on
+"""Fused trials (tagtune.study.fit.stacked): each member of a stack equals its config trained alone on
 the generic torch path, for every method; checkpoints, leaving, refusals."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tagtune.study import device as devices
 from tagtune.study import methods
 from tagtune.study.config import ConfigError, ModelConfig
+from tagtune.study.fit.stacked import Stack, fit_many, forward
+from tagtune.study.fit.train import fit
 from tagtune.study.methods import METHODS
-from tagtune.study.model import build_model
-from tagtune.study.stacked import Stack, fit_many, forward
-from tagtune.study.train import fit
+from tagtune.study.nn import device as devices
+from tagtune.study.nn.model import build_model
 from tests.conftest import TINY_CONFIG
 
 # Rounding only: a batched matmul sums in another order than a single one; two epochs keep it small.

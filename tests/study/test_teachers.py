@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from tagtune.study.config import ModelConfig, TrainConfig, replace
-from tagtune.study.methods.registry import as_flat
-from tagtune.study.teachers import (
+from tagtune.study.fit.teachers import (
     LOCK_FILE,
     TEACHER_LR,
     TeacherCache,
     teacher_config,
     teacher_key,
 )
-from tagtune.study.train import fit
+from tagtune.study.fit.train import fit
+from tagtune.study.methods.registry import as_flat
 
 LE = TrainConfig(method="le", epochs=2, batch_size=16, lr=TEACHER_LR, lr_decay_epochs=(),
                  gamma=30.0, missing=0.2, model=ModelConfig(layers=1, hidden=8, dropout=0.3))

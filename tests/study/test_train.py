@@ -10,7 +10,7 @@ import torch
 
 from tagtune.study.config import METHODS, ConfigError, ModelConfig, TrainConfig, replace
 from tagtune.study.data import Dataset, positives_only
-from tagtune.study.train import FitResult, evaluate_fit, fit, lr_at
+from tagtune.study.fit.train import FitResult, evaluate_fit, fit, lr_at
 from tests.conftest import TINY_CONFIG, make_split
 
 BASE_KEYS = ["epoch", "stage", "lr", "precision", "train/loss", "val/loss", "val/f1_macro", "val/auprc_micro",

@@ -1,4 +1,4 @@
-"""Tune's snapshot kept whole and put back: tagtune.study.tunestate on hand-made folders (no Ray).
+"""Tune's snapshot kept whole and put back: tagtune.study.folder.tunestate on hand-made folders (no Ray).
 
 The files are shaped like Tune 2.60's: ``experiment_state-<session>.json`` is JSON with a
 ``trial_data`` list of (trial JSON, runtime JSON) strings; the searcher's and the search
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tagtune.study import atomic, tunestate
+from tagtune.study.folder import atomic, tunestate
 
 SESSION = "2026-12-04_10-00-00"
 

@@ -30,7 +30,7 @@ Targets (the paper's protocol, as in the DCASE 2020 baseline's ``classify.py``):
   the annotators knew the coarse class but not the fine one, so that group's fine tags are
   unobserved (M False), as the baseline masks their loss; the X tags are not classes. The
   verified positives so hidden are kept, by clip key, in ``meta["dcase_hidden_positives"]``
-  for the official metric (:mod:`tagtune.study.dcase`), which scores them.
+  for the official metric (:mod:`tagtune.study.eval.dcase`), which scores them.
 - coarse level (8 tags): the release's coarse presence columns, same rules, no X masking.
 - ``meta["taxonomy"]``: the taxonomy file's content (string keys), so that a converted file
   still knows its classes are SONYC-UST's.

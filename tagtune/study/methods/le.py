@@ -34,8 +34,8 @@ from tagtune.study.methods.declare import Bounds, Param, Search
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from tagtune.study.checkpoint import FitState
     from tagtune.study.config import TrainConfig
+    from tagtune.study.fit.checkpoint import FitState
 
 NAME = "le"
 LABEL = "LE"
@@ -67,7 +67,8 @@ SHARED_TEACHER = True
 TEACHER_LR = 1e-3
 """The shared teacher's Adam lr, a study's ``le_teacher_lr``: the paper's, for every method (its
 public code's hparams)."""
-"""Stage 1 can be given to the fit (a B0 fit's model): a study's trials share it (tagtune.study.teachers)."""
+"""Stage 1 can be given to the fit (a B0 fit's model): a study's trials share it
+(tagtune.study.fit.teachers)."""
 
 
 def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> np.ndarray:
@@ -101,7 +102,7 @@ def enhance(scores: np.ndarray, Y: np.ndarray, M: np.ndarray, gamma: float) -> n
 def enhanced_mask(teacher: nn.Module, X: Tensor, Y: Tensor, M: Tensor,
                   gamma: float) -> tuple[Tensor, float]:
     """The student's (N, C) float training mask, and the fraction of missing labels masked."""
-    from tagtune.study.model import predict  # the network (torch) only when a stage ends
+    from tagtune.study.nn.model import predict  # the network (torch) only when a stage ends
 
     observed = M.numpy() > 0
     enhanced = enhance(predict(teacher, X), Y.numpy(), observed, gamma)

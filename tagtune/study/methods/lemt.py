@@ -14,7 +14,7 @@ count restarts with each stage's fresh teacher), beta's ramp-up, both networks v
 the other one logged under a suffix. Hyperparameters: gamma, alpha, beta.
 
 In a study the stage-1 network is not shared between trials (LE's is, through
-tagtune.study.teachers): it depends on alpha and beta, which the trials search. Its lr is
+tagtune.study.fit.teachers): it depends on alpha and beta, which the trials search. Its lr is
 ``le_teacher_lr`` where set (a study sets it, as for LE), else ``lr``.
 """
 

@@ -9,7 +9,7 @@ layers and heads, forward and backward) take bf16 operands (8 mantissa bits, fp3
 range: no loss scaling needed) and accumulate in fp32. A model carries its choice as
 ``model.lowp`` (None: fp32):
 
-- the CPU path's hand-fused kernels (:mod:`tagtune.study.fused`, :mod:`tagtune.study.fused_paper`)
+- the CPU path's hand-fused kernels (:mod:`tagtune.study.nn.fused`, :mod:`tagtune.study.nn.fused_paper`)
   run each pass inside :func:`products`: oneDNN's bf16 math mode, which rounds each product's
   operands to bf16 inside the kernel and returns fp32 (autocast does not reach a custom autograd
   Function's hand-written backward, and casting by hand cost what bf16 saved: measured);

@@ -36,10 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tagtune.study import device as devices
-from tagtune.study import fast, methods, precision
+from tagtune.study import methods
 from tagtune.study import objective as objectives
-from tagtune.study.checkpoint import (
+from tagtune.study.config import ConfigError, TrainConfig
+from tagtune.study.data import Dataset, Split, remove_labels
+from tagtune.study.errors import first_line
+from tagtune.study.eval.dcase import Taxonomy, taxonomy_of
+from tagtune.study.eval.metrics import evaluate, tuned_thresholds
+from tagtune.study.fit.checkpoint import (
     NOISE_STREAM,
     FitState,
     clone_state,
@@ -48,13 +52,10 @@ from tagtune.study.checkpoint import (
     save_state,
     seed63,
 )
-from tagtune.study.config import ConfigError, TrainConfig
-from tagtune.study.data import Dataset, Split, remove_labels
-from tagtune.study.dcase import Taxonomy, taxonomy_of
-from tagtune.study.errors import first_line
 from tagtune.study.methods import Batch, Hooks, MethodState, masked_bce
-from tagtune.study.metrics import evaluate, tuned_thresholds
-from tagtune.study.model import AttentionMIL, build_model, predict
+from tagtune.study.nn import device as devices
+from tagtune.study.nn import fast, precision
+from tagtune.study.nn.model import AttentionMIL, build_model, predict
 
 OnEpoch = Callable[[dict[str, Any], Callable[[Path], None]], None]
 _STREAMS = {"init": 1, "batches": 2, "noise": NOISE_STREAM}
@@ -135,8 +136,8 @@ def fit(ds: Dataset, cfg: TrainConfig, *, on_epoch: OnEpoch | None = None,
     configured architecture, trained on the same labels, e.g. a B0 fit's model) skips stage 1;
     on ``resume`` the saved teacher is used instead.
 
-    A :class:`Trainer` of one member on ``cfg.device`` (tagtune.study.device), deterministic
-    algorithms if asked: the loop a fused stack runs too (tagtune.study.stacked).
+    A :class:`Trainer` of one member on ``cfg.device`` (tagtune.study.nn.device), deterministic
+    algorithms if asked: the loop a fused stack runs too (tagtune.study.fit.stacked).
     """
     with devices.deterministic(cfg.deterministic):
         trainer = Trainer(ds, cfg)
@@ -183,7 +184,7 @@ class Trainer:
     """The one epoch loop: members trained one epoch at a time, together, each its own trial.
 
     :func:`fit` is a trainer of one member that calls its networks directly (the CPU's fused
-    kernels, or the generic torch path). A fused stack (:class:`tagtune.study.stacked.Stack`) is
+    kernels, or the generic torch path). A fused stack (:class:`tagtune.study.fit.stacked.Stack`) is
     this loop with every step's forward run for all its members as one stacked network; nothing
     else differs. Members join and leave between epochs (a member ASHA stopped leaves).
     """
@@ -337,7 +338,7 @@ def _stage_boundary(fs: FitState, hooks: Hooks, train: _Data, ds: Dataset, cfg: 
 def _new_stage_state(stages: tuple[str, ...], stage: int, train: _Data, ds: Dataset,
                      cfg: TrainConfig, generic: bool | None = None) -> FitState:
     """Fresh networks, optimizer and random streams for ``stages[stage]``; ``generic``: the
-    generic torch path whatever the device (fused trials, tagtune.study.stacked)."""
+    generic torch path whatever the device (fused trials, tagtune.study.fit.stacked)."""
     device = train.X.device
     model = _network(ds, cfg, stage).to(device)
     model.generic = devices.generic(device) if generic is None else generic

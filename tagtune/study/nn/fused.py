@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tagtune.study.fast import masks as _masks
-from tagtune.study.precision import products as _products
+from tagtune.study.nn.fast import masks as _masks
+from tagtune.study.nn.precision import products as _products
 
 
 class _TrainForward(torch.autograd.Function):

@@ -1,12 +1,12 @@
 """The Ray Tune trainable: one function for every method; the config names the method.
 
-``train_trial(config, dataset, teacher_cache, study_dir)`` wraps :func:`tagtune.study.train.fit`.
+``train_trial(config, dataset, teacher_cache, study_dir)`` wraps :func:`tagtune.study.fit.train.fit`.
 The dataset arrives through ``tune.with_parameters``: one copy in Ray's object store per
 node, its arrays mapped read-only into every worker of the node (zero-copy), not one read
 per trial.
 
 LE's teacher: with ``teacher_cache`` (a directory in the study's storage) stage 1 is not
-trained by every LE trial: :class:`tagtune.study.teachers.TeacherCache` trains it once per
+trained by every LE trial: :class:`tagtune.study.fit.teachers.TeacherCache` trains it once per
 (data, proportion, seed, teacher settings, ``le_teacher_lr`` among them) and hands it to
 ``fit(..., le_teacher=...)``. Such a trial reports only its student's epochs: ``epoch``
 runs E+1..2E (the counter still counts the teacher's stage) and ``training_iteration``
@@ -191,8 +191,8 @@ def replayed(ended: dict[str, dict] | None) -> bool:
 def train_trial(config: dict[str, Any], dataset: Dataset, teacher_cache: str | None = None,
                 study_dir: str | None = None, ended: dict[str, dict] | None = None,
                 report_at: tuple[float, ...] | None = None) -> None:
-    from tagtune.study.teachers import TeacherCache
-    from tagtune.study.train import evaluate_fit, fit
+    from tagtune.study.fit.teachers import TeacherCache
+    from tagtune.study.fit.train import evaluate_fit, fit
 
     if replayed(ended):
         return

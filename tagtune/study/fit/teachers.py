@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tagtune.study import atomic
 from tagtune.study.config import PARAMS, TrainConfig, replace, to_dict
 from tagtune.study.data import Dataset
+from tagtune.study.folder import atomic
 from tagtune.study.methods import hooks, stages
 from tagtune.study.methods.le import TEACHER_LR  # declared by LE, whose teacher it is
 from tagtune.study.objective import LEGACY
@@ -124,7 +124,7 @@ class TeacherCache:
 
     def _train(self, ds: Dataset, cfg: TrainConfig, key: str, where: Path, lock: Path,
                me: str) -> dict[str, Tensor]:
-        from tagtune.study.train import fit
+        from tagtune.study.fit.train import fit
 
         tcfg = teacher_config(cfg)
         t0 = time.perf_counter()

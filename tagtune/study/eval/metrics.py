@@ -5,7 +5,7 @@ per class, over that class's observed clips, sklearn's F1 averaged over the two 
 (absent, present), then the mean over classes. SONYC-UST reports micro and macro AUPRC:
 here both as scikit-learn's average precision over the observed entries (``auprc_*``) and,
 where the dataset carries SONYC-UST's taxonomy, as the DCASE challenge's official metrics
-(``dcase_*``, :mod:`tagtune.study.dcase`), the figures SONYC-UST papers report.
+(``dcase_*``, :mod:`tagtune.study.eval.dcase`), the figures SONYC-UST papers report.
 
 Choices, each checked against the public code:
 - Threshold: a score counts as present when ``score >= threshold``. The paper's
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from tagtune.study.data.core import DataError, Split
-from tagtune.study.dcase import Taxonomy, dcase_metrics
+from tagtune.study.eval.dcase import Taxonomy, dcase_metrics
 
 _WHERE = "metrics"
 
@@ -170,7 +170,7 @@ def evaluate(split: Split, scores: np.ndarray, prefix: str,
 
     The observed-label metrics are what the paper reports; the ``_full`` ones exist only for
     synthetic data, to measure how far the observed-label figures are from the truth.
-    ``taxonomy`` (:func:`tagtune.study.dcase.taxonomy_of` the dataset) adds the DCASE family.
+    ``taxonomy`` (:func:`tagtune.study.eval.dcase.taxonomy_of` the dataset) adds the DCASE family.
     ``thresholds``: the per-class thresholds of ``f1_macro_tuned`` (tuned on the validation
     split); None tunes them on this split's own observed labels (the validation split itself).
     """

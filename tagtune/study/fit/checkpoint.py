@@ -1,6 +1,6 @@
 """The fit loop's complete state, and writing/reading it to/from a directory.
 
-``save_state`` writes everything :func:`tagtune.study.train.fit` needs to continue a
+``save_state`` writes everything :func:`tagtune.study.fit.train.fit` needs to continue a
 run exactly where it stopped: networks, optimizer, the best model so far, the stage,
 early-stopping counters, the method's own state (LE's teacher), the training mask (LE's
 enhanced one), the random streams and the history. Resuming and training on gives bitwise
@@ -8,7 +8,7 @@ the weights and history of an uninterrupted run.
 
 Across devices (a state written on a GPU resumed on a CPU, or back): tensors are read onto
 the CPU and copied into the networks of wherever the run resumes; the optimizer's moments are
-carried over exactly (the CPU's one flat buffer, :class:`~tagtune.study.fast.FlatAdam`, cut
+carried over exactly (the CPU's one flat buffer, :class:`~tagtune.study.nn.fast.FlatAdam`, cut
 into torch Adam's per-parameter state, or joined back); the batch order stream is a CPU
 generator on both, so it resumes exactly. The dropout noise stream cannot cross: a CUDA
 generator (Philox: seed and offset) and a CPU one (Mersenne Twister) have different states, so
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tagtune.study import atomic
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, to_dict
-from tagtune.study.model import AttentionMIL
+from tagtune.study.folder import atomic
+from tagtune.study.nn.model import AttentionMIL
 
 STATE_FILE = "state.pt"
 VERSION = 2  # 2: the stage's optimizer step count (MT's EMA warm-up); best_other
@@ -175,7 +175,7 @@ def restore(fs: FitState, payload: dict[str, Any]) -> None:
 
 
 # How a run computes, not what: a state resumes under other values of these. precision too: the
-# state holds fp32 master weights and moments whichever precision wrote it (tagtune.study.precision).
+# state holds fp32 master weights and moments whichever precision wrote it (tagtune.study.nn.precision).
 _HOW = ("threads", "device", "deterministic", "precision")
 
 
@@ -186,7 +186,7 @@ def seed63(*entropy: int) -> int:
 
 
 NOISE_STREAM = 3
-"""The dropout noise stream's number in the seed entropy (tagtune.study.train's streams)."""
+"""The dropout noise stream's number in the seed entropy (tagtune.study.fit.train's streams)."""
 
 
 def crossed_noise_seed(seed: int, stage: int, stage_epoch: int) -> int:

@@ -40,20 +40,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tagtune.study import device as devices
-from tagtune.study import fused as fused_residual
-from tagtune.study import fused_paper, precision
 from tagtune.study.configbase import ModelConfig
 from tagtune.study.errors import ConfigError
-from tagtune.study.fast import keep_mask
-from tagtune.study.fused_paper import EPS_ATT
+from tagtune.study.nn import device as devices
+from tagtune.study.nn import fused as fused_residual
+from tagtune.study.nn import fused_paper, precision
+from tagtune.study.nn.fast import keep_mask
+from tagtune.study.nn.fused_paper import EPS_ATT
 
 
 class DrawnMasks:
     """Dropout masks drawn before a forward, handed to it in place of a generator: one per
     dropout, in the order the forward applies them, already scaled by 1/(1-p).
 
-    A stacked forward (:func:`tagtune.study.stacked.forward`) runs this module's own forward
+    A stacked forward (:func:`tagtune.study.fit.stacked.forward`) runs this module's own forward
     under ``torch.func.vmap``, where nothing can draw from a member's generator; it draws each
     member's masks first, in the order and shape its solo forward would.
     """
@@ -69,7 +69,7 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | Dr
             generic: bool = False) -> Tensor:
     """Inverted dropout: zero each entry with probability ``p``, scale the rest by 1/(1-p).
 
-    The mask comes from :func:`tagtune.study.fast.keep_mask` (16-bit integers against a
+    The mask comes from :func:`tagtune.study.nn.fast.keep_mask` (16-bit integers against a
     threshold: ~10x cheaper than ``bernoulli_``; the keep rate is within 2^-17 of 1 - p);
     ``generic``: from torch's ``bernoulli_`` on ``x``'s device (the GPU path); given
     :class:`DrawnMasks`: their next.
@@ -90,7 +90,7 @@ class AttentionMIL(nn.Module):
         super().__init__()
         self.p, self.arch = cfg.dropout, cfg.arch
         self.generic = False  # the generic torch path (GPU): plain autograd, native dropout
-        self.lowp: torch.dtype | None = None  # bf16: mixed precision (tagtune.study.precision)
+        self.lowp: torch.dtype | None = None  # bf16: mixed precision (tagtune.study.nn.precision)
         paper = cfg.arch == "paper"
         if paper and cfg.hidden != n_features:
             raise ConfigError("model.hidden", f"the paper network adds the raw input (F = {n_features}) "
@@ -128,8 +128,8 @@ class AttentionMIL(nn.Module):
             return self.reference_forward(x, generator).float()
 
     def reference_forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The network as written; :func:`tagtune.study.fused.train_forward` (residual) and
-        :func:`tagtune.study.fused_paper.train_forward` (paper) must equal it."""
+        """The network as written; :func:`tagtune.study.nn.fused.train_forward` (residual) and
+        :func:`tagtune.study.nn.fused_paper.train_forward` (paper) must equal it."""
         if self.arch == "paper":
             return self._paper_forward(x, generator)
         N, T, F = x.shape

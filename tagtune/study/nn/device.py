@@ -8,8 +8,8 @@ given no GPU take one anyway where Ray leaves the card visible).
 Two paths through the fit loop (:func:`generic`):
 
 - the CPU path, tuned for this small network: the hand-fused forward/backward
-  (:mod:`tagtune.study.fused`), 16-bit dropout masks (:mod:`tagtune.study.fast`) and
-  :class:`~tagtune.study.fast.FlatAdam`;
+  (:mod:`tagtune.study.nn.fused`), 16-bit dropout masks (:mod:`tagtune.study.nn.fast`) and
+  :class:`~tagtune.study.nn.fast.FlatAdam`;
 - the generic torch path, used on a GPU: the network's plain autograd forward
   (``reference_forward``), dropout masks from ``bernoulli_`` with the run's own generator
   (a CUDA generator on a GPU) and ``torch.optim.Adam(fused=True)``. ``GENERIC_ON_CPU`` runs it

@@ -1,9 +1,9 @@
-"""The paper network's train and eval passes, fused by hand (see :mod:`tagtune.study.fused`).
+"""The paper network's train and eval passes, fused by hand (see :mod:`tagtune.study.nn.fused`).
 
 ``AttentionMIL.reference_forward`` with ``arch = "paper"``: input BatchNorm, L x (Linear
 without bias -> BatchNorm -> ReLU -> dropout), one skip adding the raw input to the stack's
 output, attention ``clamp(sigmoid(.), eps, 1 - eps)`` normalised over time, ``hardtanh``.
-The work saved is :mod:`tagtune.study.fused`'s (one mask draw, ReLU and mask in place, both
+The work saved is :mod:`tagtune.study.nn.fused`'s (one mask draw, ReLU and mask in place, both
 heads in one product, the first layer's input gradient never formed); with no Linear bias
 and no per-layer residual the bookkeeping is simpler. ``tests/study/test_fast.py`` checks
 both passes against the reference: outputs, gradients, running statistics, noise.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tagtune.study.fast import masks as _masks
-from tagtune.study.fused import _batch_norm_backward, _sigmoid_backward, _threshold_backward
-from tagtune.study.precision import products as _products
+from tagtune.study.nn.fast import masks as _masks
+from tagtune.study.nn.fused import _batch_norm_backward, _sigmoid_backward, _threshold_backward
+from tagtune.study.nn.precision import products as _products
 
 EPS_ATT = 1e-7
 """The paper network's clamp of the sigmoid attention: [EPS_ATT, 1 - EPS_ATT]."""
@@ -118,7 +118,7 @@ class _TrainForward(torch.autograd.Function):
             torch._foreach_mul_(bn_grads, k)
         if weights:
             # h0 = xhat0 * gamma0 + beta0: P = gz' xhat0 gives the first weight's gradient and,
-            # with W0, the input BatchNorm's (as in tagtune.study.fused).
+            # with W0, the input BatchNorm's (as in tagtune.study.nn.fused).
             P, g_sum = torch.mm(gz.t(), xhat0), gz.sum(0)
             linear_grads.append(torch.addr(P * gamma0, g_sum, beta0))
             gw0, gb0 = (weights[0] * P).sum(0), torch.mv(weights[0].t(), g_sum)

@@ -7,7 +7,7 @@ them. Each member keeps what makes it its own trial:
 
 - its config: seed (so its own missing labels, initial weights and batch order), lr and weight
   decay, the method's parameters (gamma, alpha, beta, ...), its own learning-rate schedule;
-- its own networks, optimizer and FitState (:mod:`tagtune.study.checkpoint`): each step's
+- its own networks, optimizer and FitState (:mod:`tagtune.study.fit.checkpoint`): each step's
   forward is the network's own forward mapped over the members' stacked weights
   (``torch.func.vmap`` of ``functional_call``; autograd hands each member its own gradient
   through ``torch.stack``), so a member's checkpoint is an ordinary trial's and resumes fused or
@@ -22,12 +22,12 @@ each gets exactly the gradient of its own loss. Every method runs fused; members
 different stages (an LE teacher next to an LE student): the architecture is the same.
 
 A member's results equal the same config trained alone on the generic torch path (the GPU's
-path, :mod:`tagtune.study.device`) up to floating-point rounding: a batched matmul sums in
+path, :mod:`tagtune.study.nn.device`) up to floating-point rounding: a batched matmul sums in
 another order than a single one (tested on the CPU for every method). Validation runs per
 member, as a solo run's does. Fused members run the generic path on the CPU too; they need not
 be faster there (bench/bench_fused.py says what they measure).
 
-:class:`Stack` is :class:`tagtune.study.train.Trainer` -- the one epoch loop, a solo fit's too --
+:class:`Stack` is :class:`tagtune.study.fit.train.Trainer` -- the one epoch loop, a solo fit's too --
 with that stacked forward (members join and leave between epochs: a Ray Tune member that ASHA
 stops leaves); :func:`fit_many` the plain loop over it.
 """
@@ -42,11 +42,11 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from tagtune.study import device as devices
 from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split
-from tagtune.study.model import AttentionMIL, DrawnMasks
-from tagtune.study.train import FitResult, Member, Networks, OnEpoch, Trainer, _Data
+from tagtune.study.fit.train import FitResult, Member, Networks, OnEpoch, Trainer, _Data
+from tagtune.study.nn import device as devices
+from tagtune.study.nn.model import AttentionMIL, DrawnMasks
 
 SAME = ("method", "model", "batch_size", "epochs", "device", "precision", "deterministic")
 """Config fields the members of one stack share: they fix the shapes and the schedule of a step."""
@@ -76,7 +76,7 @@ class _Ran:
 
 
 class Stack(Trainer):
-    """Members of one shape (:data:`SAME`) trained together: :class:`tagtune.study.train.Trainer`'s
+    """Members of one shape (:data:`SAME`) trained together: :class:`tagtune.study.fit.train.Trainer`'s
     loop, every step's forward one stacked network for all of them (:func:`forward`)."""
 
     generic = True  # the stacked forward is torch's generic ops, whatever the device
@@ -169,7 +169,7 @@ def fit_many(ds: Dataset, cfgs: Sequence[TrainConfig], *,
              on_epoch: Sequence[Callable[..., bool | None] | None] | None = None,
              resume: Sequence[str | Path | None] | None = None,
              le_teacher: Sequence[Any] | None = None) -> list[FitResult]:
-    """:func:`tagtune.study.train.fit` for each config, trained as one stack.
+    """:func:`tagtune.study.fit.train.fit` for each config, trained as one stack.
 
     ``on_epoch[n](logs, save)`` is member n's callback (as ``fit``'s); returning True takes the
     member out of the stack (a scheduler stopped it): its result is its state at that epoch.

@@ -13,7 +13,7 @@ A study lives in ``STORAGE/NAME/``::
     mlflow.db             the MLflow store (unless mlflow_uri is given), mlartifacts/
     mlflow-journal.jsonl  every tracking event, replayable (tagtune.launch.tracking)
     study.log             Ray's, Tune's, Optuna's and MLflow's log lines (tagtune.launch.display)
-    le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.teachers)
+    le-teachers/          LE's stage-1 teachers, one per key (tagtune.study.fit.teachers)
     ui.log                the UI servers' output (tagtune.launch.ui)
     analysis/             what ``tagtune analyze`` wrote (its default output)
     rounds.json           an extended study's rounds (``tagtune study extend``): when each
@@ -218,7 +218,7 @@ class StudySettings:
     """YAML file overriding search ranges (its ``search:`` mapping)."""
     share_le_teacher: bool = True
     """LE: train stage 1 once per (data, proportion, seed) with the paper's lr and share it
-    among trials (tagtune.study.teachers); False = every LE trial trains its own, with its lr."""
+    among trials (tagtune.study.fit.teachers); False = every LE trial trains its own, with its lr."""
     reuse_best_replicate: bool = True
     """Replicates: where the search's best trial ran with a replicate's seed (the search's trials
     run with the train seed, replicate r with seed + r), that trial's final state stands in for

@@ -18,8 +18,9 @@ import pandas as pd
 import yaml
 
 from tagtune.analysis.table import StudyFiles, best_configs, headline_metric, open_study, trials_table
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, output_dir, to_dict
-from tagtune.study.folder import BEST, atomic, cell_stem, train_config
+from tagtune.study.folder import BEST, cell_stem, train_config
 
 COMBINED = "best-configs.yaml"
 

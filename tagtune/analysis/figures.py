@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tagtune.analysis.stats import method_name, metric_label, percent  # noqa: E402
-from tagtune.study.folder.atomic import atomic_path  # noqa: E402
+from tagtune.study.atomic import atomic_path  # noqa: E402
 from tagtune.study.methods.registry import METHODS, searched  # noqa: E402
 
 # One colour per method, in METHODS' order (also the figures' order): the paper's four first.

@@ -32,9 +32,10 @@ from tagtune.analysis.table import (
     trials_table,
 )
 from tagtune.analysis.tracking import log_analysis, tracking_uri
+from tagtune.study import atomic
+from tagtune.study.atomic import atomic_path
 from tagtune.study.config import METHOD_PARAMS, applies, output_dir
-from tagtune.study.folder import ANALYSIS, BEST, OPTUNA_DB, REPLICATE, SUMMARY, atomic, train_config
-from tagtune.study.folder.atomic import atomic_path
+from tagtune.study.folder import ANALYSIS, BEST, OPTUNA_DB, REPLICATE, SUMMARY, train_config
 
 
 @dataclass

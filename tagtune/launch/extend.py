@@ -24,6 +24,7 @@ from typing import Any
 
 from tagtune.launch.study import StudyResult, now, run_study
 from tagtune.search_spaces import Ranges, load_ranges
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError
 from tagtune.study.data import load
 from tagtune.study.folder import (
@@ -33,7 +34,6 @@ from tagtune.study.folder import (
     SETTINGS,
     SUMMARY,
     StudySettings,
-    atomic,
     load_study,
     proportion_text,
     read_fields,

@@ -34,8 +34,8 @@ import sys
 from pathlib import Path
 
 from tagtune.launch.preflight import check_database, psycopg_uri
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError
-from tagtune.study.folder import atomic
 
 WHERE = "mlflow_server"
 POSTGRES_WORKERS = 4

@@ -22,12 +22,12 @@ from tagtune.launch.tracking import (
 )
 from tagtune.launch.trainable import TRIAL_STATE
 from tagtune.launch.wiring import Output, phase_trainable, run_config, trial_dirname_of
+from tagtune.study import atomic
 from tagtune.study.folder import (
     REPLICATE,
     ROUNDS,
     SEARCH,
     StudySettings,
-    atomic,
     phase_dirname,
     phase_dirs,
     read_rounds,

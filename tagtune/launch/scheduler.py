@@ -18,7 +18,7 @@ import pickle
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from tagtune.study.folder import atomic
+from tagtune.study import atomic
 
 TIME_ATTR = "budget"
 

@@ -17,13 +17,13 @@ from tagtune.launch.scheduler import CellASHA
 from tagtune.launch.searcher import Cell, CellSearcher
 from tagtune.launch.wiring import Output, phase_trainable, run_config, trial_dirname_of
 from tagtune.search_spaces import Ranges
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset
 from tagtune.study.folder import (
     OPTUNA_DB,
     SEARCH,
     StudySettings,
-    atomic,
     phase_dirname,
     phase_dirs,
     trial_id_of,

@@ -51,8 +51,9 @@ from ray.tune.search import Searcher
 
 from tagtune.launch.trainable import EARLIER
 from tagtune.search_spaces import SPACES, Ranges, paper_point
+from tagtune.study import atomic
 from tagtune.study.config import METHODS, ConfigError, check_proportion
-from tagtune.study.folder import atomic, cell_id, parse_cell
+from tagtune.study.folder import cell_id, parse_cell
 
 logger = logging.getLogger(__name__)
 

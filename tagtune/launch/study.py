@@ -38,6 +38,7 @@ from tagtune.launch.tracking import (
 )
 from tagtune.launch.wiring import Output, phase_trainable
 from tagtune.search_spaces import Ranges, load_ranges
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError
 from tagtune.study.data import Dataset, load
 from tagtune.study.folder import (
@@ -50,7 +51,6 @@ from tagtune.study.folder import (
     SETTINGS,
     SUMMARY,
     StudySettings,
-    atomic,
     load_settings,
     load_study,
     phase_dirname,

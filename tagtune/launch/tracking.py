@@ -33,13 +33,13 @@ from tagtune.analysis.tracking import EXPERIMENT_KIND
 from tagtune.launch.preflight import quick_mlflow_http
 from tagtune.launch.rebind import Rebindable
 from tagtune.launch.trainable import EARLIER, REPLAYED
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.errors import first_line
 from tagtune.study.folder import (
     ARTIFACTS,
     JOURNAL,
     STUDY_KEYS,
-    atomic,
     cell_id,
     parse_cell,
     proportion_text,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tagtune.study.folder import atomic, tunestate
+from tagtune.study import atomic
+from tagtune.study.folder import tunestate
 
 SESSION = "2026-12-04_10-00-00"
 

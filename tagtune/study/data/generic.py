@@ -25,10 +25,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tagtune.study import atomic
 from tagtune.study.data.core import SPLITS, DataError, Dataset, Split
 from tagtune.study.data.safe_pickle import open_member, read_pickled_strings
 from tagtune.study.errors import first_line
-from tagtune.study.folder import atomic
 
 FORMAT = "tagtune-1"
 ARRAYS = ("X", "Y", "M", "keys", "Y_full")

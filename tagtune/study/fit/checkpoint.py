@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tagtune.study import atomic
 from tagtune.study.config import ConfigError, TrainConfig, from_dict, to_dict
-from tagtune.study.folder import atomic
 from tagtune.study.nn.model import AttentionMIL
 
 STATE_FILE = "state.pt"

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 import yaml
 
-from tagtune.study import methods
+from tagtune.study import atomic, methods
+from tagtune.study.atomic import atomic_path
 from tagtune.study.config import TrainConfig, output_dir, to_dict
 from tagtune.study.data import load
 from tagtune.study.fit.train import evaluate_fit, fit
-from tagtune.study.folder import atomic
-from tagtune.study.folder.atomic import atomic_path
 
 
 def train_run(data_path: str | Path, cfg: TrainConfig, out_dir: str | Path,

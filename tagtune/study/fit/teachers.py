@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tagtune.study import atomic
 from tagtune.study.config import PARAMS, TrainConfig, replace, to_dict
 from tagtune.study.data import Dataset
-from tagtune.study.folder import atomic
 from tagtune.study.methods import hooks, stages
 from tagtune.study.methods.le import TEACHER_LR  # declared by LE, whose teacher it is
 from tagtune.study.objective import LEGACY

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.study.folder import atomic
+from tagtune.study import atomic
 
 log = logging.getLogger(__name__)
 

@@ -97,19 +97,23 @@ def _optuna(study_dir: Path, cell: str) -> list:
 
 
 @pytest.mark.long
-def test_extend_by_a_method_searches_and_replicates_the_new_cells(base_study, tmp_path):
+def test_extend_by_a_method_and_a_proportion_searches_and_replicates_the_new_cells(base_study, tmp_path):
+    # One extension along both axes (a method, a proportion): three new cells, b0 at both
+    # proportions and b1 at the new one, each searched and replicated as any cell is.
     d = _copy(base_study, tmp_path)
     before = _runs(d)
-    _extend(d, "--methods", "b0")
+    _extend(d, "--methods", "b0", "--missing", "0.4")
     after = _runs(d)
-    _check_grown(before, after, {"b1@0.00", "b0@0.00"})
-    assert _phases(after) == {"search": 4, "replicate": 4} and _phases(after, False) == _phases(after)
+    added = {"b0@0.00", "b0@0.40", "b1@0.40"}
+    _check_grown(before, after, {"b1@0.00", *added})
+    assert _phases(after) == {"search": 8, "replicate": 8} and _phases(after, False) == _phases(after)
+    assert load_study(d).missing == (0.0, 0.4) and load_study(d).methods == ("b1", "b0")
     summary = json.loads((d / "summary.json").read_text())
-    assert {c: v["trials"] for c, v in summary["cells"].items()} == {"b1@0.00": 2, "b0@0.00": 2}
-    assert sorted((r["cell"], r["seed"]) for r in summary["replicates"]) == [
-        ("b0@0.00", 0), ("b0@0.00", 1), ("b1@0.00", 0), ("b1@0.00", 1)]
+    assert {c: v["trials"] for c, v in summary["cells"].items()} == dict.fromkeys({"b1@0.00", *added}, 2)
+    assert sorted((r["cell"], r["seed"]) for r in summary["replicates"]) == sorted(
+        (c, seed) for c in {"b1@0.00", *added} for seed in (0, 1))
     rounds = read_rounds(d)
-    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["added_cells"] == ["b0@0.00"]
+    assert [r["round"] for r in rounds] == [1, 2] and set(rounds[1]["added_cells"]) == added
     assert rounds[1]["ended"] and not rounds[1]["grown_cells"]
     # The new cell's Optuna study starts from the paper's point, as any cell's does.
     assert _optuna(d, "b0@0.00")[0].user_attrs.get("paper_point") is True
@@ -122,29 +126,17 @@ def test_extend_by_a_method_searches_and_replicates_the_new_cells(base_study, tm
 
     table = pd.read_csv(d / "analysis" / "trials.csv")
     assert Counter(zip(table["cell"], table["phase"], strict=True)) == {
-        ("b0@0.00", "search"): 2, ("b1@0.00", "search"): 2, ("b0@0.00", "replicate"): 2,
-        ("b1@0.00", "replicate"): 2}
+        (c, phase): 2 for c in {"b1@0.00", *added} for phase in ("search", "replicate")}
     report = (d / "analysis" / "report.html").read_text()
-    assert "round 2 (" in report and "added b0@0.00" in report
+    assert "round 2 (" in report and all(c in report.split("round 2 (", 1)[1] for c in added)
     # Round 1's start is known (its first Optuna trial's), not "?".
     assert rounds[0]["started"] and rounds[0]["started"] <= rounds[0]["ended"]
     assert f"round 1 ({rounds[0]['started']} to {rounds[0]['ended']})" in report and "?" not in \
         report.split("<h2>Rounds</h2>", 1)[1].split("</ul>", 1)[0]
     out = tmp_path / "best"
     assert invoke("export-best", d, "--out", out).exit_code == 0
-    assert {p.name for p in out.glob("*.yaml")} >= {"b0_0.00.yaml", "b1_0.00.yaml"}
-
-
-@pytest.mark.long
-def test_extend_by_a_proportion(base_study, tmp_path):
-    d = _copy(base_study, tmp_path)
-    before = _runs(d)
-    _extend(d, "--missing", "0.4")
-    after = _runs(d)
-    _check_grown(before, after, {"b1@0.00", "b1@0.40"})
-    assert _phases(after) == {"search": 4, "replicate": 4}
-    assert load_study(d).missing == (0.0, 0.4)
-    assert read_rounds(d)[1]["added_cells"] == ["b1@0.40"]
+    assert {p.name for p in out.glob("*.yaml")} >= {"b0_0.00.yaml", "b0_0.40.yaml", "b1_0.00.yaml",
+                                                    "b1_0.40.yaml"}
 
 
 @pytest.mark.long

@@ -29,6 +29,12 @@ def test_versus_counts_higher_lower_and_ties_and_tests_the_untied_cells():
     assert math.isnan(none["p"]) and cell_search.versus_text(none) == "0/1 (0 lower), p = n/a"
 
 
+def test_more_often_counts_only_the_cells_where_one_rule_beats_the_paper_and_the_other_not():
+    m = cell_search.more_often([True, True, True, False, True], [True, False, False, False, False])
+    assert (m["only_a"], m["only_b"]) == (3, 0) and m["p"] == pytest.approx(binomtest(3, 3).pvalue)
+    assert math.isnan(cell_search.more_often([True], [True])["p"])
+
+
 def _row(dataset, seed, paper, by_objective, same_rule=None):
     """A cell of objective_check: the paper's point at its val/loss epoch scores ``paper`` on every
     test figure, each objective's choice its own value (and its paper point ``same_rule``)."""
@@ -56,6 +62,13 @@ def test_objective_check_states_per_objective_how_often_the_choice_beats_the_pap
     # The paper point as a study with that objective replicates it: once per objective but val/loss.
     assert ("all", "val/loss", "the same objective") not in line
     assert ("openmic-like", "val/auprc_macro", "the same objective") in line
+    # Against val/loss's own choice: auprc beats the paper in the 2 cells val/loss's choice did not.
+    legacy = {tuple(c.strip() for c in r.split("|")[1:3]): [c.strip() for c in r.split("|")[3:-1]]
+              for r in objective_check.versus_legacy_table(rows).splitlines()[2:]}
+    auprc = legacy[("all", "val/auprc_macro")]
+    assert auprc[6:9] == [f"2 / 0, p = {binomtest(2, 2).pvalue:.3f}",
+                          f"2/4 (0 lower), p = {binomtest(2, 2).pvalue:.3f}", "+0.075"]  # mAP: 2 ties
+    assert ("all", "val/loss") not in legacy
 
 
 @pytest.mark.long

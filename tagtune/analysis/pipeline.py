@@ -2,6 +2,7 @@
 best configs and a report, all under one output folder (default ``STUDY_DIR/analysis``)::
 
     trials.csv (+ trials.parquet if pyarrow is there)   the tidy table
+    metrics.csv                                          F1 at 0.5, F1 tuned, mAP per method x proportion
     figures/*.png                                        the figures
     best/*.yaml                                          runnable best configs
     report.html                                          everything above on one page
@@ -71,6 +72,12 @@ class AnalysisResult:
     gain: dict[str, dict] = field(default_factory=dict)
     """Per cell, best config - paper point on the same seeds (tagtune.analysis.gain.paired_gain);
     empty for a study that did not replicate the paper's point."""
+    side_by_side: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Per (method, proportion): F1 at 0.5, F1 with tuned thresholds and mAP over the replicates,
+    mean and sd (tagtune.analysis.stats.side_by_side), on ``test_full/`` where the data has the
+    complete truth, else ``test/``."""
+    side_by_side_file: Path | None = None
+    """``metrics.csv``: :attr:`side_by_side` as written; None without a finished replicate."""
 
     @property
     def gain_lines(self) -> list[str]:
@@ -187,6 +194,12 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
         missing=_missing(study, done),
         answer=stats.answer_table(summary, pairs, metric) if len(summary) else pd.DataFrame())
     r.gain = _gains(table, best, metric) if study.settings.paper_point else {}
+    done_reps = table[(table["phase"] == "replicate") & (table["status"] == "complete")]
+    r.side_by_side = stats.side_by_side(done_reps)
+    if len(r.side_by_side):
+        r.side_by_side_file = out_dir / "metrics.csv"
+        with atomic_path(r.side_by_side_file) as tmp:
+            r.side_by_side.to_csv(tmp, index=False)
     best_df = _best_frame(best)
     _figures(r, reps, search, best_df, study)
     if best:
@@ -194,7 +207,8 @@ def analyze(study_dir: str | Path, out: str | Path | None = None, mlflow_uri: st
         r.exported = write_best(study, table, r.best_dir, metric)
 
     uri = tracking_uri(study.dir, study.settings, mlflow_uri)
-    files = {"figures": list(r.figures.values()), "": table_files}
+    files = {"figures": list(r.figures.values()),
+             "": table_files + ([r.side_by_side_file] if r.side_by_side_file else [])}
     tags = {"metric": metric, "out_dir": str(out_dir)}
     logged = log_analysis(uri if log_mlflow else None, study.settings.name, files, tags)
     r.mlflow_run_id = logged.run_id

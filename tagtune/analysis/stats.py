@@ -26,7 +26,8 @@ REFERENCES = ("b1", "b0")  # the paper's baselines: masked loss, missing = negat
 MIN_WILCOXON_PAIRS = 5
 MIN_VERDICT_PAIRS = 5  # seeds a comparison needs for a verdict (the paper ran 5 replicates)
 ALPHA = 0.05  # family-wise error rate of a report's comparisons (Holm)
-_NAMES = {"f1_macro": "F1 macro", "auprc_macro": "AUPRC macro", "auprc_micro": "AUPRC micro",
+_NAMES = {"f1_macro": "F1 macro", "f1_macro_tuned": "F1 macro (tuned thresholds)",
+          "auprc_macro": "AUPRC macro", "auprc_micro": "AUPRC micro",
           "map": "mAP", "loss": "loss (BCE)"} | {
     f"dcase_{level}_{m}": f"DCASE {level} {label}" for level in ("fine", "coarse")
     for m, label in (("micro_auprc", "micro AUPRC"), ("macro_auprc", "macro AUPRC"),
@@ -86,6 +87,64 @@ def wide_summary(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     wide.index = pd.Index([method_name(m) for m in wide.index], name="method")
     wide.columns.name = None
     return wide
+
+
+# Issue 33: F1 at 0.5 needs calibrated scores, F1 with validation-tuned thresholds and mAP do not;
+# shown side by side, a method that ranks well but calibrates badly is visible as such.
+SIDE_BY_SIDE = {"f1_macro": "F1 @0.5", "f1_macro_tuned": "F1 tuned", "auprc_macro": "mAP"}
+"""The three figures of :func:`side_by_side`, by metric name (``auprc_macro`` is the mean per-class
+average precision, mAP; over the complete truth it equals ``test_full/map``), and their labels."""
+
+
+def side_by_side_split(reps: pd.DataFrame) -> str:
+    """``test_full`` where the replicates were scored against the complete truth, else ``test``."""
+    full = "test_full/f1_macro"
+    return "test_full" if full in reps and reps[full].notna().any() else "test"
+
+
+def side_by_side(reps: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, proportion): n (replicates) and the mean and sd (ddof 1) of F1 macro at 0.5,
+    F1 macro with tuned thresholds and mAP on :func:`side_by_side_split`'s split; a figure the
+    replicates do not have (a study from before tagtune reported it) is NaN."""
+    split = side_by_side_split(reps)
+    names = [f"{split}/{m}" for m in SIDE_BY_SIDE]
+    cols = ["method", "proportion", "n", *(c for n in names for c in (n, f"{n}_sd"))]
+    if reps.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (method, p), g in reps.groupby(["method", "proportion"]):
+        row: dict = {"method": method, "proportion": p, "n": len(g)}
+        for n in names:
+            v = g[n].dropna() if n in g else pd.Series(dtype=float)
+            row[n] = float(v.mean()) if len(v) else math.nan
+            row[f"{n}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols).sort_values(["proportion", "method"]).reset_index(drop=True)
+
+
+def side_by_side_text(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`side_by_side` for the report: the method's label, the proportion removed, n, each
+    figure as ``mean ± sd`` (``—`` where missing), and F1 tuned minus F1 at 0.5 (how much of the
+    method's F1 its thresholds, not its ranking, cost)."""
+    names = [c for c in table.columns if c.split("/")[-1] in SIDE_BY_SIDE]
+    cols = ["method", "removed", "n", *SIDE_BY_SIDE.values(), "tuned − @0.5"]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+
+    def text(mean: float, sd: float) -> str:
+        if math.isnan(mean):
+            return "—"
+        return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+    out = pd.DataFrame({"method": table["method"].map(method_name),
+                        "removed": table["proportion"].map(percent), "n": table["n"]})
+    for n in names:
+        out[SIDE_BY_SIDE[n.split("/")[-1]]] = [text(m, s) for m, s in zip(table[n], table[f"{n}_sd"],
+                                                                           strict=True)]
+    f1, tuned = (next(n for n in names if n.endswith(f"/{k}")) for k in ("f1_macro", "f1_macro_tuned"))
+    gap = table[tuned] - table[f1]
+    out["tuned − @0.5"] = ["—" if math.isnan(g) else f"{g:+.{digits}f}" for g in gap]
+    return out[cols]
 
 
 def bootstrap(d: np.ndarray, n_boot: int = 10_000, level: float = 0.95,
@@ -241,4 +300,5 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> list
 
 __all__ = ["ALPHA", "REFERENCES", "answer_table", "bootstrap", "conclusions", "higher_is_better",
            "holm", "holm_text", "metric_label", "metric_name", "paired_comparisons", "percent",
-           "statement", "summary_table", "wide_summary", "wilcoxon_p"]
+           "side_by_side", "side_by_side_split", "side_by_side_text", "statement", "summary_table",
+           "wide_summary", "wilcoxon_p"]

@@ -39,6 +39,8 @@ def analyze(
         print()
     print(f"report:   {r.report}")
     print(f"table:    {', '.join(str(p) for p in r.table_files)}")
+    if r.side_by_side_file is not None:  # the headline alone can hide a method that ranks well
+        print(f"metrics:  {r.side_by_side_file} (F1 at 0.5, F1 with tuned thresholds, mAP)")
     print(f"figures:  {r.out_dir / 'figures'} ({len(r.figures)})")
     if r.best_dir is not None:
         print(f"configs:  {r.best_dir}")

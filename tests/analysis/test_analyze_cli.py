@@ -36,6 +36,7 @@ def test_analyze_prints_where_everything_is(study_dir, tmp_path):
     shown = printed(r.stdout)
     assert shown["report"] == str(out / "report.html") and (out / "report.html").is_file()
     assert str(out / "trials.csv") in shown["table"]
+    assert shown["metrics"] == f"{out / 'metrics.csv'} (F1 at 0.5, F1 with tuned thresholds, mAP)"
     pngs = sorted((out / "figures").glob("*.png"))
     assert shown["figures"] == f"{out / 'figures'} ({len(pngs)})" and len(pngs) >= 4
     assert shown["configs"] == str(out / "best")

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -120,6 +121,38 @@ def test_analysis_run_in_mlflow_is_reused(analysed, tiny_study):
     names = {a.path for a in client.list_artifacts(first.mlflow_run_id, "figures")}
     assert {f"figures/{p.name}" for p in first.figures.values()} <= names
     assert "report.html" in {a.path for a in client.list_artifacts(first.mlflow_run_id)}
+
+
+def test_f1_at_half_tuned_f1_and_map_side_by_side_in_report_csv_and_mlflow(analysed, tiny_study):
+    """Issue 33: the tuned F1 beside F1 at 0.5 and mAP, per method x proportion, in the report and
+    metrics.csv (and that file in the analysis run); every MLflow run carries it (search trials
+    their validation figure per epoch, replicates and the cells' parent runs the test ones)."""
+    study_dir, r = analysed
+    on_disk = pd.read_csv(r.side_by_side_file)
+    assert r.side_by_side_file.name == "metrics.csv" and len(on_disk) == len(CELLS)
+    for m in ("f1_macro", "f1_macro_tuned", "auprc_macro"):  # the tiny data has the complete truth
+        assert f"test_full/{m}" in on_disk and on_disk[f"test_full/{m}"].notna().all()
+    reps = r.table[r.table.phase == "replicate"]
+    b1 = on_disk[(on_disk.method == "b1") & (on_disk.proportion == MISSING[-1])].iloc[0]
+    mine = reps[(reps.method == "b1") & (reps.proportion == MISSING[-1])]
+    assert b1["test_full/f1_macro_tuned"] == pytest.approx(mine["test_full/f1_macro_tuned"].mean())
+    html = htmllib.unescape(r.report.read_text())
+    assert "<h2>F1 at 0.5, F1 with tuned thresholds and mAP</h2>" in html
+    assert "can rank well yet calibrate badly" in html
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(tiny_study[0].name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    phases = {}
+    for run in runs:
+        phases.setdefault(run.data.tags.get("phase"), []).append(run)
+    assert all("val/f1_macro_tuned" in x.data.metrics for x in phases["search"])
+    assert all({"test_full/f1_macro_tuned", "test/f1_macro_tuned"} <= set(x.data.metrics)
+               for x in phases["replicate"])
+    parents = [x for x in runs if x.info.run_name in CELLS]
+    assert len(parents) == len(CELLS)
+    assert all("test_full/f1_macro_tuned" in x.data.metrics for x in parents)
+    analysis = next(x for x in phases["analysis"])
+    assert "metrics.csv" in {a.path for a in client.list_artifacts(analysis.info.run_id)}
 
 
 def test_exported_config_reproduces_its_replicate(tiny_study, analysed, tmp_path):

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 import ray
-from ray._private import ray_constants
 
 from tagtune.launch.preflight import (
     enable_token_auth,
@@ -75,22 +74,18 @@ def pending_trials(settings: StudySettings) -> Iterator[None]:
 
 
 def exit_process(code: int) -> NoReturn:
-    """End the process of a finished (or stopped) study now: its exit handlers run, Python's
-    teardown does not.
+    """End the process of a finished (or stopped) study now: Ray shut down, the exit handlers
+    run, and no Python teardown.
 
     After a study the interpreter holds torch, Ray, MLflow, SQLAlchemy, pandas...: tearing them
-    down module by module took ~3.5 s of garbage collection on 2 cores, for nothing a file needs.
-    Ray's own exit handler, for the local instance this process started, ends its processes one
-    by one with a second's grace each (~2 s, half a second of it a sleep for log lines we do not
-    forward): Ray's reaper, which the local instance always has, does the same SIGTERM then
-    SIGKILL once this process is gone, without anyone waiting. Joined to a cluster, Ray's handler
-    runs (it only disconnects). Every file a study writes is whole before this point (atomic
-    writes, the journal's fsyncs); the other exit handlers (logging's flush into study.log,
-    Tune's) still run."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    if node is not None and ray_constants.PROCESS_TYPE_REAPER in getattr(node, "all_processes", {}):
-        atexit.unregister(ray._private.worker.shutdown)
-    atexit._run_exitfuncs()
+    down module by module took ~3.5 s of garbage collection on 2 cores, for nothing a file needs
+    (every file a study writes is whole before this point: atomic writes, the journal's fsyncs,
+    committed SQLite transactions). Ray is shut down here rather than by its exit handler, which
+    first sleeps half a second for log lines we do not forward. Not shut down at all, the local
+    instance's processes die with this one, but its agents outlive it for a minute or more."""
+    if ray.is_initialized():
+        ray.shutdown()
+    atexit._run_exitfuncs()  # logging's flush into study.log, Tune's, MLflow's
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -106,8 +106,9 @@ def exit_process(code: int) -> NoReturn:
     if ray.is_initialized():
         ray.shutdown()
     atexit._run_exitfuncs()  # logging's flush into study.log, Tune's, MLflow's
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (| head), a closed stream
+            stream.flush()
     os._exit(code)
 
 

@@ -8,7 +8,9 @@ fresh process in a session of its own, sampled from outside through /proc (bench
 
 Figures (the same machine state for every figure of one invocation):
 
-- fixed cost: a study of 1 trial x 1 epoch, end to end in its process (ray.init included);
+- fixed cost: a study of 1 trial x 1 epoch, as ``tagtune study --config`` runs it, the whole
+  process timed from outside (imports, Ray's start and end, the plan line, the interpreter's
+  exit); and the same study's ``run_study`` alone (ray.init included), the figure the others use;
 - per trial: (wall x slots - bare) / trials, the machinery's cost of one trial, fixed cost in;
   per trial-epoch: the same over every epoch the trials trained;
 - harness efficiency = bare epoch-seconds / (wall x trial slots);
@@ -57,25 +59,41 @@ def _bench_study():
 def worker_study(spec: dict) -> dict:
     """One study in this process; what its files say about it."""
     from tagtune.launch.study import run_study
-    from tagtune.study.folder import JOURNAL, SEARCH, StudySettings
+    from tagtune.study.folder import StudySettings
 
     t0 = time.perf_counter()  # Ray started by the study itself, as `tagtune study` does
     result = run_study(StudySettings(**spec), verbose=0)
     wall = time.perf_counter() - t0
+    return {"wall_s": wall, **study_files(result.study_dir, result.tracking_uri, result.experiment_id)}
+
+
+def worker_inspect(spec: dict) -> dict:
+    """What the files of a study that ran elsewhere (a ``tagtune study`` process) say about it."""
+    from tagtune.study.folder import SUMMARY, load_study
+
+    settings = load_study(spec["study_dir"])
+    summary = json.loads((settings.study_dir / SUMMARY).read_text())
+    return study_files(settings.study_dir, settings.tracking_uri, summary["experiment_id"])
+
+
+def study_files(study_dir: Path, tracking_uri: str, experiment_id: str) -> dict:
+    """A study's trial configs, the trials' busy time and span (from the journal), each trial's
+    epochs in MLflow, Tune's snapshot warnings."""
+    from tagtune.study.folder import JOURNAL, SEARCH
+
     configs = []
-    for trial_dir in sorted((result.study_dir / SEARCH).iterdir()):
+    for trial_dir in sorted((study_dir / SEARCH).iterdir()):
         if (trial_dir / "params.json").is_file():
             configs.append(json.loads((trial_dir / "params.json").read_text()))
-    events = [json.loads(line) for line in (result.study_dir / JOURNAL).read_text().splitlines()]
+    events = [json.loads(line) for line in (study_dir / JOURNAL).read_text().splitlines()]
     spans: dict[str, list[int]] = {}
     for e in events:
         if e.get("op") in ("start", "end") and "trial_id" in e:
             spans.setdefault(e["trial_id"], []).append(e["ts"])
     busy = sum(max(ts) - min(ts) for ts in spans.values()) / 1000
     span = (max(max(ts) for ts in spans.values()) - min(min(ts) for ts in spans.values())) / 1000
-    return {"wall_s": wall, "configs": configs, "busy_s": busy, "span_s": span,
-            "mlflow": mlflow_epochs(result.tracking_uri, result.experiment_id),
-            "warnings": snapshot_warnings(result.study_dir)}
+    return {"configs": configs, "busy_s": busy, "span_s": span,
+            "mlflow": mlflow_epochs(tracking_uri, experiment_id), "warnings": snapshot_warnings(study_dir)}
 
 
 def mlflow_epochs(tracking_uri: str, experiment_id: str) -> dict[str, list[float]]:
@@ -117,10 +135,15 @@ def worker_loop(spec: dict) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def launch(bs, args: list[str], tmp: Path):
-    """This script as a worker in a new session, sampled from outside: (answer, sampler)."""
+def worker_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def launch(bs, args: list[str], tmp: Path):
+    """This script as a worker in a new session, sampled from outside: (answer, sampler)."""
+    env = worker_env()
     with open(tmp / "worker.log", "a") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--worker", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
@@ -169,6 +192,27 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     return _RAN[trials, epochs, fuse]
 
 
+def whole_process(bs, tmp: Path, base: dict, name: str) -> dict:
+    """A study of 1 trial x 1 epoch as a user starts it, ``tagtune study --config`` (the plan
+    line and the display included), in a process of its own timed from outside: its seconds,
+    checked like every study (the trial ran its epoch, in MLflow once)."""
+    from tagtune.study.folder import StudySettings
+
+    settings = StudySettings(**{**base, "name": name, "trials": 1, "epochs": 1, "grace_period": 1})
+    config = tmp / f"{name}.yaml"
+    config.write_text(settings.to_yaml())
+    with open(tmp / "worker.log", "a") as log:
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tagtune", "study", "--config", str(config)],
+                              env=worker_env(), stdout=log, stderr=log, start_new_session=True)
+        seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"bench_harness: `tagtune study` failed; see {tmp / 'worker.log'}")
+    r = launch(bs, ["inspect", json.dumps({"study_dir": str(settings.study_dir)})], tmp)[0]
+    assert len(r["configs"]) == 1 and list(r["mlflow"].values()) == [[1.0]], (name, r["mlflow"])
+    return {"process_s": seconds}
+
+
 def show(f: dict) -> None:
     print(f"  {f['name']:>12}: {f['trials']:4d} trials x {f['epochs']:3d} epochs, fuse {f['fuse']:2d}: "
           f"wall {f['wall_s']:6.1f} s, bare {f['bare_s']:6.1f} s -> efficiency {f['efficiency']:4.0%}; "
@@ -194,7 +238,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        fn = {"study": worker_study, "loop": worker_loop}[a.worker[0]]
+        fn = {"study": worker_study, "loop": worker_loop, "inspect": worker_inspect}[a.worker[0]]
         print(ANSWER + json.dumps(fn(json.loads(a.worker[1]))))
         return
     if a.quick:
@@ -212,8 +256,10 @@ def main() -> None:
           f"{a.cpus} slots; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     figures: dict = {"cpus": a.cpus, "clips": a.clips}
     if "f" in a.sections:
-        figures["fixed"] = study(bs, tmp, base, "fixed", 1, 1)
-        print(f"fixed cost (1 trial x 1 epoch): {figures['fixed']['wall_s']:.1f} s "
+        figures["fixed"] = {**study(bs, tmp, base, "fixed", 1, 1),
+                            **whole_process(bs, tmp, base, "fixed-cli")}
+        print(f"fixed cost (1 trial x 1 epoch): {figures['fixed']['process_s']:.1f} s the whole "
+              f"`tagtune study` process, {figures['fixed']['wall_s']:.1f} s its run_study alone "
               f"(its bare fit {figures['fixed']['bare_s']:.2f} s)")
     if "m" in a.sections:
         figures["main"] = study(bs, tmp, base, "main", a.trials, a.epochs)

@@ -7,6 +7,7 @@ Bad input (a DataError or ConfigError) prints one line to stderr and exits with 
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -52,7 +53,17 @@ app.add_typer(cli_ui.app)
 
 
 def main() -> None:
-    app()
+    """The ``tagtune`` command (and ``python -m tagtune``); tests call ``app`` in-process instead."""
+    try:
+        app()
+        code = 0
+    except SystemExit as e:  # Typer ends every command this way
+        code = e.code
+    if "ray" in sys.modules and isinstance(code, int):  # a study ran here (study, resume, extend)
+        from tagtune.launch.ray_start import exit_process
+
+        exit_process(code)
+    sys.exit(code)
 
 
 __all__ = ["app", "main"]

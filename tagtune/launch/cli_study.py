@@ -157,9 +157,8 @@ def study(
         settings = _flag_errors(overrides, lambda: StudySettings(
             **{k: v for k, v in overrides.items() if v is not None}))
     level = _verbosity(quiet, verbose)
-    if level:  # what it will run, and roughly how long, before anything starts
-        _say_plan(settings)
-    _report(settings.study_dir, run_study, settings, verbose=level)
+    # say_plan: what it will run, and roughly how long, before any trial starts
+    _report(settings.study_dir, run_study, settings, verbose=level, say_plan=level > 0)
 
 
 @study_app.command("resume")
@@ -220,19 +219,6 @@ def mlflow_sync(study_dir: Annotated[Path, typer.Argument(
         n = sync(settings.study_dir, settings.tracking_uri, experiment_id,
                  study_trial_ids(settings.study_dir))
     print(f"replayed {n} events into {settings.tracking_uri}")
-
-
-def _say_plan(settings) -> None:
-    """The study's size and a rough time (tagtune.launch.plan), one line; a data file that does not
-    read is left to the study's own check, which names it."""
-    from tagtune.launch.plan import plan_line
-    from tagtune.study.data import DataError, load
-
-    try:
-        ds = load(settings.data)
-    except (DataError, OSError):
-        return
-    print(plan_line(settings, ds), flush=True)
 
 
 def _verbosity(quiet: bool, verbose: bool) -> int:

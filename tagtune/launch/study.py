@@ -11,6 +11,7 @@ cluster the study directory must be on storage every node sees.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tagtune.analysis import gain
 from tagtune.launch import paper_point
 from tagtune.launch.counts import best_per_cell
 from tagtune.launch.display import StudyDisplay, earlier_work, library_logs
+from tagtune.launch.plan import plan_line
 from tagtune.launch.preflight import (
     check_address,
     check_mlflow,
@@ -78,7 +80,7 @@ class StudyResult:
     """False: MLflow did not answer at the end; ``tagtune mlflow sync`` completes it later."""
 
 
-def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
+def run_study(settings: StudySettings, *, verbose: int = 1, say_plan: bool = False) -> StudyResult:
     """Run (or continue) the study described by ``settings``; returns what it found.
 
     Bad launch input (search ranges, an unreachable cluster or tracking server, an
@@ -89,7 +91,8 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
 
     ``verbose``: 0 = nothing on the terminal but errors; 1 = the live display
     (tagtune.launch.display); 2 = Ray Tune's trial table instead, and the libraries' log
-    lines on the terminal. At 0 and 1 those lines go to ``STUDY_DIR/study.log``.
+    lines on the terminal. At 0 and 1 those lines go to ``STUDY_DIR/study.log``. ``say_plan``:
+    first print what the study will run and at most how long (tagtune.launch.plan).
     """
     study_dir = settings.study_dir
     ranges = load_ranges(settings.search_space) if settings.search_space else Ranges()
@@ -102,10 +105,11 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         restore_checked(settings, phase_dirname(phase, rnd))  # every file as it was
     _prepare_dir(study_dir, settings)
     with library_logs(study_dir, enabled=verbose < 2) as logs:
-        experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, study_dir)
-        init_ray(settings)
+        experiment_id, plan = _start_ray_and_the_rest(settings, ds, say_plan)
         if logs is not None:
             logs.apply()  # ray.init installs Ray's own handlers
+        if plan:
+            print(plan, flush=True)
         display = (StudyDisplay(settings.methods, settings.missing, objective=settings.objective,
                                 earlier=earlier_work(study_dir)) if verbose == 1 else None)
         out = Output(verbose, display, {"name": ds.name, "digest": ds.fingerprint,
@@ -115,6 +119,27 @@ def run_study(settings: StudySettings, *, verbose: int = 1) -> StudyResult:
         finally:
             if out.display is not None:
                 out.display.stop()
+
+
+def _start_ray_and_the_rest(settings: StudySettings, ds: Dataset, say_plan: bool) -> tuple[str, str | None]:
+    """Ray started, and meanwhile the study's MLflow experiment made (or found) and the plan line
+    timed: ray.init mostly waits for Ray's processes to start (~4 s on 2 cores), time in which
+    the driver's own start-up work (~2 s) fits. An unusable MLflow store is still what is said
+    first. (experiment id, plan line or None)."""
+
+    def meanwhile() -> tuple[str, str | None]:
+        experiment_id = mlflow_experiment(settings.tracking_uri, settings.name, settings.study_dir)
+        return experiment_id, plan_line(settings, ds) if say_plan else None
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-start") as pool:
+        early = pool.submit(meanwhile)
+        try:
+            init_ray(settings)
+        except BaseException:
+            if isinstance(early.exception(), ConfigError):  # waits for it
+                raise early.exception() from None
+            raise
+        return early.result()
 
 
 def _run(settings: StudySettings, ds: Dataset, ranges: Ranges, experiment_id: str,

@@ -19,10 +19,12 @@ out, and replaying twice changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -525,24 +527,65 @@ def mlflow_experiment(tracking_uri: str, name: str, study_dir: Path) -> str:
 def create_sqlite_store(tracking_uri: str, study_dir: Path) -> None:
     """Make a new SQLite store whole before anyone uses it. MLflow builds its tables in a few
     dozen schema migrations; a study killed between two leaves a store that MLflow can never
-    open again ("table _alembic_tmp_experiment_tags already exists"). So the migrations run
-    on a temporary file, renamed into place once they are all done."""
+    open again ("table _alembic_tmp_experiment_tags already exists"). So the store is made on a
+    temporary file, renamed into place once whole. Made as a copy of an empty migrated store
+    (:func:`empty_store_template`): replaying every migration took ~1.5 s of each study's start."""
     if not tracking_uri.startswith("sqlite:///"):
         return
     path = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
     if path.exists() or not path.is_absolute():
         return
+    root = (Path(study_dir) / ARTIFACTS).as_uri()
+    template = empty_store_template()
+    with atomic.atomic_path(path) as tmp:
+        if template is None:
+            _migrated_store(tmp, root)
+        else:
+            shutil.copyfile(template, tmp)
+            _adopt_store(tmp, root)
+
+
+def empty_store_template() -> Path | None:
+    """An MLflow SQLite store with every migration applied and nothing else in it (MLflow's
+    Default experiment, its default workspace), made once per MLflow version in the user's cache
+    (``$XDG_CACHE_HOME/tagtune``, else ``~/.cache/tagtune``) and renamed into place whole; None
+    where that cannot be written (each store then migrates itself, as MLflow does)."""
+    from importlib.metadata import version
+
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tagtune"
+        path = cache / f"mlflow-{version('mlflow')}-empty.db"
+        if not path.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            with atomic.atomic_path(path) as tmp:
+                _migrated_store(tmp, (cache / ARTIFACTS).as_uri())
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
+        return None
+    return path
+
+
+def _migrated_store(path: Path, artifact_root: str) -> None:
+    """A new store at ``path`` as MLflow makes one: its tables, every migration, the Default
+    experiment (its artifacts under ``artifact_root``)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", (Path(study_dir) / ARTIFACTS).as_uri())
-        store.engine.dispose()
-        atomic.fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    SqlAlchemyStore(f"sqlite:///{path}", artifact_root).engine.dispose()
+
+
+def _adopt_store(path: Path, artifact_root: str) -> None:
+    """A copy of the template made this study's own: its Default experiment (the one row in it
+    that depends on where and when the store was made) as a store made here and now has it."""
+    import sqlite3
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+    experiment = SqlAlchemyStore.DEFAULT_EXPERIMENT_ID
+    location = append_to_uri_path(resolve_uri_if_local(artifact_root), experiment)  # as MLflow's
+    now = int(time.time() * 1000)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "
+                   "last_update_time = ? WHERE experiment_id = ?", (location, now, now, int(experiment)))
 
 
 def final_sync(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> bool:

@@ -22,6 +22,7 @@ def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path
     fig = json.loads(out.read_text())
     # The studies it says it ran, of the sizes --quick asks for; the sweep's are the same studies.
     assert (fig["fixed"]["trials"], fig["fixed"]["epochs"]) == (1, 1)
+    assert fig["fixed"]["process_s"] > 0  # the same study as a whole `tagtune study` process
     assert (fig["main"]["trials"], fig["main"]["epochs"], fig["main"]["fuse"]) == (4, 1, 1)
     assert (fig["fused"]["trials"], fig["fused"]["fuse"]) == (4, 2)
     assert [s["trials"] for s in fig["sizes"]] == [1, 4]

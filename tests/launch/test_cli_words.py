@@ -9,7 +9,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from tagtune.launch.trainable import EARLIER
 from tagtune.study.config import TrainConfig
 from tagtune.study.data import save
 from tests.conftest import invoke
+from tests.launch.processes import cmdline, kill_session, session_pids
 
 STUDY_DEFAULTS = {"--trials": "20", "--replicates": "5", "--epochs": "100",
                   "--missing": "0,0.1,0.2,0.4,0.8", "--name": "study", "--seed": "0",
@@ -219,12 +222,29 @@ def test_a_quiet_study_with_le_prints_only_its_result_lines(tiny_dataset, tmp_pa
     epochs report val/best_loss = inf ("not yet") -- no line on stderr, no NaN or inf anywhere a
     metric is reported as a number."""
     path = save(tiny_dataset, tmp_path / "tiny.h5")
-    r = subprocess.run([sys.executable, "-m", "tagtune", "study", "--data", str(path), "--methods",
-                        "le", "--missing", "0.4", "--trials", "2", "--replicates", "1", "--epochs",
-                        "2", "--grace-period", "1", "--no-share-le-teacher", "--storage",
-                        str(tmp_path), "--name", "quiet", "--quiet"],
-                       capture_output=True, text=True, timeout=540)
+    proc = subprocess.Popen([sys.executable, "-m", "tagtune", "study", "--data", str(path), "--methods",
+                             "le", "--missing", "0.4", "--trials", "2", "--replicates", "1", "--epochs",
+                             "2", "--grace-period", "1", "--no-share-le-teacher", "--storage",
+                             str(tmp_path), "--name", "quiet", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        kill_session(proc)
+        raise
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert r.returncode == 0, r.stderr[-3000:]
+    # It leaves without Python's teardown (launch.ray_start.exit_process): what it printed and
+    # logged is all there, and the Ray it started went with it (its agents too, which outlive a
+    # driver that does not shut Ray down by a minute or more).
+    assert "Configuration for experiment" in (tmp_path / "quiet" / "study.log").read_text()
+    deadline = time.monotonic() + 30
+    while (left := _alive(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    names = [cmdline(pid) for pid in left]
+    kill_session(proc)
+    assert not left, names
     err_lines = r.stderr.splitlines()
     assert len(err_lines) == 0, err_lines[:20]
     labels = ["study:", "best:", "mlflow:", "log:", "open", "analyze:"]
@@ -239,6 +259,16 @@ def test_a_quiet_study_with_le_prints_only_its_result_lines(tiny_dataset, tmp_pa
               for v in _scalars(events)]
     assert values and all(np.isfinite(value) for _, value in values), \
         [tag for tag, value in values if not np.isfinite(value)]
+
+
+def _alive(sid: int) -> list[int]:
+    """The live processes (not zombies) of a session."""
+    def state(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return "Z"
+    return [pid for pid in session_pids(sid) if state(pid) != "Z"]
 
 
 def _scalars(path) -> list[tuple[str, float]]:

@@ -3,6 +3,7 @@ sync removes a trial's second run."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from types import SimpleNamespace
 
 import pytest
@@ -194,3 +195,59 @@ def test_batched_results_reach_mlflow_once_each_in_few_calls(tmp_path, store, mo
         history = client.get_metric_history(runs[tid].info.run_id, "val/loss")
         assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, steps + 1)]
     assert runs["t1"].info.status == "FINISHED"
+
+
+def _schema(path) -> set[tuple]:
+    """Every table, index and constraint of an SQLite store, and its schema revision. A
+    statement's clauses as a set: MLflow's own migrations order a table's constraints
+    differently from one run to the next."""
+    import sqlite3
+
+    def clauses(sql):
+        return frozenset(line.strip().rstrip(",").strip() for line in (sql or "").splitlines())
+
+    with closing(sqlite3.connect(path)) as db:
+        return ({(kind, name, clauses(sql)) for kind, name, sql
+                 in db.execute("SELECT type, name, sql FROM sqlite_master")}
+                | {("revision", *row) for row in db.execute("SELECT * FROM alembic_version")})
+
+
+def test_a_new_store_is_a_copy_of_the_migrated_template_that_mlflow_opens_without_migrating(
+        tmp_path, monkeypatch):
+    import mlflow.store.db.utils as db_utils
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    mlflows_own = tmp_path / "own.db"
+    MlflowClient(f"sqlite:///{mlflows_own}").search_experiments()  # a store MLflow migrated itself
+    exp = tracking.mlflow_experiment(f"sqlite:///{first / 'mlflow.db'}", "a", first)  # makes the template
+    template = tracking.empty_store_template()
+    assert template is not None and template.parent == tmp_path / "cache" / "tagtune"
+    assert _schema(template) == _schema(mlflows_own)
+
+    def no_migrations(*_args, **_kwargs):
+        raise AssertionError("a store made from the template must not migrate")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migrations)
+    monkeypatch.setattr(db_utils, "_upgrade_db", no_migrations)
+    uri = f"sqlite:///{second / 'mlflow.db'}"
+    assert tracking.mlflow_experiment(uri, "b", second) == exp  # each store its own experiment 1
+    # The same tables, indexes and schema revision as a store MLflow migrated itself; its Default
+    # experiment where a store made here would have it.
+    assert _schema(second / "mlflow.db") == _schema(mlflows_own)
+    client = MlflowClient(uri)
+    assert client.get_experiment("0").artifact_location == (second / "mlartifacts" / "0").as_uri()
+    assert client.get_experiment(exp).artifact_location == (second / "mlartifacts").as_uri()
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "epoch", 1.0, step=1)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1.0]
+    assert not list(second.glob(".mlflow.db.*"))  # no temporary file left beside it
+
+
+def test_a_store_is_still_made_where_no_template_can_be_kept(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache directory would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert tracking.empty_store_template() is None
+    exp = tracking.mlflow_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "x", tmp_path)
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment(exp).name == "x"

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from tagtune.launch.cli_common import fail, user_errors
+from tagtune.launch.preflight import token_auth_mode
 from tagtune.study.config import ConfigError
 
 # Both added to the `tagtune` command by tagtune.launch.cli.
@@ -134,7 +135,6 @@ def study(
     """  # noqa: E501 -- one line: Typer keeps a line break inside a paragraph
     if ctx.invoked_subcommand is not None:
         return
-    from tagtune.launch.study import run_study
     from tagtune.study.folder import StudySettings, load_settings
 
     overrides = {
@@ -157,8 +157,22 @@ def study(
         settings = _flag_errors(overrides, lambda: StudySettings(
             **{k: v for k, v in overrides.items() if v is not None}))
     level = _verbosity(quiet, verbose)
+    token_auth_mode(settings.address)  # before Ray is imported (below)
+    from tagtune.launch.study import run_study
+
     # say_plan: what it will run, and roughly how long, before any trial starts
     _report(settings.study_dir, run_study, settings, verbose=level, say_plan=level > 0)
+
+
+def _saved_address(study_dir: Path) -> str | None:
+    """The address in a study's study.yaml (None where it has none or cannot be read: the study's
+    own loading says why, later)."""
+    from tagtune.study.folder import load_study
+
+    try:
+        return load_study(study_dir).address
+    except (ConfigError, OSError):
+        return None
 
 
 @study_app.command("resume")
@@ -171,10 +185,11 @@ def resume(
         help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
 ) -> None:
     """Continue an interrupted study; finished trials are neither rerun nor logged twice."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    token_auth_mode(address or _saved_address(study_dir))  # before Ray is imported (below)
     from tagtune.launch.study import resume_study
 
-    _report(study_dir, resume_study, study_dir, verbose=_verbosity(quiet, verbose),
-            address=address or os.environ.get("RAY_ADDRESS"))
+    _report(study_dir, resume_study, study_dir, verbose=_verbosity(quiet, verbose), address=address)
 
 
 @study_app.command("extend")
@@ -194,6 +209,7 @@ def extend(
         help="Ray Tune's trial table and Ray's/Optuna's log lines instead of the live display.")] = False,
 ) -> None:
     """Grow a finished study: new methods, proportions, trials or replicates, as one study with the union of the settings would have run them; nothing finished runs again."""  # noqa: E501
+    token_auth_mode(address or os.environ.get("RAY_ADDRESS") or _saved_address(study_dir))  # before Ray
     from tagtune.launch.extend import extend_study
 
     _report(study_dir, extend_study, study_dir, config=config, verbose=_verbosity(quiet, verbose),

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -56,24 +57,22 @@ def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
                           where=address) from None
 
 
-def enable_token_auth() -> None:
-    """Use Ray's token authentication when a token is at hand and the user chose no mode.
+def token_auth_mode(address: str | None) -> None:
+    """Ray's token authentication for a driver joining a cluster when a token is at hand and the
+    user chose no mode: ``RAY_AUTH_MODE=token``, set before this process imports Ray.
 
-    ``ray start`` (Ray >= 2.59) enables token authentication whenever a token exists
-    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), but a driver
-    connecting with ``ray.init(address=...)`` stays in mode "disabled" and is refused. Doing
-    what ``ray start`` does (Ray's own function: setting ``RAY_AUTH_MODE`` alone is not
-    enough once Ray's config is loaded) makes ``tagtune study --address`` just work.
+    ``ray start`` (Ray >= 2.59) enables token authentication whenever a token exists (Ray's
+    documented sources: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``), but a
+    driver connecting with ``ray.init(address=...)`` stays in mode "disabled" and is refused.
+    Ray reads ``RAY_AUTH_MODE`` once, when it is imported: the CLI calls this with the study's
+    address before it imports anything that imports Ray; later it changes nothing (a Python
+    program that imported Ray itself sets ``RAY_AUTH_MODE`` itself, as Ray's docs say).
     """
-    if "RAY_AUTH_MODE" in os.environ:
+    if address is None or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
         return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def psycopg_uri(uri: str) -> str:
@@ -238,5 +237,5 @@ def check_trial_fits(cpus_per_trial: int, local: bool, gpus: float = 0.0) -> Non
 
 
 __all__ = ["check_address", "check_database", "check_mlflow", "check_mlflow_login",
-           "check_shared_storage", "check_trial_fits", "enable_token_auth", "psycopg_uri",
+           "check_shared_storage", "check_trial_fits", "token_auth_mode", "psycopg_uri",
            "quick_mlflow_http"]

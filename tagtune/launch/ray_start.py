@@ -13,9 +13,6 @@ from typing import NoReturn
 
 import ray
 
-from tagtune.launch.preflight import (
-    enable_token_auth,
-)
 from tagtune.study.config import ConfigError
 from tagtune.study.errors import first_line
 from tagtune.study.folder import (
@@ -29,14 +26,14 @@ def init_ray(settings: StudySettings) -> None:
     if ray.is_initialized():
         return
     if settings.address:
-        enable_token_auth()
         try:
             ray.init(address=settings.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             problem = first_line(e)
             if isinstance(e.__cause__, ray.exceptions.AuthenticationError):
                 problem = ("token authentication refused: give the cluster's token in "
-                           "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+                           "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (and, in a "
+                           "Python program that imports Ray itself, RAY_AUTH_MODE=token)")
             raise ConfigError("address", f"cannot reach the Ray cluster ({problem})",
                               where=settings.address) from None
     else:

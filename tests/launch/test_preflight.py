@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,26 @@ def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, data_file, monkeypat
     assert result.exit_code == 130, result.output
     assert result.stderr.strip() == (f"interrupted: {tmp_path / 'study'}: continue with: "
                                      f"tagtune study resume {tmp_path / 'study'}")
+
+
+@pytest.mark.parametrize(("address", "env", "token_file", "mode"), [
+    ("10.0.0.1:6379", {"RAY_AUTH_TOKEN_PATH": "/some/token"}, False, "token"),
+    ("10.0.0.1:6379", {"RAY_AUTH_TOKEN": "abc"}, False, "token"),
+    ("10.0.0.1:6379", {}, True, "token"),  # ~/.ray/auth_token, as `ray start` reads it
+    ("10.0.0.1:6379", {}, False, None),  # no token: Ray's default stays
+    ("10.0.0.1:6379", {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "abc"}, False, "disabled"),
+    (None, {"RAY_AUTH_TOKEN": "abc"}, True, None),  # a local instance: not a driver joining
+])
+def test_token_auth_mode_is_set_before_ray_is_imported(tmp_path, address, env, token_file, mode):
+    # A fresh process, as the CLI is: Ray reads RAY_AUTH_MODE once, when imported.
+    if token_file:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("abc\n")
+    child = ("import os, sys\nfrom tagtune.launch.preflight import token_auth_mode\n"
+             "assert 'ray' not in sys.modules\n"
+             f"token_auth_mode({address!r})\nprint(os.environ.get('RAY_AUTH_MODE'))")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    r = subprocess.run([sys.executable, "-c", child], env={**base, **env, "HOME": str(tmp_path)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(mode)

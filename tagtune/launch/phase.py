@@ -15,6 +15,7 @@ from tagtune.launch.objective import better, metric
 from tagtune.launch.ray_start import pending_trials
 from tagtune.launch.rebind import rebinding
 from tagtune.launch.snapshot_repair import StudyInterrupted, ended_after_snapshot
+from tagtune.launch.tracking import drain_senders
 from tagtune.launch.wiring import Output, kind, phase_trainable, run_config
 from tagtune.study.folder import tunestate
 
@@ -53,6 +54,7 @@ def fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: Output,
             results = tuner.fit()
     finally:
         fusion.close_registries()  # fused trials' stacks end with their phase
+        drain_senders()  # MLflow has what the journal has before the study goes on (or stops)
     if out.display is not None:
         out.display.stop()
     # Ray Tune answers Ctrl-C by saving the experiment and returning what it has: trials

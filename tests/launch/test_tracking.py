@@ -49,12 +49,15 @@ def test_outage_is_journaled_then_caught_up(tmp_path, store, monkeypatch):
     cb.on_trial_result(0, [t1], t1, _result(1))
     down["now"] = True
     cb.on_trial_result(0, [t1], t1, _result(2))  # fails: MLflow left alone from now on
+    cb.drain()  # MLflow is written by the callback's thread: wait for it before counting
     n_calls = len(calls)
     cb.on_trial_start(0, [t1, t2], t2)
     cb.on_trial_result(0, [t1, t2], t2, _result(1))
+    cb.drain()
     assert len(calls) == n_calls, "MLflow was called again within retry_after_s"
     down["now"], cb._retry_at = False, 0.0  # back, and the wait is over
     cb.on_trial_complete(0, [t1, t2], t1)  # replays the journal: everything lands
+    cb.drain()
 
     client = MlflowClient(uri)
     runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([exp], TRIALS)}
@@ -77,6 +80,7 @@ def test_sync_keeps_one_run_per_trial_and_drops_unknown_trials(tmp_path, store):
     a = _trial("a")
     cb.on_trial_start(0, [a], a)  # nothing answers there: journal only
     cb.on_trial_result(0, [a], a, _result(1))
+    cb.drain()
     assert cb.failures == 1  # and not tried again for the second event
     sync(tmp_path, uri, exp, {"a"})
     runs = client.search_runs([exp], TRIALS)
@@ -99,9 +103,11 @@ def test_runs_nest_under_their_cell_with_readable_names_own_params_and_the_datas
                       "phase": "search", "optuna_trial": 7})
     _start(cb, "s8", {"method": "le", "lr": 0.01, "gamma": 20.0, "cell": "le@0.40", "missing": 0.4,
                       "phase": "search", "optuna_trial": 3})
+    cb.drain()  # the search phase ends before the replicates start (one callback's thread at a time)
     replicate = MlflowJournalCallback(tmp_path, uri, exp, "replicate", dataset=dataset)
     _start(replicate, "r2", {"method": "b0", "lr": 0.01, "cell": "b0@0.40", "missing": 0.4,
                              "phase": "replicate", "replicate": 2, "seed": 2, "optuna_trial": 7})
+    replicate.drain()
 
     client = MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs([exp])}
@@ -142,6 +148,7 @@ def test_sync_keeps_one_parent_per_cell_and_repoints_its_children(tmp_path, stor
     uri, exp = store
     cb = MlflowJournalCallback(tmp_path, uri, exp, "search")
     _start(cb, "a", {"method": "b1", "cell": "b1@0.00", "phase": "search", "optuna_trial": 0})
+    cb.drain()
     client = MlflowClient(uri)
     (first,) = client.search_runs([exp], f"tags.`{tracking.CELL_TAG}` = 'b1@0.00'")
     second = client.create_run(exp, run_name="b1@0.00", tags={tracking.CELL_TAG: "b1@0.00"})
@@ -176,16 +183,19 @@ def test_batched_results_reach_mlflow_once_each_in_few_calls(tmp_path, store, mo
     t1, t2 = _trial("t1"), _trial("t2")
     for t in (t1, t2):
         cb.on_trial_start(0, [t1, t2], t)
+    cb.drain()
     n_start = len(calls)
     for step in range(1, 6):
         for t in (t1, t2):
             cb.on_trial_result(0, [t1, t2], t, _result(step))
+    cb.drain()
     assert len(calls) == n_start, "a result was sent before its batch was due"
     # Every result is in the journal already, written before MLflow hears of it.
     journal = tracking.read_journal(tmp_path / "mlflow-journal.jsonl")
     assert sum(e["op"] == "result" for e in journal) == 10
     cb.on_trial_result(0, [t1, t2], t1, _result(2))  # a step again (a restart): logged once
     cb.on_trial_complete(0, [t1, t2], t1)  # the batch goes before t1's end: one call per run
+    cb.drain()
     assert calls[n_start:] == [10, 10]  # 5 steps x (epoch, val/loss), the repeat left out
     cb.on_trial_result(0, [t1, t2], t2, _result(6))
     cb.on_experiment_end([t1, t2])  # what is held at the end goes too

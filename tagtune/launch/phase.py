@@ -29,7 +29,7 @@ def fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: Output,
     ended: dict[str, str] = {}
     best: dict[str, float] = {}
     key, _ = metric(settings)
-    if tune.Tuner.can_restore(path):
+    if tunestate.restorable(path):  # Tuner.can_restore: a tuner.pkl, maybe of a phase never begun
         # What the display starts from (read only where there is a display).
         for trial in analysis(path).trials if out.display is not None else ():
             last = trial.last_result or {}

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -161,6 +162,38 @@ def _check_exact(study: Path) -> None:
     for r in runs:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
         assert len(steps) == len(set(steps)) > 0
+
+
+# The driver dies as Tune would have begun the phase: tuner.pkl written, no experiment state yet.
+DIE_BEFORE_TUNE_RUNS = ("import os, sys\n"
+                        "import ray.tune.impl.tuner_internal as tuner_internal\n"
+                        "tuner_internal.run = lambda *a, **k: os._exit(9)\n"
+                        "from tagtune.launch.cli import main\n"
+                        "sys.argv[0] = 'tagtune'\n"
+                        "main()\n")
+
+
+def test_a_study_killed_before_tunes_first_snapshot_resumes_exactly(tmp_path):
+    """A kill after Tune wrote the phase's tuner.pkl and before its first experiment state: the
+    resume begins the phase afresh and the study ends exactly. Tune's own restore of such a
+    phase "restarts" it with one trial, saves that as the phase, and every later resume ended
+    after that one trial, interrupted (found by the random kills below, once in 24)."""
+    config = slow_study(tmp_path, "early", methods=["b1"], missing=[0.0, 0.4], trials=3,
+                        replicates=1, epochs=4, grace_period=1, checkpoint_every=1)
+    study = tmp_path / "studies" / "early"
+    driver = subprocess.Popen([sys.executable, "-c", DIE_BEFORE_TUNE_RUNS, "study", "--config",
+                               str(config), "--quiet"], env=base_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        code = driver.wait(timeout=240)
+    finally:
+        kill_session(driver)  # its Ray
+    assert code == 9
+    assert (study / "search" / tunestate.TUNER_FILE).is_file()
+    assert not tunestate.restorable(study / "search")
+    done = _resume(study)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_exact(study)
 
 
 ROUNDS = int(os.environ.get("TAGTUNE_KILL_ROUNDS", "4"))

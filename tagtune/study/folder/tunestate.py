@@ -73,6 +73,17 @@ def newest(directory: Path, pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
+def restorable(phase_dir: Path) -> bool:
+    """Whether Tune can go on with the phase in ``phase_dir``: its tuner and an experiment state.
+
+    Tune writes ``tuner.pkl`` when the phase starts and its first experiment state a step later; a
+    phase killed between the two is one to start afresh. ``Tuner.restore`` would try, fail to read
+    an experiment state, and "restart" the experiment -- with the default ``num_samples`` of 1,
+    which it then saves as the phase's own: every later resume ends after a single trial (Ray 2.60:
+    ``TunerInternal._fit_resume`` does not pass ``num_samples``)."""
+    return (phase_dir / TUNER_FILE).is_file() and newest(phase_dir, EXPERIMENT_STATE) is not None
+
+
 def torn(phase_dir: Path) -> list[tuple[Path, str]]:
     """The state files of ``phase_dir`` a resume would read and could not: (path, why)."""
     out = []

@@ -184,6 +184,7 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     _RAN[trials, epochs, fuse] = {
             "name": name, "trials": trials, "epochs": epochs, "fuse": fuse, "slots": slots,
             "wall_s": wall, "bare_s": bare_s, "efficiency": bare_s / (wall * slots),
+            "bare_epoch_ms": 1000 * bare_s / (trials * epochs),
             "per_trial_s": (wall * slots - bare_s) / trials,
             "per_trial_epoch_ms": 1000 * (wall * slots - bare_s) / (trials * epochs),
             "concurrency": r["busy_s"] / r["span_s"] if r["span_s"] > 0 else 0.0,
@@ -215,7 +216,8 @@ def whole_process(bs, tmp: Path, base: dict, name: str) -> dict:
 
 def show(f: dict) -> None:
     print(f"  {f['name']:>12}: {f['trials']:4d} trials x {f['epochs']:3d} epochs, fuse {f['fuse']:2d}: "
-          f"wall {f['wall_s']:6.1f} s, bare {f['bare_s']:6.1f} s -> efficiency {f['efficiency']:4.0%}; "
+          f"wall {f['wall_s']:6.1f} s, bare {f['bare_s']:6.1f} s ({f['bare_epoch_ms']:.1f} ms an epoch) "
+          f"-> efficiency {f['efficiency']:4.0%}; "
           f"per trial {f['per_trial_s']:5.2f} s, per trial-epoch {f['per_trial_epoch_ms']:5.1f} ms; "
           f"concurrency {f['concurrency']:.2f} of {f['slots']}; driver {f['driver_cpu_share']:.0%} "
           f"of the CPU; Tune's snapshot warnings {f['snapshot_warnings']}", flush=True)
@@ -229,6 +231,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=256, help="training clips (valid, test: a quarter)")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the study's Ray (1 per trial)")
     ap.add_argument("--checkpoint-every", type=int, default=5)
+    ap.add_argument("--checkpoint-s", type=float, default=None,
+                    help="a trial's checkpoints at least this far apart (default: the study's)")
     ap.add_argument("--sizes", default="", help="numbers of trials for the per-trial sweep, e.g. 100,2000")
     ap.add_argument("--sweep-epochs", type=int, default=20, help="epochs per trial in the sweep")
     ap.add_argument("--fuse", type=int, default=1, help="also run the main study fused (stack size)")
@@ -251,6 +255,7 @@ def main() -> None:
     bs.make_data(data, (a.clips, a.clips // 4, a.clips // 4))  # bench_study's OpenMIC-shaped data
     base = {"data": str(data), "storage": str(tmp), "methods": (CELL[0],), "missing": (CELL[1],),
             "replicates": 0, "checkpoint_every": a.checkpoint_every, "train": TRAIN,
+            **({} if a.checkpoint_s is None else {"checkpoint_s": a.checkpoint_s}),
             "num_cpus": a.cpus, "cpus_per_trial": 1}
     print(f"data: {a.clips} clips of 10 x 128, model 1 x 16, cell {CELL[0]}@{CELL[1]:.2f}, ASHA off; "
           f"{a.cpus} slots; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)

@@ -110,6 +110,9 @@ def study(
         + _default("preset"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         help="Checkpoint every N epochs" + _default("checkpoint_every"))] = None,
+    checkpoint_s: Annotated[float | None, typer.Option(
+        help="...but a trial's checkpoints at least S seconds apart (0: every N epochs)"
+        + _default("checkpoint_s"))] = None,
     max_failures: Annotated[int | None, typer.Option(
         help="Retries of a trial whose worker died" + _default("max_failures"))] = None,
     search_space: Annotated[Path | None, typer.Option(
@@ -145,7 +148,7 @@ def study(
         "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "mlflow_uri": mlflow_uri,
         "grace_period": grace_period, "fuse": fuse,
         "seed": seed, "preset": preset, "checkpoint_every": checkpoint_every,
-        "max_failures": max_failures, "share_le_teacher": share_le_teacher,
+        "checkpoint_s": checkpoint_s, "max_failures": max_failures, "share_le_teacher": share_le_teacher,
         "reuse_best_replicate": reuse_best_replicate, "paper_point": paper_point,
         "search_space": str(search_space.absolute()) if search_space else None,
     }

@@ -207,7 +207,9 @@ class DisplayCallback(Callback):
 
 
 class FiniteTBXLogger(TBXLoggerCallback):
-    """Tune's TensorBoard logger, given only the finite numbers of a result. ``val/best_loss`` is
+    """Kept for the phases an earlier tagtune began (their tuner.pkl names it; a new phase has no
+    TensorBoard logger: tagtune.launch.wiring.run_config). Tune's TensorBoard logger, given only
+    the finite numbers of a result. ``val/best_loss`` is
     inf while LE trains its teacher (no candidate model yet: "not yet", not a loss); Tune's own
     logger skips NaN but hands inf to tensorboardX, which warned "NaN or Inf found in input
     tensor." on the terminal for every such epoch (hundreds of lines in a --quiet study)."""

@@ -256,6 +256,9 @@ def run_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 _SENDING: weakref.WeakSet = weakref.WeakSet()  # the callbacks whose sender thread runs
+# (tracking uri, experiment id) -> trials whose start, every result and end a journal callback of
+# this process wrote to MLflow, without a failure of its sender: the final sync need not replay them.
+_DELIVERED: dict[tuple[str, str], set[str]] = {}
 
 
 def drain_senders() -> None:
@@ -299,6 +302,8 @@ class MlflowJournalCallback(Rebindable, Callback):
         self._flush_at = 0.0
         self._outbox: queue.SimpleQueue | None = None  # (events, trial ids) for the sender thread
         self._sender: threading.Thread | None = None
+        self._started: set[str] = set()  # trials whose start the sender wrote
+        self._delivered: set[str] = set()  # ... and then every result and the end
 
     def get_state(self) -> None:
         # Tune asks for callbacks' state as it snapshots the experiment: what the snapshot says
@@ -320,10 +325,13 @@ class MlflowJournalCallback(Rebindable, Callback):
             self._sender.join()
             self._outbox = self._sender = None
             _SENDING.discard(self)
+        if self.failures == 0:  # else a replay may owe any of them something
+            _DELIVERED.setdefault((self.tracking_uri, self.experiment_id), set()).update(self._delivered)
 
     def __getstate__(self) -> dict:
         # Pickled into Tune's tuner.pkl: results held back and the sender belong to this driver only.
-        return {**self.__dict__, "_tracker": None, "_pending": [], "_outbox": None, "_sender": None}
+        return {**self.__dict__, "_tracker": None, "_pending": [], "_outbox": None, "_sender": None,
+                "_started": set(), "_delivered": set()}
 
     def _emit(self, event: dict, trials) -> None:
         # An epoch's result: journalled now, fsynced and sent to MLflow with others (a result
@@ -378,6 +386,7 @@ class MlflowJournalCallback(Rebindable, Callback):
                         else:
                             self._tracker.apply(events[i])
                             j = i + 1
+                            self._written(events[i])
                         i = j
         except Exception as e:  # MLflow down: the journal keeps it; a replay writes it later
             self.failures += 1
@@ -386,6 +395,14 @@ class MlflowJournalCallback(Rebindable, Callback):
             if self.failures == 1 or self.failures % 50 == 0:
                 log.warning("MLflow unreachable (%s); events are kept in %s", first_line(e, 200),
                             self.journal)
+
+    def _written(self, event: dict) -> None:
+        """Bookkeeping of what reached MLflow: a trial whose start and end did (results go in
+        order between them) is one the final sync need not replay."""
+        if event["op"] == "start":
+            self._started.add(event["trial_id"])
+        elif event["op"] == "end" and event["trial_id"] in self._started:
+            self._delivered.add(event["trial_id"])
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         cfg = train_config(trial.config)
@@ -478,7 +495,8 @@ def _journal_then_send(study_dir: Path, tracking_uri: str, experiment_id: str, e
                     Path(study_dir) / JOURNAL)
 
 
-def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids: set[str]) -> int:
+def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids: set[str],
+         delivered: set[str] = frozenset()) -> int:
     """Make the MLflow experiment hold exactly the study's trials; returns events replayed.
 
     ``trial_ids`` are the trials the study's Tune experiments know. A driver killed between
@@ -500,7 +518,7 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
             if (known is not None and key not in known) or key in kept:
                 client.delete_run(run.info.run_id)
             kept.add(key)
-    return replay(Path(study_dir) / JOURNAL, tracker, trial_ids)
+    return replay(Path(study_dir) / JOURNAL, tracker, trial_ids, delivered)
 
 
 def read_journal(journal: Path) -> list[dict]:
@@ -530,14 +548,17 @@ def journal_outcomes(journal: Path) -> dict[str, tuple[str, dict[str, float]]]:
     return out
 
 
-def replay(journal: Path, tracker: Tracker, trial_ids: set[str]) -> int:
-    """Apply the journal's events of ``trial_ids`` in order (idempotent); returns their number."""
+def replay(journal: Path, tracker: Tracker, trial_ids: set[str], delivered: set[str] = frozenset()) -> int:
+    """Apply the journal's events of ``trial_ids`` in order (idempotent); returns their number.
+    ``delivered``: trials whose start, results and end MLflow is known to hold (only their tags
+    are applied again)."""
     n = 0
     for event in read_journal(journal):
         if event.get("op") == "cell":
             tracker.apply_cell(event)
             n += 1
-        elif event.get("trial_id") in trial_ids:
+        elif event.get("trial_id") in trial_ids and not (
+                event["trial_id"] in delivered and event.get("op") in ("start", "result", "end")):
             tracker.apply(event)
             n += 1
     return n
@@ -639,7 +660,10 @@ def final_sync(study_dir: Path, tracking_uri: str, experiment_id: str, trial_ids
     """
     try:
         with quick_mlflow_http():
-            sync(study_dir, tracking_uri, experiment_id, trial_ids)
+            # Not again what this process's journal callbacks wrote whole (a replay of every
+            # trial's events cost ~10 ms a trial, after the search, in the study's wall time).
+            sync(study_dir, tracking_uri, experiment_id, trial_ids,
+                 _DELIVERED.get((tracking_uri, experiment_id), set()))
         return True
     except Exception as e:  # noqa: BLE001 -- any MLflow/network failure means "later"
         log.warning("MLflow unreachable at the end of the study (%s); run `tagtune mlflow sync %s` "

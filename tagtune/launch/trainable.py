@@ -28,8 +28,9 @@ What every report carries, identical keys for every method:
   selected model);
 - ``complete``: True on a report after which the run has nothing left to train.
 
-A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every``
-epochs and on the last epoch; a restarted trial resumes from ``tune.get_checkpoint()``.
+A checkpoint (the fit loop's complete state) is attached every ``checkpoint_every`` epochs, once
+``checkpoint_s`` seconds have passed since the trial's last one, and on the last epoch; a
+restarted trial resumes from ``tune.get_checkpoint()``.
 In the replicate phase, a last report adds the test metrics of the selected model.
 
 Which epochs go to Tune as a report of their own (``report_at``, given by the study): only
@@ -77,6 +78,9 @@ class Reporter:
     def __init__(self, config: dict[str, Any], report_at: tuple[float, ...] | None = None):
         cfg = train_config(config)
         self.every = int(config.get("checkpoint_every", 5))
+        # A config written before the setting: every checkpoint_every epochs, as it ran.
+        self.every_s = float(config.get("checkpoint_s", 0.0))
+        self._saved_at = time.monotonic()
         self.names = stages(cfg.method)
         self.total = cfg.epochs * len(self.names)
         # Only the last stage trains the model that will be selected (LE's stage 1 is its teacher).
@@ -110,17 +114,23 @@ class Reporter:
         return metrics
 
     def due(self, epoch: int) -> bool:
-        """Whether the state after ``epoch`` goes with its report as a checkpoint."""
-        return epoch % self.every == 0 or epoch >= self.total
+        """Whether the state after ``epoch`` goes with its report as a checkpoint (asked once an
+        epoch: a yes starts the wait for the next)."""
+        if epoch >= self.total or (epoch % self.every == 0
+                                   and time.monotonic() - self._saved_at >= self.every_s):
+            self._saved_at = time.monotonic()
+            return True
+        return False
 
     def needed(self, metrics: dict[str, Any]) -> bool:
         """Whether an epoch is reported now (else it is held for the next report)."""
-        return (self.report_at is None or self.due(int(metrics["epoch"])) or metrics["complete"]
+        return (self.report_at is None or metrics["complete"]
                 or metrics["budget"] in self.report_at
                 or time.monotonic() - self._reported_at >= EVERY_S)
 
     def epoch(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
-        """An epoch's metrics: reported (with ``save``, as a checkpoint) or held for the next report."""
+        """An epoch's metrics: reported (with ``save``, as a checkpoint: given where ``due``) or held
+        for the next report."""
         if save is None and not self.needed(metrics):
             self.held.append(metrics)
         else:

@@ -33,6 +33,7 @@ def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path
         assert slots == 2 and f["wall_s"] > 0 and f["bare_s"] > 0
         # The figures are what they say they are, from the same measurements.
         assert math.isclose(f["efficiency"], f["bare_s"] / (f["wall_s"] * slots))
+        assert math.isclose(f["bare_epoch_ms"] * f["trials"] * f["epochs"], 1000 * f["bare_s"])
         assert math.isclose(f["per_trial_s"] * f["trials"], f["wall_s"] * slots - f["bare_s"])
         assert math.isclose(f["per_trial_epoch_ms"] * f["epochs"] / 1000, f["per_trial_s"])
         assert 0 < f["driver_cpu_share"] < 1

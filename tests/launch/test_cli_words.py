@@ -249,16 +249,13 @@ def test_a_quiet_study_with_le_prints_only_its_result_lines(tiny_dataset, tmp_pa
     assert len(err_lines) == 0, err_lines[:20]
     labels = ["study:", "best:", "mlflow:", "log:", "open", "analyze:"]
     assert [line.split()[0] for line in r.stdout.splitlines()] == labels, r.stdout
-    # The teacher's epochs were reported (val/best_loss inf), and Tune's TensorBoard file holds
-    # only finite values.
+    # The teacher's epochs were reported (val/best_loss inf); no TensorBoard files (MLflow holds
+    # every epoch; Tune's TensorBoard logger warned of that inf and saw only the epochs reported).
     rows = [json.loads(line) for f in (tmp_path / "quiet" / "search").glob("*/result.json")
             for line in f.read_text().splitlines()]
     results = [e for row in rows for e in [*row.get(EARLIER, []), row]]  # epochs carried, too
     assert any(x["stage"] == "teacher" for x in results)
-    values = [v for events in (tmp_path / "quiet" / "search").glob("*/events.out.tfevents.*")
-              for v in _scalars(events)]
-    assert values and all(np.isfinite(value) for _, value in values), \
-        [tag for tag, value in values if not np.isfinite(value)]
+    assert rows and not list((tmp_path / "quiet").rglob("events.out.tfevents.*"))
 
 
 def _alive(sid: int) -> list[int]:
@@ -269,19 +266,3 @@ def _alive(sid: int) -> list[int]:
         except OSError:
             return "Z"
     return [pid for pid in session_pids(sid) if state(pid) != "Z"]
-
-
-def _scalars(path) -> list[tuple[str, float]]:
-    """(tag, value) of every scalar in a TensorBoard event file (TFRecord: length, its CRC, the
-    event, its CRC)."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    data, out, i = path.read_bytes(), [], 0
-    while i + 12 <= len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
-        event = Event.FromString(data[i + 12:i + 12 + n])
-        out += [(v.tag, v.simple_value) for v in event.summary.value]
-        i += 12 + n + 4
-    return out

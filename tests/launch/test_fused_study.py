@@ -30,7 +30,7 @@ from tests.launch.test_resume import _ended, _kill_tree, _resumable, _running_at
 
 # Two stacks of one CPU each on the session's 2-CPU Ray: their members (no CPU) leave both free.
 FUSED = dict(methods=("b1", "le", "mt"), missing=(0.4,), trials=4, replicates=2, epochs=3,
-             grace_period=1, checkpoint_every=2, fuse=4, paper_point=False)
+             grace_period=1, checkpoint_every=2, checkpoint_s=0, fuse=4, paper_point=False)
 # hidden = F (6): a residual on every layer, so that rounding stays rounding (tests/study/test_stacked.py).
 # fp32: the equality is to fp32's rounding; in bf16 a stack's batched products (autocast) and a
 # trial's own round differently, as two bf16 runs of different shapes do.

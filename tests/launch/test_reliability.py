@@ -62,7 +62,9 @@ def slow_study(tmp_path: Path, name: str, n_train: int = 2000, train: dict | Non
                  classes=tuple("abcde"), name="slow")
     path = data.save(ds, tmp_path / "slow.h5")
     cfg = {"data": str(path), "name": name, "storage": str(tmp_path / "studies"),
-           "checkpoint_every": EVERY, "preset": "openmic",
+           # Every checkpoint_every epochs however short: a kill must find trials mid-way
+           # through, from a checkpoint (by default one is at least 10 s after the last).
+           "checkpoint_every": EVERY, "checkpoint_s": 0, "preset": "openmic",
            # The paper point's replicates (on by default) are runs these scenarios do not count;
            # a kill and resume of them is the replicate phase's, tested here with the best's.
            "paper_point": False,

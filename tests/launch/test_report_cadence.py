@@ -82,3 +82,30 @@ def test_reports_are_made_only_at_rungs_checkpoints_and_the_end(monkeypatch):
     assert [e["epoch"] for e in sent[2][EARLIER]] == [5, 6]
     assert all(set(e) == set(sent[0]) - {EARLIER} for r in sent for e in r.get(EARLIER, ()))
     assert [r[STEP] for r in reports(monkeypatch, losses, None)] == list(range(1, EPOCHS + 1))
+
+
+def test_checkpoints_wait_checkpoint_s_after_the_last_one(monkeypatch):
+    """Of the epochs checkpoint_every makes due, only one checkpoint_s seconds after the trial's
+    last checkpoint (or its start) is one; the last epoch always is. Each epoch here takes 1 s."""
+    now = [0.0]
+    monkeypatch.setattr(trainable, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: None)
+
+    def checkpoints(checkpoint_s: float | None) -> list[int]:
+        now[0] = 0.0
+        config = {"method": "b1", "epochs": EPOCHS, "checkpoint_every": EVERY, "cell": "b1@0.00",
+                  **({} if checkpoint_s is None else {"checkpoint_s": checkpoint_s})}
+        reporter, saved = Reporter(config, rungs(EPOCHS, GRACE, RF)), []
+        for epoch in range(1, EPOCHS + 1):
+            now[0] += 1.0
+            logs = {"epoch": epoch, "stage": "main", "val/loss": 1.0 / epoch, "train/loss": 1.0}
+            due = reporter.due(epoch)
+            reporter.epoch(reporter.metrics(logs), (lambda d: None) if due else None)
+            saved += [epoch] if due else []
+        return saved
+
+    assert checkpoints(None) == checkpoints(0) == [7, 14, 20]  # a config from before the setting
+    assert checkpoints(10) == [14, 20]  # 7 s after the start: too soon; 14 s: due
+    assert checkpoints(8) == [14, 20]
+    assert checkpoints(6) == [7, 14, 20]
+    assert checkpoints(1000) == [20]

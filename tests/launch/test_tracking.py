@@ -261,3 +261,37 @@ def test_a_store_is_still_made_where_no_template_can_be_kept(tmp_path, monkeypat
     assert tracking.empty_store_template() is None
     exp = tracking.mlflow_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "x", tmp_path)
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment(exp).name == "x"
+
+
+def test_the_final_sync_replays_only_what_the_callbacks_did_not_write_whole(tmp_path, store,
+                                                                             monkeypatch):
+    """A trial whose start, results and end this process's callback wrote is not replayed at
+    the end (its tags still are); one it did not (a trial still running, here) is."""
+    uri, exp = store
+    monkeypatch.setattr(tracking, "_DELIVERED", {})
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search")
+    done, running = _trial("done"), _trial("running")
+    for t in (done, running):
+        cb.on_trial_start(0, [done, running], t)
+        cb.on_trial_result(0, [done, running], t, _result(1))
+    cb.on_trial_complete(0, [done, running], done)
+    cb.drain()
+    tracking.tag_trials(tmp_path, uri, exp, ["done"], {"best": "yes"})
+    applied: list[tuple[str, str]] = []
+    real_apply = Tracker.apply
+    monkeypatch.setattr(Tracker, "apply", lambda self, e: (applied.append((e["trial_id"], e["op"])),
+                                                           real_apply(self, e)))
+    assert tracking.final_sync(tmp_path, uri, exp, {"done", "running"})
+    assert applied == [("running", "start"), ("running", "result"), ("done", "tag")]
+    runs = {r.data.tags[TRIAL_TAG]: r for r in MlflowClient(uri).search_runs([exp], TRIALS)}
+    assert runs["done"].info.status == "FINISHED" and runs["done"].data.tags["best"] == "yes"
+
+    # A sender that failed once vouches for nothing: everything is replayed.
+    applied.clear()
+    monkeypatch.setattr(tracking, "_DELIVERED", {})
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search")
+    cb.failures = 1
+    cb._delivered = {"done"}
+    cb.drain()
+    assert tracking.final_sync(tmp_path, uri, exp, {"done", "running"})
+    assert ("done", "start") in applied and ("done", "end") in applied

@@ -68,6 +68,7 @@ def test_a_study_lives_where_it_is_found(tmp_path):
     ("missing", ["none"], "expected a number"), ("train", 5, "expected a mapping"),
     ("name", 7, "expected a string"), ("data", 5, "expected a string"),
     ("share_le_teacher", "maybe", "must be true or false"), ("num_cpus", "all", "expected an integer"),
+    ("checkpoint_s", -1, "must be >= 0"), ("checkpoint_s", "often", "expected a number"),
 ])
 def test_a_wrong_type_is_refused_with_its_field(field, value, says):
     with pytest.raises(ConfigError, match=f"{field}: {says}"):

@@ -67,8 +67,8 @@ LOG_FILE = "study.log"
 ANALYSIS = "analysis"
 ROUNDS = "rounds.json"
 # Keys of a trial config (a trial's params.json) that are study bookkeeping, not TrainConfig's.
-STUDY_KEYS = ("cell", "phase", "checkpoint_every", "one_minus_alpha", "replicate", "optuna_trial",
-              "reused_checkpoint", "point", "rerank_of")
+STUDY_KEYS = ("cell", "phase", "checkpoint_every", "checkpoint_s", "one_minus_alpha", "replicate",
+              "optuna_trial", "reused_checkpoint", "point", "rerank_of")
 
 
 def proportion_text(proportion: float) -> str:
@@ -197,7 +197,14 @@ class StudySettings:
     holding the trial's resources (tagtune.launch.fusion; each still its own Tune trial, Optuna trial
     and MLflow run); 1 = off; ``auto``: FUSE_ON_GPU where trials have a GPU, off on CPUs."""
     checkpoint_every: int = 5
-    """Checkpoint a trial every this many epochs (and at its end)."""
+    """Checkpoint a trial every this many epochs (and at its end), at most every ``checkpoint_s``."""
+    checkpoint_s: float = 10.0
+    """Seconds of a trial between two of its checkpoints, at least: of the epochs ``checkpoint_every``
+    makes due, only one this long after the trial's last checkpoint (or its start) is one. A
+    checkpoint is a report the trial waits on and a state written; with epochs of milliseconds
+    (a GPU, a small network) checkpoints every few epochs were most of a trial's cost, and a
+    kill loses at most this long (plus ``checkpoint_every`` epochs) of a trial's training. 0: every
+    ``checkpoint_every`` epochs, whatever they take."""
     max_failures: int = 3
     """Retries of a trial whose worker died, each from its last checkpoint."""
     seed: int = 0
@@ -257,6 +264,7 @@ class StudySettings:
                      "checkpoint_every"):
             _check(getattr(self, name) >= 1 or (name == "replicates" and self.replicates == 0),
                    name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.checkpoint_s >= 0, "checkpoint_s", f"must be >= 0, got {self.checkpoint_s:g}")
         _check(self.rerank >= 0, "rerank", f"must be >= 0, got {self.rerank}")
         _check(self.rerank_seeds >= 1, "rerank_seeds", f"must be >= 1, got {self.rerank_seeds}")
         _check(self.rerank < 2 or self.replicates <= RERANK_SEED, "replicates",
@@ -323,7 +331,8 @@ class StudySettings:
                 "model": model, "epochs": self.epochs, "threads": self.cpus_per_trial,
                 # explicit: with auto, a trial Ray gave no GPU could take a visible one anyway
                 "device": "cuda" if self.gpus_per_trial > 0 else "cpu",
-                "checkpoint_every": self.checkpoint_every, "objective": self.objective, **extra}
+                "checkpoint_every": self.checkpoint_every, "checkpoint_s": self.checkpoint_s,
+                "objective": self.objective, **extra}
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as study.yaml holds them (lists, not tuples)."""

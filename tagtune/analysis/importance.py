@@ -1,4 +1,5 @@
-"""Hyperparameter importance per cell, from the study's exported Optuna studies (optuna.db).
+"""Hyperparameter importance per cell, from the study's exported Optuna studies
+(``optuna-journal.log``, or an earlier tagtune's ``optuna.db``).
 
 Optuna 5's default evaluator, PED-ANOVA, compares where the best trials lie (the top 10%
 by the objective, here the selection loss) with the whole search space, per parameter.
@@ -19,17 +20,45 @@ from tagtune.study.folder import parse_cell
 MIN_TRIALS = 5  # completed trials a cell needs before its importances mean anything
 
 
-def param_importances(optuna_db: Path, cells: list[str],
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def journal_storage(path: Path):
+    """Optuna's journal file at ``path`` as a storage (created by the first write)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    # Its lock: a file beside it made with O_EXCL, while an operation writes (no symlinks: a
+    # study's storage may be a filesystem without them).
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def optuna_storage(path: Path):
+    """An Optuna storage on an exported file: SQLite (by its header) or Optuna's journal file."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{path}") if is_sqlite(path) else journal_storage(path)
+
+
+def param_importances(optuna_file: Path | None, cells: list[str],
                       min_trials: int = MIN_TRIALS) -> tuple[pd.DataFrame, dict[str, str]]:
     """Rows (cell, method, proportion, param, importance) for every cell that qualifies;
-    and, per cell that does not, why (in words)."""
+    and, per cell that does not, why (in words). ``optuna_file``: the study's exported studies
+    (tagtune.study.folder.optuna_store)."""
     import optuna
 
     rows, skipped = [], {}
-    if not optuna_db.is_file():
-        return _frame(rows), {c: "no optuna.db (the search phase did not finish)" for c in cells}
+    if optuna_file is None or not optuna_file.is_file():
+        return _frame(rows), {c: "no Optuna studies exported (the search phase did not finish)"
+                              for c in cells}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_db}")
+    storage = optuna_storage(optuna_file)
     names = set(optuna.get_all_study_names(storage=storage))
     for cell in cells:
         if cell not in names:
@@ -56,4 +85,4 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "method", "proportion", "param", "importance"])
 
 
-__all__ = ["MIN_TRIALS", "param_importances"]
+__all__ = ["MIN_TRIALS", "is_sqlite", "journal_storage", "optuna_storage", "param_importances"]

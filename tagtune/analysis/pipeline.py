@@ -36,7 +36,15 @@ from tagtune.analysis.tracking import log_analysis, tracking_uri
 from tagtune.study import atomic
 from tagtune.study.atomic import atomic_path
 from tagtune.study.config import METHOD_PARAMS, applies, output_dir
-from tagtune.study.folder import ANALYSIS, BEST, OPTUNA_DB, REPLICATE, SUMMARY, train_config
+from tagtune.study.folder import (
+    ANALYSIS,
+    BEST,
+    OPTUNA_JOURNAL,
+    REPLICATE,
+    SUMMARY,
+    optuna_store,
+    train_config,
+)
 
 
 @dataclass
@@ -126,7 +134,7 @@ def _gains(table: pd.DataFrame, best: dict[str, dict], metric: str) -> dict[str,
 def _missing(study: StudyFiles, done: pd.DataFrame) -> list[str]:
     why = {SUMMARY: f"{SUMMARY} is missing: the study has not reached its end",
            REPLICATE: f"{REPLICATE}/ is missing: the replicate phase has not started",
-           OPTUNA_DB: f"{OPTUNA_DB} is missing: the search phase has not finished "
+           OPTUNA_JOURNAL: f"{OPTUNA_JOURNAL} is missing: the search phase has not finished "
                       "(no parameter importance)",
            BEST: f"{BEST} is missing: best configs are taken from the finished trials"}
     out = [why[f] for f in study.missing_files if f in why]
@@ -147,7 +155,7 @@ def _figures(r: AnalysisResult, reps, search, best, study: StudyFiles) -> None:
         r.figures["hyperparameters"] = path
     else:
         r.skipped_figures["hyperparameters"] = "no LE or MT cell has a best config"
-    imp, skipped = param_importances(study.dir / OPTUNA_DB, study.cells)
+    imp, skipped = param_importances(optuna_store(study.dir), study.cells)
     if len(imp):
         r.figures["importance"] = fig.importance(imp, d / "importance.png")
     if skipped:

@@ -30,11 +30,12 @@ from tagtune.study.config import ConfigError, applies, to_dict
 from tagtune.study.folder import (
     BEST,
     JOURNAL,
-    OPTUNA_DB,
+    OPTUNA_JOURNAL,
     PHASES,
     SEARCH,
     SUMMARY,
     StudySettings,
+    optuna_store,
     phase_dirs,
     read_study,
     superseded,
@@ -73,7 +74,8 @@ def open_study(study_dir: str | Path) -> StudyFiles:
     d = Path(study_dir).absolute()
     settings = read_study(d)
     found = {name: _read_json(d / name) for name in (BEST, SUMMARY)}
-    missing = [name for name in (BEST, SUMMARY, OPTUNA_DB, *PHASES) if not (d / name).exists()]
+    missing = [name for name in (BEST, SUMMARY, *PHASES) if not (d / name).exists()]
+    missing += [] if optuna_store(d) else [OPTUNA_JOURNAL]
     return StudyFiles(d, settings, found[BEST], found[SUMMARY], missing)
 
 

@@ -30,7 +30,7 @@ def ui(
     study_dir: Annotated[Path, typer.Argument(
         metavar="STUDY_DIR", help="The study directory (holds study.yaml).")],
     port: Annotated[int, typer.Option(help="Port of the MLflow UI on 127.0.0.1.")] = 5000,
-    optuna: Annotated[bool, typer.Option(help="Also optuna-dashboard on the study's optuna.db.")] = False,
+    optuna: Annotated[bool, typer.Option(help="Also optuna-dashboard on the study's Optuna search.")] = False,
     optuna_port: Annotated[int, typer.Option(help="Port of optuna-dashboard on 127.0.0.1.")] = 8080,
     browser: Annotated[bool, typer.Option(
         help="Open the comparison in a browser, where this machine has one with a screen.")] = True,

@@ -29,12 +29,12 @@ from tagtune.study.config import ConfigError
 from tagtune.study.data import load
 from tagtune.study.folder import (
     BEST,
-    OPTUNA_DB,
     ROUNDS,
     SETTINGS,
     SUMMARY,
     StudySettings,
     load_study,
+    optuna_store,
     proportion_text,
     read_fields,
     read_rounds,
@@ -91,19 +91,21 @@ def extend_study(study_dir: str | Path, *, config: str | Path | None = None, ver
 
 
 def _first_start(study_dir: Path) -> str | None:
-    """When the study's first round began: its earliest Optuna study's start (optuna.db holds one
+    """When the study's first round began: its earliest Optuna study's start (the export holds one
     study per cell, each with its first trial's start); None where that is not known."""
     import datetime as dt
 
     import optuna
 
-    db = study_dir / OPTUNA_DB
-    if not db.is_file():
+    from tagtune.analysis.importance import optuna_storage
+
+    store = optuna_store(study_dir)
+    if store is None:
         return None
     try:
-        starts = [s.datetime_start for s in optuna.get_all_study_summaries(f"sqlite:///{db}")
+        starts = [s.datetime_start for s in optuna.get_all_study_summaries(optuna_storage(store))
                   if s.datetime_start is not None]
-    except Exception:  # noqa: BLE001 -- an unreadable optuna.db only loses the date
+    except Exception:  # noqa: BLE001 -- an unreadable export only loses the date
         return None
     if not starts:
         return None

@@ -290,18 +290,20 @@ class CellSearcher(Searcher):
         return {**self._base, "method": c.method, "missing": c.missing, "cell": cid,
                 "optuna_trial": best.number, **best.user_attrs["config"]}
 
-    def export(self, storage_url: str) -> list[str]:
-        """Copy every cell's study into an Optuna RDB storage (e.g. ``sqlite:///abs/optuna.db``)
-        under study_name = cell id, replacing an earlier export; returns the study names."""
+    def export(self, target: str | optuna.storages.BaseStorage) -> list[str]:
+        """Copy every cell's study into an Optuna storage (an RDB URL such as
+        ``sqlite:///abs/optuna.db``, or a storage: the study's journal file) under study_name =
+        cell id, replacing an earlier export; returns the study names."""
         self._setup()
-        target = optuna.storages.RDBStorage(storage_url)
-        existing = set(optuna.get_all_study_names(storage=target))
+        storage = optuna.storages.RDBStorage(target) if isinstance(target, str) else target
+        existing = set(optuna.get_all_study_names(storage=storage))
         for cid in self._studies:
             if cid in existing:
-                optuna.delete_study(study_name=cid, storage=target)
+                optuna.delete_study(study_name=cid, storage=storage)
             optuna.copy_study(from_study_name=cid, from_storage=self._storage,
-                              to_storage=target, to_study_name=cid)
-        target.engine.dispose()  # no connection left open on the file (it may be renamed next)
+                              to_storage=storage, to_study_name=cid)
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage.engine.dispose()  # no connection left open on the file (it may be renamed next)
         return list(self._studies)
 
     # -- a later round (tagtune study extend) --------------------------------------------

@@ -1,7 +1,7 @@
 """``tagtune ui STUDY_DIR``: the MLflow UI on a study's store, and Optuna's dashboard.
 
 ``start_ui(study_dir, port, optuna)`` starts ``mlflow ui`` on the study's own store (bound to
-127.0.0.1) and, with ``optuna``, ``optuna-dashboard`` on the study's ``optuna.db``; it returns
+127.0.0.1) and, with ``optuna``, ``optuna-dashboard`` on the study's exported Optuna studies; it returns
 once both answer, with the URLs to open. The MLflow URL is the experiment's runs page on the
 cells' table (see :func:`comparisons`; before any cell has a run, the plain runs table). A
 study tracked on an MLflow server (``--mlflow-uri http://...``) needs no local UI: the URLs on
@@ -168,15 +168,16 @@ def served(tracking_uri: str) -> bool:
 def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
              optuna_port: int = 8080, timeout_s: float = 120.0) -> UI:
     """Start the UIs of a study (see the module docstring); the caller stops them."""
-    from tagtune.study.folder import OPTUNA_DB, load_study
+    from tagtune.analysis.importance import is_sqlite
+    from tagtune.study.folder import OPTUNA_JOURNAL, load_study, optuna_store
 
     settings = load_study(study_dir)
     uri, study_dir = settings.tracking_uri, settings.study_dir
     exp = experiment_id(uri, settings.name)
-    db = study_dir / OPTUNA_DB
-    if optuna and not db.is_file():
-        raise ConfigError("optuna", "no optuna.db yet: it is written when the search phase ends",
-                          where=str(study_dir))
+    db = optuna_store(study_dir)
+    if optuna and db is None:
+        raise ConfigError("optuna", f"no {OPTUNA_JOURNAL} yet: it is written when the search "
+                          "phase ends", where=str(study_dir))
     local = not served(uri)
     if local:
         check_port(port)
@@ -193,7 +194,9 @@ def start_ui(study_dir: str | Path, port: int = 5000, optuna: bool = False,
                 f"http://127.0.0.1:{port}/health", "mlflow ui", log, timeout_s))
         if optuna:
             ui.processes.append(_start(
-                [str(BIN / "optuna-dashboard"), f"sqlite:///{db}", "--host", "127.0.0.1",
+                # A journal file by its path; an earlier tagtune's SQLite file by its URL.
+                [str(BIN / "optuna-dashboard"), f"sqlite:///{db}" if is_sqlite(db) else str(db),
+                 "--host", "127.0.0.1",
                  "--port", str(optuna_port)],
                 f"http://127.0.0.1:{optuna_port}/api/meta", "optuna-dashboard", log, timeout_s))
             ui.optuna_url = f"http://127.0.0.1:{optuna_port}/dashboard"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from tagtune.analysis import figures, stats
-from tagtune.analysis.importance import param_importances
+from tagtune.analysis.importance import journal_storage, param_importances
+from tagtune.study.folder import OPTUNA_DB, OPTUNA_JOURNAL, optuna_store
 
 METRIC = "test/f1_macro"
 METHODS, PROPORTIONS = ("b0", "b1", "le", "mt"), (0.0, 0.2, 0.4, 0.8)
@@ -65,9 +66,10 @@ def test_hyperparameter_figure_only_when_le_or_mt_ran(tmp_path):
     assert_png(figures.best_hparams(only_le, best_frame(only_le), tmp_path / "le.png"))
 
 
-def make_optuna_db(path, n_trials: dict[str, int]) -> None:
-    """One study per cell; the loss depends on lr (LE) or beta (MT) only."""
-    storage = f"sqlite:///{path}"
+def make_optuna_db(path, n_trials: dict[str, int], journal: bool = False) -> None:
+    """One study per cell; the loss depends on lr (LE) or beta (MT) only. In SQLite, as an
+    earlier tagtune exported them, or (``journal``) in Optuna's journal file, as a study does now."""
+    storage = journal_storage(path) if journal else f"sqlite:///{path}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for cell, n in n_trials.items():
         method = cell.split("@")[0]
@@ -87,9 +89,12 @@ def make_optuna_db(path, n_trials: dict[str, int]) -> None:
         study.optimize(objective, n_trials=n)
 
 
-def test_importance_ranks_the_parameter_that_matters(tmp_path):
-    db = tmp_path / "optuna.db"
-    make_optuna_db(db, {"le@0.40": 30, "mt@0.40": 30, "b1@0.40": 30, "mt@0.80": 3})
+@pytest.mark.parametrize("name", [OPTUNA_JOURNAL, OPTUNA_DB])
+def test_importance_ranks_the_parameter_that_matters(tmp_path, name):
+    make_optuna_db(tmp_path / name, {"le@0.40": 30, "mt@0.40": 30, "b1@0.40": 30, "mt@0.80": 3},
+                   journal=name == OPTUNA_JOURNAL)
+    db = optuna_store(tmp_path)
+    assert db == tmp_path / name
     cells = ["b1@0.40", "le@0.40", "mt@0.40", "mt@0.80", "le@0.80"]
     imp, skipped = param_importances(db, cells)
     by = imp.set_index(["cell", "param"])["importance"]
@@ -102,6 +107,7 @@ def test_importance_ranks_the_parameter_that_matters(tmp_path):
 
 
 def test_importance_without_optuna_db(tmp_path):
-    imp, skipped = param_importances(tmp_path / "optuna.db", ["le@0.40"])
-    assert imp.empty and "no optuna.db" in skipped["le@0.40"]
-    assert not (tmp_path / "optuna.db").exists()  # reading never creates a store
+    assert optuna_store(tmp_path) is None
+    imp, skipped = param_importances(optuna_store(tmp_path), ["le@0.40"])
+    assert imp.empty and "no Optuna studies exported" in skipped["le@0.40"]
+    assert not list(tmp_path.iterdir())  # reading never creates a store

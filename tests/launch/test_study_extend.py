@@ -18,9 +18,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tagtune.analysis.importance import optuna_storage
 from tagtune.launch.scheduler import CellASHA
 from tagtune.study.data import save
-from tagtune.study.folder import load_study, read_rounds
+from tagtune.study.folder import load_study, optuna_store, read_rounds
 from tests.conftest import TINY_TRAIN, invoke, make_split
 from tests.launch.processes import base_env
 from tests.launch.test_resume import _kill_tree
@@ -93,7 +94,7 @@ def _extend(study_dir: Path, *args) -> None:
 
 
 def _optuna(study_dir: Path, cell: str) -> list:
-    return optuna.load_study(study_name=cell, storage=f"sqlite:///{study_dir / 'optuna.db'}").trials
+    return optuna.load_study(study_name=cell, storage=optuna_storage(optuna_store(study_dir))).trials
 
 
 @pytest.mark.long

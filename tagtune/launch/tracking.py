@@ -302,8 +302,9 @@ class MlflowJournalCallback(Rebindable, Callback):
         self._flush_at = 0.0
         self._outbox: queue.SimpleQueue | None = None  # (events, trial ids) for the sender thread
         self._sender: threading.Thread | None = None
-        self._started: set[str] = set()  # trials whose start the sender wrote
+        self._started: set[str] = set()  # trials whose start the sender wrote, first of their events
         self._delivered: set[str] = set()  # ... and then every result and the end
+        self._earlier: set[str] | None = None  # trials with events journalled before this driver's
 
     def get_state(self) -> None:
         # Tune asks for callbacks' state as it snapshots the experiment: what the snapshot says
@@ -331,7 +332,7 @@ class MlflowJournalCallback(Rebindable, Callback):
     def __getstate__(self) -> dict:
         # Pickled into Tune's tuner.pkl: results held back and the sender belong to this driver only.
         return {**self.__dict__, "_tracker": None, "_pending": [], "_outbox": None, "_sender": None,
-                "_started": set(), "_delivered": set()}
+                "_started": set(), "_delivered": set(), "_earlier": None}
 
     def _emit(self, event: dict, trials) -> None:
         # An epoch's result: journalled now, fsynced and sent to MLflow with others (a result
@@ -339,6 +340,8 @@ class MlflowJournalCallback(Rebindable, Callback):
         # snapshot, so grouping loses nothing); a start or an end: on the disk at once, since a
         # resume reads the trials' ends from the journal.
         result = event["op"] == "result"
+        if self._earlier is None:  # what a driver before this one journalled (a resumed study)
+            self._earlier = {e.get("trial_id") for e in read_journal(self.journal)}
         append(self.journal, event, sync=not result)
         if result:
             self._pending.append(event)
@@ -398,8 +401,9 @@ class MlflowJournalCallback(Rebindable, Callback):
 
     def _written(self, event: dict) -> None:
         """Bookkeeping of what reached MLflow: a trial whose start and end did (results go in
-        order between them) is one the final sync need not replay."""
-        if event["op"] == "start":
+        order between them), and that no earlier driver journalled (a killed one may not have
+        sent all it journalled), is one the final sync need not replay."""
+        if event["op"] == "start" and event["trial_id"] not in (self._earlier or ()):
             self._started.add(event["trial_id"])
         elif event["op"] == "end" and event["trial_id"] in self._started:
             self._delivered.add(event["trial_id"])

@@ -286,6 +286,25 @@ def test_the_final_sync_replays_only_what_the_callbacks_did_not_write_whole(tmp_
     runs = {r.data.tags[TRIAL_TAG]: r for r in MlflowClient(uri).search_runs([exp], TRIALS)}
     assert runs["done"].info.status == "FINISHED" and runs["done"].data.tags["best"] == "yes"
 
+    # A trial a killed driver journalled (and may not have sent): replayed whole, though this
+    # driver's callback wrote its start (again), its later results and its end.
+    monkeypatch.setattr(tracking, "_DELIVERED", {})
+    killed = _trial("killed")
+    tracking.append(tmp_path / tracking.JOURNAL, {"op": "start", "trial_id": "killed", "name": "k",
+                                                  "tags": {"cell": "b1@0.00"}, "params": {}})
+    tracking.append(tmp_path / tracking.JOURNAL, {"op": "result", "trial_id": "killed", "step": 1,
+                                                  "metrics": {"epoch": 1.0, "val/loss": 1.0}})
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search")
+    cb.on_trial_start(0, [killed], killed)
+    cb.on_trial_result(0, [killed], killed, _result(2))
+    cb.on_trial_complete(0, [killed], killed)
+    cb.drain()
+    applied.clear()
+    assert tracking.final_sync(tmp_path, uri, exp, {"done", "running", "killed"})
+    assert ("killed", "result") in applied
+    run = [r for r in MlflowClient(uri).search_runs([exp], TRIALS) if r.data.tags[TRIAL_TAG] == "killed"]
+    assert sorted(m.step for m in MlflowClient(uri).get_metric_history(run[0].info.run_id, "epoch")) == [1, 2]
+
     # A sender that failed once vouches for nothing: everything is replayed.
     applied.clear()
     monkeypatch.setattr(tracking, "_DELIVERED", {})

@@ -171,7 +171,10 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     spec = {**base, "name": name, "trials": trials, "epochs": epochs, "grace_period": epochs,
             "fuse": fuse}
     r, sampler = launch(bs, ["study", json.dumps(spec)], tmp)
-    bare = launch(bs, ["loop", json.dumps({"data": base["data"], "configs": r["configs"]})], tmp)[0]
+    # The configs in a file: a thousand of them are more than one argument may hold (128 KiB).
+    spec_file = tmp / f"{name}-configs.json"
+    spec_file.write_text(json.dumps({"data": base["data"], "configs": r["configs"]}))
+    bare = launch(bs, ["loop", f"@{spec_file}"], tmp)[0]
     # The study's own checks: all its trials ran their epochs, each epoch in MLflow once.
     assert len(r["configs"]) == trials, (name, len(r["configs"]), trials)
     assert len(r["mlflow"]) == trials, (name, sorted(r["mlflow"]))
@@ -243,7 +246,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         fn = {"study": worker_study, "loop": worker_loop, "inspect": worker_inspect}[a.worker[0]]
-        print(ANSWER + json.dumps(fn(json.loads(a.worker[1]))))
+        arg = a.worker[1]
+        spec = json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg)
+        print(ANSWER + json.dumps(fn(spec)))
         return
     if a.quick:
         # Sized so that the sweep's studies are the fixed and the main one, run once each.

@@ -107,15 +107,15 @@ def cluster():
 
 
 def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, cluster):
-    # ~6 s a trial: Tune reuses a free actor for the next trial, so the worker node gets one
-    # only if a trial outlasts the start of its trial actor there (with ray[default] installed,
-    # seconds under load); 2 s trials all ran on the head's one actor. (Epochs, not seconds:
-    # since trials report only at decisions, 30 epochs take ~2.5 s here, 60 ~5 s.)
+    # The head runs no trial (no CPU to give), two worker nodes one each: every trial runs on a
+    # worker node, and the first seen mid-way is the victim, whichever node it is on (with a CPU
+    # on the head, a quiet run could end its trials there before one was seen on the worker).
+    # ~5 s a trial: since trials report only at decisions, 30 epochs take ~2.5 s here, 60 ~5 s.
     epochs = 60
     config = slow_study(tmp_path, "multi", n_train=8000, methods=["b1"], missing=[0.0], trials=4,
                         replicates=0, epochs=epochs, grace_period=epochs, max_failures=3)
-    cluster.start_node()
-    worker = cluster.start_node()
+    cluster.start_node(num_cpus=0)
+    workers = [cluster.start_node(), cluster.start_node()]
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen(tagtune("study", "--config", str(config), "--address",
@@ -124,21 +124,25 @@ def test_killed_worker_node_trials_resume_from_their_checkpoints(tmp_path, clust
                                   start_new_session=True)
     search = tmp_path / "studies" / "multi" / "search"
     try:
-        victim = None
+        victim = node = None
         deadline = time.monotonic() + 180
         while victim is None and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.1)
-            for tid, results in (trial_results(search) if search.is_dir() else {}).items():
+            # Tune writes a trial's results on the driver's staging copy of the phase (in Ray's
+            # session directory) and copies it to the study only at its snapshots, seconds apart.
+            staged = list(cluster.root.glob("n0/session_*/artifacts/*/search/driver_artifacts"))
+            for tid, results in (trial_results(staged[0]) if staged else {}).items():
                 last = results[-1]
-                # A trial on the worker node with a checkpoint (epoch 2) behind it, and most of
-                # its epochs ahead (it reports only at decisions: every EVERY epochs here).
-                if cluster.on_node(last["pid"], worker) and EVERY < last["epoch"] < epochs // 2:
-                    victim = tid
-        assert victim is not None, f"no trial ran on the worker node:\n{log.read_text()[-3000:]}"
+                # A trial with a checkpoint (epoch 2) behind it, and most of its epochs ahead (it
+                # reports only at decisions: every EVERY epochs here).
+                on = [w for w in workers if cluster.on_node(last["pid"], w)]
+                if on and EVERY < last["epoch"] < epochs // 2:
+                    victim, node = tid, on[0]
+        assert victim is not None, f"no trial seen mid-way:\n{log.read_text()[-3000:]}"
         # The node dies: its raylet, then everything else it ran (a worker process outlives
         # its raylet for a while and could even finish its trial).
-        os.kill(cluster.raylet_pid(worker), signal.SIGKILL)
-        kill_session(worker)
+        os.kill(cluster.raylet_pid(node), signal.SIGKILL)
+        kill_session(node)
         rc = driver.wait(timeout=300)
     finally:
         kill_session(driver)

@@ -147,7 +147,7 @@ def launch(bs, args: list[str], tmp: Path):
     with open(tmp / "worker.log", "a") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--worker", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
-        sampler = bs.Sampler(proc.pid)
+        sampler = bs.Sampler(proc.pid, mem_every=None)  # CPU only: smaps reads would take a core's share
         sampler.start()
         out, _ = proc.communicate()
     sampler.stop.set()

@@ -118,13 +118,14 @@ def measure_together(size: dict[str, Any], out: Path, cpus_per_trial: int = 1,
                                cpus_per_trial, precision)
     before = Sampler(os.getsid(0))
     before.sample()  # processes already running (a Ray the caller started): count only from now
-    sampler = Sampler(os.getsid(0))
+    sampler = Sampler(os.getsid(0), mem_every=None)  # CPU only
     sampler.start()
     load0, t0, driver0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     result = run_study(settings, verbose=0)
     wall, driver = time.perf_counter() - t0, time.process_time() - driver0
     sampler.stop.set()
     sampler.join()
+    driver -= sampler.own_cpu  # the sampler is a thread of this process, not the driver's work
     sampler.sample()
     cpu = _cpu_split(sampler, before, driver)
     return {"wall_s": wall, "cpu": cpu, "epochs": trained_epochs(result.study_dir),

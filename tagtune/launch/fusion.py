@@ -5,19 +5,23 @@ ASHA decisions, MLflow run, checkpoints and resume. What changes is where its ep
 trial itself (:func:`member_trial`) is a light process holding no CPU
 (``MEMBER_RESOURCES``); it hands its config to a :class:`StackActor`, an actor holding one trial's
 resources (its CPUs and share of a GPU), which trains every member it holds one epoch at a time
-as one :class:`tagtune.study.fit.stacked.Stack`, then answers each member with its epoch's logs (and,
-when a checkpoint is due, its state). The member reports them to Tune exactly as a trial trained
-alone would (:class:`tagtune.launch.trainable.Reporter`: the same keys, the same checkpoints).
+as one :class:`tagtune.study.fit.stacked.Stack`, and answers a member at the first epoch the
+member will report (an ASHA rung, a checkpoint, the end, or ``EVERY_S`` since its last answer)
+with the logs of every epoch since its ask (and, where a checkpoint is due, the state). The
+member reports them to Tune exactly as a trial trained alone would
+(:class:`tagtune.launch.trainable.Reporter`: the same keys, the same checkpoints). Its process
+needs no torch (a fused study's workers preload only this module).
 
-- Rounds: a stack waits until every member it holds has asked for its next epoch (Tune has taken
-  the last one's report and let it go on), at most ``GRACE_S``; a member that does not come in
+- Rounds: a stack waits until every member it holds has asked for its next epochs (Tune has
+  taken the last one's report and let it go on), at most ``GRACE_S``; a member's ask spans as
+  many rounds as its epochs up to the answer; a member that does not come in
   time (a dead process) is trained when it asks again. Which members share a round changes no
   member's numbers beyond rounding (each member's arithmetic is its own).
 - Leaving: ASHA stops a member inside its ``tune.report`` (Tune ends the trial's thread there);
   the member tells its stack on the way out and is dropped from the next round. A member whose
   fit ended (every epoch, or patience) leaves the same way.
 - :class:`StackRegistry` (one per study phase, no resources) deals members to stacks: a cell's
-  members that share what a stack must (``stacked.stack_key``: the network, batch size, epochs,
+  members that share what a stack must (``config.stack_key``: the network, batch size, epochs,
   device, precision; a searched ``arch`` splits a cell) fill one stack up to ``fuse``, then the
   next; a stack whose members have all left is
   ended, giving its resources back. The searcher deals a cell's trials ``fuse`` in a row (a
@@ -71,6 +75,7 @@ class StackActor:
         self.configs: dict[str, dict[str, Any]] = {}
         self.replies: dict[str, list[dict[str, Any]]] = {}
         self.waiting: dict[str, asyncio.Future] = {}
+        self.answer: set[str] = set()  # asked members with an epoch to report: answered this round
         self.late: set[str] = set()  # missed a round's deadline: not waited for until they ask
         self.round: asyncio.Task | None = None
         self.fused = 0  # members in the round being trained
@@ -78,13 +83,16 @@ class StackActor:
         # stays free to take members' requests meanwhile.
         self.pool = ThreadPoolExecutor(1)
 
-    async def join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None) -> dict:
+    async def join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
+                   report_at: tuple[float, ...] | None = None) -> dict:
         """Add a member (from its checkpoint's files where it has one); whether it is already done,
-        and its final evaluation then (a replicate resumed at its end)."""
+        and its final evaluation then (a replicate resumed at its end). ``report_at``: the member's
+        (Reporter's): an ask is answered at the first epoch the member will report."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume)
+        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume, report_at)
 
-    def _join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None) -> dict:
+    def _join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
+              report_at: tuple[float, ...] | None = None) -> dict:
         from tagtune.study.fit.stacked import Stack
         from tagtune.study.fit.teachers import TeacherCache
         from tagtune.study.folder import train_config
@@ -94,15 +102,20 @@ class StackActor:
         if self.stack is None:
             self.stack = Stack(self.ds, cfg)
         self.configs[trial_id], self.replies[trial_id] = config, []
-        due = Reporter(config).due
+        # The member's reporting rules, to know which epoch it will send to Tune: the epochs
+        # before it go back with that one, in one answer (a call to the stack and a round's wait
+        # for every member an epoch cost more than a fast epoch's training).
+        rules = Reporter(config, report_at)
 
         def on_epoch(logs: dict[str, Any], save) -> None:
             files = None
-            if due(int(logs["epoch"])):
+            if rules.due(int(logs["epoch"])):
                 with tempfile.TemporaryDirectory() as tmp:
                     save(Path(tmp))
                     files = _files(Path(tmp))
             self.replies[trial_id].append({"logs": logs, "files": files, "fused": self.fused})
+            if rules.reports_now(rules.metrics(logs), files is not None):
+                self.answer.add(trial_id)
 
         with tempfile.TemporaryDirectory() as tmp:
             teacher = None
@@ -128,8 +141,9 @@ class StackActor:
         return {"done": True, "final": final}
 
     async def epoch(self, trial_id: str) -> dict:
-        """Train ``trial_id``'s next epoch (with every other member that asks in time): its logs,
-        its state where a checkpoint is due, whether it is done."""
+        """Train ``trial_id``'s next epochs (with every other member that asks in time), up to the
+        first its member reports: their logs, the state where a checkpoint is due, whether it is
+        done."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting[trial_id] = future
@@ -148,6 +162,7 @@ class StackActor:
         if member is not None and member in self.stack.members:
             self.stack.leave(member)
         self.late.discard(trial_id)
+        self.answer.discard(trial_id)
         return len(self.members)
 
     async def _rounds(self) -> None:
@@ -157,15 +172,15 @@ class StackActor:
             while time.monotonic() - start < GRACE_S and self._absent():
                 await asyncio.sleep(0.005)
             self.late |= set(self._absent())
-            asked, self.waiting = self.waiting, {}
+            asked = list(self.waiting)  # a member asking meanwhile joins the next round
             try:
-                answers = await loop.run_in_executor(self.pool, self._train, list(asked))
+                answers = await loop.run_in_executor(self.pool, self._train, asked)
             except Exception as e:  # noqa: BLE001 -- every member of the round hears the error
-                for future in asked.values():
-                    future.set_exception(e)
+                for trial_id in asked:
+                    self.waiting.pop(trial_id).set_exception(e)
                 continue
-            for trial_id, future in asked.items():
-                future.set_result(answers[trial_id])
+            for trial_id, answer in answers.items():  # the others go on in the next round
+                self.waiting.pop(trial_id).set_result(answer)
 
     def _absent(self) -> list[str]:
         """Members the round waits for: holding, not done, not asking yet, not late."""
@@ -178,9 +193,14 @@ class StackActor:
         self.stack.epoch(group)
         answers = {}
         for t in trial_ids:
-            replies, self.replies[t] = self.replies.get(t, []), []
-            answers[t] = {"epochs": replies, **self._ending(t)} if t in self.members else \
-                {"epochs": [], "done": True, "final": None}
+            if t not in self.members:
+                answers[t] = {"epochs": [], "done": True, "final": None}
+                continue
+            ending = self._ending(t)
+            if ending["done"] or t in self.answer:
+                self.answer.discard(t)
+                replies, self.replies[t] = self.replies.get(t, []), []
+                answers[t] = {"epochs": replies, **ending}
         return answers
 
 
@@ -194,7 +214,7 @@ class StackRegistry:
 
     def assign(self, cell: str, trial_id: str, key: tuple = ()) -> Any:
         """The stack ``trial_id`` joins: the newest with room of its cell and ``key`` (what a
-        stack's members share: tagtune.study.fit.stacked.stack_key), or a new one."""
+        stack's members share: tagtune.study.config.stack_key), or a new one."""
         for s in self.stacks:
             if trial_id in s["members"]:  # a retried member: its stack again
                 return s["actor"]
@@ -259,7 +279,7 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     reporter = Reporter(config, report_at)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
-    from tagtune.study.fit.stacked import stack_key
+    from tagtune.study.config import stack_key
     from tagtune.study.folder import train_config
 
     # Keyed by what a stack shares, not by cell alone: a searched network (arch, layers ...)
@@ -267,14 +287,17 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     key = stack_key(train_config(config))
     stack = ray.get(stacks.assign.remote(config["cell"], trial_id, key))
     try:
-        answer = ray.get(stack.join.remote(trial_id, config, resume))
+        answer = ray.get(stack.join.remote(trial_id, config, resume, report_at))
         while not answer["done"]:
             answer = ray.get(stack.epoch.remote(trial_id))
-            for epoch in answer["epochs"]:
+            for i, epoch in enumerate(answer["epochs"], 1):
                 # fused: how many trials trained this epoch as one stack (MLflow shows it per epoch)
                 metrics = {**reporter.metrics(epoch["logs"]), "fused": epoch["fused"]}
                 files = epoch["files"]
-                reporter.epoch(metrics, None if files is None else functools.partial(_write, files))
+                # The stack answered at the epoch to report, by this trial's rules (its clock too:
+                # an answer that took seconds does not make the first of its epochs a report).
+                now = None if answer["done"] else i == len(answer["epochs"])
+                reporter.epoch(metrics, None if files is None else functools.partial(_write, files), now)
         if answer.get("error"):
             raise RuntimeError(f"fused trial {trial_id}: {answer['error']}")
         reporter.finish(config, lambda: answer["final"])

@@ -41,7 +41,7 @@ def init_ray(settings: StudySettings) -> None:
         # Ray's temp dir names in ray_current_cluster -- a running `ray start`, or a dead head
         # whose file was never removed (then it fails: num_cpus is refused when joining).
         # Joining a running cluster is asked for with --address auto.
-        os.environ.setdefault(*WORKER_PRELOAD)
+        os.environ.setdefault(*(FUSED_PRELOAD if settings.fuse_size > 1 else WORKER_PRELOAD))
         with _environ(*(() if settings.fuse_size > 1 else (NO_IDLE_WORKERS,))):
             ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
                      include_dashboard=False, log_to_driver=False)
@@ -52,6 +52,10 @@ def init_ray(settings: StudySettings) -> None:
 # still importing torch for seconds is what made Tune run trials one at a time (it hands the
 # next trial to the warm worker and drops the one starting).
 WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.launch.trainable,tagtune.study.fit.train")
+# A fused study's trials only wait for their stacks (one worker process each, up to slots x
+# fuse of them): torch in each cost ~1-2 s of CPU and a few hundred MB for nothing. Its stacks,
+# a few, import torch as they start.
+FUSED_PRELOAD = ("RAY_preload_python_modules", "tagtune.launch.fusion")
 # Ray starts a worker per CPU for the first driver, with the default runtime environment: Tune
 # gives every trainable actor an environment of its own (env_vars in its class cache), so no
 # trial ever runs on one. They only took the CPU from the trial's own worker as it started (each

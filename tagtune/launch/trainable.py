@@ -128,13 +128,23 @@ class Reporter:
                 or metrics["budget"] in self.report_at
                 or time.monotonic() - self._reported_at >= EVERY_S)
 
-    def epoch(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
+    def reports_now(self, metrics: dict[str, Any], checkpoint: bool) -> bool:
+        """Whether the epoch goes to Tune now, as :meth:`epoch` decides (with a checkpoint, always);
+        for a fused member's stack, which answers the member at that epoch."""
+        if checkpoint or self.needed(metrics):
+            self._reported_at = time.monotonic()
+            return True
+        return False
+
+    def epoch(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None,
+              now: bool | None = None) -> None:
         """An epoch's metrics: reported (with ``save``, as a checkpoint: given where ``due``) or held
-        for the next report."""
-        if save is None and not self.needed(metrics):
-            self.held.append(metrics)
-        else:
+        for the next report. ``now``: whether it is reported, decided already (a fused member's
+        stack answers at the epoch to report: :meth:`reports_now`); None: :meth:`needed` decides."""
+        if save is not None or (self.needed(metrics) if now is None else now):
             self.report(metrics, save)
+        else:
+            self.held.append(metrics)
 
     def report(self, metrics: dict[str, Any], save: Callable[[Path], Any] | None = None) -> None:
         """Report to Tune, carrying the epochs held; with ``save`` (it writes the fit's state into a

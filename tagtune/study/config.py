@@ -184,6 +184,18 @@ NEWER_LR = 1e-3
 tuned for image CNNs fine-tuned with SGD or OneCycle, not for this small network with Adam."""
 
 
+STACK_SAME = ("method", "model", "batch_size", "epochs", "device", "precision", "deterministic")
+"""Config fields the members of one fused stack share: they fix the shapes and the schedule of a
+step (tagtune.study.fit.stacked)."""
+
+
+def stack_key(cfg: TrainConfig) -> tuple:
+    """What a stack's members share (:data:`STACK_SAME`), as a key to deal trials to stacks by: a
+    cell whose study searches the network (``arch``, ``layers`` ...) fills one stack per network.
+    Here, torch-free: a fused trial's process (it only waits for its stack) computes it."""
+    return tuple(getattr(cfg, f) for f in STACK_SAME)
+
+
 def paper_lr(preset: str, method: str) -> float:
     """The paper's learning rate for ``method`` on the dataset of ``preset`` (openmic[-paper],
     sonyc[-paper])."""
@@ -283,6 +295,7 @@ def merge(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "DEFAULT_PRECISION", "DEVICES", "METHODS", "METHOD_PARAMS", "NEWER_LR",
-           "PARAMS", "PAPER_LR", "PRECISIONS", "PRESETS",
+           "PARAMS", "PAPER_LR", "PRECISIONS", "PRESETS", "STACK_SAME",
            "ConfigError", "ModelConfig", "TrainConfig", "applies", "from_dict", "merge", "output_dir",
+           "stack_key",
            "paper_lr", "preset_config", "replace", "to_dict", "typed"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -41,6 +43,22 @@ def test_members_asking_together_train_as_one_round(tiny_dataset):
         assert [e["files"] is not None for e in epochs] == [False, True, True]  # due at 2 and at the end
         assert "state.pt" in epochs[1]["files"]
     assert a[0]["epochs"][0]["logs"]["val/loss"] != b[0]["epochs"][0]["logs"]["val/loss"]
+
+
+def test_an_ask_is_answered_at_the_first_epoch_its_member_reports(tiny_dataset):
+    # A rung at budget 2, checkpoints too far apart to come before the end: epochs 1-2 in one
+    # answer, 3 (the end) in the next, however many rounds that takes.
+    async def go():
+        actor = fusion.StackActor(tiny_dataset, None)
+        for k in range(2):
+            await actor.join(f"t{k}", {**CONFIG, "seed": k, "checkpoint_s": 3600}, None, report_at=(2.0,))
+        return await asyncio.gather(_epochs(actor, "t0", 2), _epochs(actor, "t1", 2))
+
+    for answers in _run(go()):
+        assert [[e["logs"]["epoch"] for e in x["epochs"]] for x in answers] == [[1, 2], [3]]
+        assert [x["done"] for x in answers] == [False, True]
+        assert [e["files"] is not None for x in answers for e in x["epochs"]] == [False, False, True]
+        assert {e["fused"] for x in answers for e in x["epochs"]} == {2}
 
 
 def test_a_straggler_is_not_waited_for_past_the_grace(tiny_dataset, monkeypatch):
@@ -124,7 +142,7 @@ def test_tune_starts_as_many_members_as_the_stacks_that_fit_hold(ray_session, tm
 def test_stacks_are_keyed_by_what_a_stack_shares_not_by_cell_alone(monkeypatch):
     """A cell whose study searches the network (``arch``) deals its trials to one stack per network:
     a paper trial joining a residual stack would fail (Stack.add refuses it) and be retried."""
-    from tagtune.study.fit.stacked import stack_key
+    from tagtune.study.config import stack_key
     from tagtune.study.folder import train_config
 
     made = []
@@ -147,3 +165,35 @@ def test_stacks_are_keyed_by_what_a_stack_shares_not_by_cell_alone(monkeypatch):
     assert dealt["t0"] is dealt["t2"] and dealt["t1"] is dealt["t3"] and dealt["t0"] is not dealt["t1"]
     assert registry.assign("b1@0.30", "t1", keys["paper"]) is dealt["t1"]  # a retried member: its stack
     assert registry.assign("b0@0.30", "t4", keys["residual"]) not in dealt.values()  # another cell
+
+
+MEMBER = """
+import sys
+from types import SimpleNamespace
+from tagtune.launch import fusion
+fusion.ray.get = lambda value: value  # the stack's answers, given at once
+calls = []
+def method(name, answer=None):
+    return SimpleNamespace(remote=lambda *a: calls.append(name) or answer)
+stack = SimpleNamespace(join=method("join", {"done": True, "final": None, "error": "stop here"}))
+stacks = SimpleNamespace(assign=method("assign", stack), release=method("release"))
+try:
+    fusion.member_trial(%r, stacks, report_at=(2.0,))
+except RuntimeError as e:
+    assert "stop here" in str(e), e
+assert calls == ["assign", "join", "release"], calls
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("tagtune"))
+print("ok")
+"""
+
+
+def test_a_fused_trials_process_imports_no_torch():
+    """A fused trial only waits for its stack: its process (one per member, slots x fuse of them)
+    runs member_trial (here up to its stack's answer) without torch (~1-2 s of CPU and hundreds
+    of MB a process); a fused study's workers preload only this module."""
+    from tagtune.launch.ray_start import FUSED_PRELOAD
+
+    assert FUSED_PRELOAD[1] == fusion.__name__
+    done = subprocess.run([sys.executable, "-c", MEMBER % (CONFIG,)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -42,20 +42,12 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from tagtune.study.config import ConfigError, TrainConfig
+from tagtune.study.config import STACK_SAME as SAME
+from tagtune.study.config import ConfigError, TrainConfig, stack_key
 from tagtune.study.data import Dataset, Split
 from tagtune.study.fit.train import FitResult, Member, Networks, OnEpoch, Trainer, _Data
 from tagtune.study.nn import device as devices
 from tagtune.study.nn.model import AttentionMIL, DrawnMasks
-
-SAME = ("method", "model", "batch_size", "epochs", "device", "precision", "deterministic")
-"""Config fields the members of one stack share: they fix the shapes and the schedule of a step."""
-
-
-def stack_key(cfg: TrainConfig) -> tuple:
-    """What a stack's members share (:data:`SAME`), as a key to deal trials to stacks by: a cell
-    whose study searches the network (``arch``, ``layers`` ...) fills one stack per network."""
-    return tuple(getattr(cfg, f) for f in SAME)
 
 
 class _Ran:

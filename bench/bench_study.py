@@ -46,8 +46,7 @@ class Sampler(threading.Thread):
     """CPU seconds and peak memory of every process of one session, from /proc: CPU every 0.2 s,
     memory every ``mem_every``-th time (a process's smaps costs the reader milliseconds: read
     every 0.2 s for every process of a study, it took ~40% of a core, 2026-12-07); None: never.
-    ``own_cpu``:
-    the sampling thread's CPU seconds, for a sampler running in the process it measures."""
+    ``own_cpu``: the sampling thread's CPU seconds, for a sampler in the process it measures."""
 
     def __init__(self, sid: int, mem_every: int | None = 10):
         super().__init__(daemon=True)

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from tagtune.study.config import STACK_SAME as SAME
-from tagtune.study.config import ConfigError, TrainConfig, stack_key
+from tagtune.study.config import ConfigError, TrainConfig
 from tagtune.study.data import Dataset, Split
 from tagtune.study.fit.train import FitResult, Member, Networks, OnEpoch, Trainer, _Data
 from tagtune.study.nn import device as devices
@@ -196,4 +196,4 @@ def fit_many(ds: Dataset, cfgs: Sequence[TrainConfig], *,
     return [m.result() for m in members]
 
 
-__all__ = ["SAME", "Member", "Stack", "fit_many", "forward", "stack_key"]
+__all__ = ["SAME", "Member", "Stack", "fit_many", "forward"]

@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -105,12 +106,25 @@ def exit_process(code: int) -> NoReturn:
     first sleeps half a second for log lines we do not forward. Not shut down at all, the local
     instance's processes die with this one, but its agents outlive it for a minute or more."""
     if ray.is_initialized():
+        _kill_autoscaler_monitor()
         ray.shutdown()
     atexit._run_exitfuncs()  # logging's flush into study.log, Tune's, MLflow's
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (| head), a closed stream
             stream.flush()
     os._exit(code)
+
+
+def _kill_autoscaler_monitor() -> None:
+    """The local instance's autoscaler monitor killed ahead of ``ray.shutdown``, which stops Ray's
+    processes one by one, each given a second to end on SIGTERM: the monitor never does (it took
+    that whole second of every study's end, 2026-12-07); a local instance has nothing to
+    autoscale. A joined cluster's monitor runs on its head, not in this process's node."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in (getattr(node, "all_processes", None) or {}).get("monitor", []):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            info.process.kill()
+            info.process.wait(timeout=1)
 
 
 def slots(settings: StudySettings) -> int:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,6 +110,68 @@ def test_flat_adam_equals_torch_adam_with_weight_decay_and_resumes_exactly():
         opt2.step()
     for a, b in zip(resumed.parameters(), ours.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_flat_adam_state_dict_is_torch_fused_adams_over_one_buffer_both_ways():
+    """A checkpoint is either's: FlatAdam's state dict is torch.optim.Adam(fused=True)'s over the
+    one flat parameter, key for key, and each continues the other's state bitwise."""
+    ours = _toy_net()
+    opt = fast.FlatAdam(ours.parameters(), lr=1e-2, weight_decay=1e-3)
+    ref_param = torch.nn.Parameter(opt.flat.detach().clone())
+    ref = torch.optim.Adam([ref_param], lr=1e-2, weight_decay=1e-3, fused=True)
+    assert opt.state_dict() == ref.state_dict()  # before any step: no state, the same group
+    xs = torch.randn(6, 8, 5)
+    for x in xs[:3]:
+        opt.zero_grad()
+        ours(x).pow(2).sum().backward()
+        ref_param.grad = torch.cat([p.grad.reshape(-1) for p in opt.views])
+        opt.step()
+        ref.step()
+    mine, theirs = opt.state_dict(), ref.state_dict()
+    assert mine["param_groups"] == theirs["param_groups"]
+    assert mine["state"].keys() == theirs["state"].keys() == {0}
+    for k, v in theirs["state"][0].items():
+        assert torch.equal(mine["state"][0][k], v) and mine["state"][0][k].dtype == v.dtype, k
+    assert torch.equal(opt.flat, ref_param)
+    # torch's state into a fresh FlatAdam (and the lr a schedule had changed): it goes on as torch's
+    ref.param_groups[0]["lr"] = 3e-3
+    again = _toy_net()
+    opt2 = fast.FlatAdam(again.parameters(), lr=1e-2, weight_decay=1e-3)
+    with torch.no_grad():
+        opt2.flat.copy_(ref_param)
+    opt2.load_state_dict(copy.deepcopy(ref.state_dict()))
+    assert opt2.param_groups[0]["lr"] == 3e-3
+    for x in xs[3:]:
+        opt2.zero_grad()
+        again(x).pow(2).sum().backward()
+        ref_param.grad = torch.cat([p.grad.reshape(-1) for p in opt2.views])
+        opt2.step()
+        ref.step()
+    assert torch.equal(opt2.flat, ref_param)
+    with pytest.raises(ValueError, match="values for a buffer"):
+        fast.FlatAdam(torch.nn.Linear(2, 2).parameters(), lr=1e-2, weight_decay=0.0).load_state_dict(mine)
+
+
+def test_a_cpu_fit_imports_no_dynamo(data_file, tmp_path):
+    """torch.optim's optimizers import torch._dynamo when first built (~1 s of CPU): a trial's
+    process paid it before its first epoch. The CPU path's fit (FlatAdam), its checkpoint and
+    a resume from it build none."""
+    code = f"""
+import sys
+from tagtune.study.config import ModelConfig, TrainConfig
+from tagtune.study.data import load
+from tagtune.study.fit.train import fit
+ds = load({str(data_file)!r})
+cfg = TrainConfig(method="b1", epochs=3, batch_size=16, lr_decay_epochs=(1,),
+                  model=ModelConfig(layers=1, hidden=8))
+fit(ds, cfg, on_epoch=lambda logs, save: save({str(tmp_path / "state")!r}) if logs["epoch"] == 2 else None)
+fit(ds, cfg, resume={str(tmp_path / "state")!r})
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("F_, cfg, N, T", [

@@ -99,8 +99,10 @@ class FlatAdam:
     counts as a zero gradient (``torch.optim.Adam`` would skip it; every parameter of the
     attention-MIL model has one at every step).
 
-    ``param_groups``, ``state_dict`` and ``load_state_dict`` are those of the underlying
-    ``torch.optim.Adam`` over the one flat parameter.
+    ``param_groups``, ``state_dict`` and ``load_state_dict`` are those of ``torch.optim.Adam``
+    (fused) over the one flat parameter, in the same form, so a checkpoint is either's. No
+    ``torch.optim.Adam`` is built: its constructor and state-dict methods import torch._dynamo on
+    first use (~1 s of CPU, 2026-12-07), which every trial's process paid before its first epoch.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float):
@@ -113,17 +115,29 @@ class FlatAdam:
             p.data = flat[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
         self.flat = torch.nn.Parameter(flat)
-        self.adam = torch.optim.Adam([self.flat], lr=lr, weight_decay=weight_decay, fused=True)
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.adam.param_groups
+        # torch.optim.Adam(fused=True)'s group, key for key (its state_dict's form).
+        self.param_groups = [{"params": [self.flat], "lr": lr, "betas": (0.9, 0.999), "eps": 1e-8,
+                              "weight_decay": weight_decay, **_ADAM_FLAGS}]
+        self.state: dict[str, Tensor] = {}
 
     def state_dict(self) -> dict:
-        return self.adam.state_dict()
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {"state": {0: dict(self.state)} if self.state else {},
+                "param_groups": [{**group, "params": [0]}]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.adam.load_state_dict(state_dict)
+        """As torch's: the group's settings, the moments copied onto the buffer's device (the
+        step count stays a float32 tensor on the buffer's device, as fused Adam keeps it)."""
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != 1:
+            raise ValueError("FlatAdam loads the state of one group over one parameter")
+        saved = state_dict["state"].get(groups[0]["params"][0], {})
+        if saved and saved["exp_avg"].shape != self.flat.shape:
+            raise ValueError(f"optimizer state of {saved['exp_avg'].numel()} values for a buffer "
+                             f"of {self.flat.numel()}")
+        self.param_groups[0].update({k: v for k, v in groups[0].items() if k != "params"})
+        self.state = {k: v.to(device=self.flat.device, dtype=torch.float32).clone()
+                      for k, v in saved.items()}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.views:
@@ -135,7 +149,7 @@ class FlatAdam:
         grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1)
                           for p in self.views])
         self.flat.grad = grad
-        group, state = self.adam.param_groups[0], self.adam.state[self.flat]
+        group, state = self.param_groups[0], self.state
         if not state:  # as torch.optim.Adam(fused=True) initialises it
             state["step"] = torch.zeros((), dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(self.flat)
@@ -146,6 +160,11 @@ class FlatAdam:
                            [state["step"]], amsgrad=False, lr=group["lr"], beta1=beta1,
                            beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                            maximize=False)
+
+
+# The rest of torch.optim.Adam(fused=True)'s group (torch 2.13): in every state dict it writes.
+_ADAM_FLAGS = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+               "differentiable": False, "fused": True, "decoupled_weight_decay": False}
 
 
 def adam(params: Iterable[Tensor], lr: float, weight_decay: float) -> FlatAdam:

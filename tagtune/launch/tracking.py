@@ -93,6 +93,9 @@ class Tracker:
         self._steps: dict[str, set[int]] = {}
         self._parents: dict[str, str] = {}  # cell id -> its parent run
         self._known: dict[str, str] | None = None  # trial id -> its run, when this tracker began
+        # Runs this tracker created and has not ended: nothing in them but what it wrote (no
+        # params, its tags, RUNNING), so their start and end need not read them back first.
+        self._fresh: set[str] = set()
 
     def parent_id(self, cell: str) -> str:
         """The cell's parent run: found by its tag, created the first time."""
@@ -128,9 +131,12 @@ class Tracker:
             if event is None or event["op"] != "start":
                 raise LookupError(f"no run for trial {trial_id} and no start event")
             tags = {TRIAL_TAG: trial_id, **{k: str(v) for k, v in event["tags"].items()}}
+            if cell := event["tags"].get("cell"):
+                tags[PARENT_TAG] = self.parent_id(cell)
             run = self.client.create_run(self.experiment_id, run_name=event["name"], tags=tags)
             run_id = run.info.run_id
             steps = set()
+            self._fresh.add(run_id)
         self._runs[trial_id], self._steps[run_id] = run_id, steps
         return run_id
 
@@ -139,12 +145,15 @@ class Tracker:
         run_id = self.run_id(event["trial_id"], event)
         op = event["op"]
         if op == "start":
-            run = self.client.get_run(run_id)
-            self._log_params(run_id, run.data.params, event["params"])
-            cell = event["tags"].get("cell")
-            # Set here, not at create: a parent deduplicated by sync gets its children back.
-            if cell and run.data.tags.get(PARENT_TAG) != (parent := self.parent_id(cell)):
-                self.client.set_tag(run_id, PARENT_TAG, parent)
+            if run_id in self._fresh:  # made just now, with its parent among its tags
+                self._log_params(run_id, {}, event["params"])
+            else:
+                run = self.client.get_run(run_id)
+                self._log_params(run_id, run.data.params, event["params"])
+                cell = event["tags"].get("cell")
+                # Set here too: a parent deduplicated by sync gets its children back.
+                if cell and run.data.tags.get(PARENT_TAG) != (parent := self.parent_id(cell)):
+                    self.client.set_tag(run_id, PARENT_TAG, parent)
             if event.get("dataset"):
                 self._log_dataset(run_id, event["dataset"])
         elif op == "result":
@@ -152,8 +161,9 @@ class Tracker:
         elif op == "end":
             # Not again on a replay: a finished run keeps its end time (an extension's final
             # sync replays the whole journal, and earlier runs must stay as they were).
-            if self.client.get_run(run_id).info.status != event["status"]:
+            if run_id in self._fresh or self.client.get_run(run_id).info.status != event["status"]:
                 self.client.set_terminated(run_id, status=event["status"])
+            self._fresh.discard(run_id)
         elif op == "tag":  # a tag added to a finished run; nothing else of it changes
             for k, v in event["tags"].items():
                 self.client.set_tag(run_id, k, str(v))

@@ -17,7 +17,11 @@ Figures (the same machine state for every figure of one invocation):
 - mean concurrency = sum of the trials' spans / the study's span (from mlflow-journal.jsonl);
 - the driver's share of the CPU: the study process's CPU seconds / every process's of its run;
 - ``--sizes 100,2000``: the per-trial cost at each number of trials (nothing should grow with it);
-- ``--fuse 16``: the main study again with fused trials (stacks of 16).
+- ``--fuse 16``: the main study again with fused trials (stacks of 16); its bare cost twice: the
+  configs' solo fits (``efficiency``, against what the same configs cost as separate trials) and
+  the same configs in stacks of 16 (``fit_many``: ``stack_efficiency``, the machinery's own
+  overhead around its stacks; a stack runs the generic torch path, which on a CPU is ~0.35x the
+  CPU path's speed per core: bench_fused).
 
 Checked on every study (the bench fails otherwise, whatever the timings): every trial ran its
 epochs, and every epoch's metrics reached MLflow exactly once.
@@ -117,18 +121,26 @@ def snapshot_warnings(study_dir: Path) -> int:
 
 
 def worker_loop(spec: dict) -> dict:
-    """The bare cost: each config's ``fit`` one after another, 1 thread."""
+    """The bare cost: each config's ``fit`` one after another, 1 thread; with ``fuse`` N, the
+    configs in stacks of N (``fit_many``, the arithmetic a fused study's stacks do), one stack
+    after another."""
     import torch
 
     from tagtune.study.data import load
+    from tagtune.study.fit.stacked import fit_many
     from tagtune.study.fit.train import fit
     from tagtune.study.folder import train_config
 
     torch.set_num_threads(1)
     ds = load(spec["data"])
+    configs, n = [train_config(c) for c in spec["configs"]], spec.get("fuse", 1)
     t0 = time.perf_counter()
-    for config in spec["configs"]:
-        fit(ds, train_config(config))
+    if n > 1:
+        for i in range(0, len(configs), n):
+            fit_many(ds, configs[i:i + n])
+    else:
+        for cfg in configs:
+            fit(ds, cfg)
     return {"bare_s": time.perf_counter() - t0}
 
 
@@ -175,6 +187,9 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     spec_file = tmp / f"{name}-configs.json"
     spec_file.write_text(json.dumps({"data": base["data"], "configs": r["configs"]}))
     bare = launch(bs, ["loop", f"@{spec_file}"], tmp)[0]
+    if fuse > 1:  # what the same configs cost as the stacks they run in, bare
+        spec_file.write_text(json.dumps({"data": base["data"], "configs": r["configs"], "fuse": fuse}))
+        stacks_s = launch(bs, ["loop", f"@{spec_file}"], tmp)[0]["bare_s"]
     # The study's own checks: all its trials ran their epochs, each epoch in MLflow once.
     assert len(r["configs"]) == trials, (name, len(r["configs"]), trials)
     assert len(r["mlflow"]) == trials, (name, sorted(r["mlflow"]))
@@ -193,6 +208,9 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
             "concurrency": r["busy_s"] / r["span_s"] if r["span_s"] > 0 else 0.0,
             "driver_cpu_share": driver / cpu if cpu else 0.0,
             "snapshot_warnings": r["warnings"]}
+    if fuse > 1:
+        _RAN[trials, epochs, fuse].update(bare_stacks_s=stacks_s,
+                                          stack_efficiency=stacks_s / (wall * slots))
     return _RAN[trials, epochs, fuse]
 
 
@@ -224,6 +242,10 @@ def show(f: dict) -> None:
           f"per trial {f['per_trial_s']:5.2f} s, per trial-epoch {f['per_trial_epoch_ms']:5.1f} ms; "
           f"concurrency {f['concurrency']:.2f} of {f['slots']}; driver {f['driver_cpu_share']:.0%} "
           f"of the CPU; Tune's snapshot warnings {f['snapshot_warnings']}", flush=True)
+    if "bare_stacks_s" in f:
+        print(f"  {'':>12}  the same configs bare in stacks of {f['fuse']} (fit_many): "
+              f"{f['bare_stacks_s']:6.1f} s -> harness efficiency {f['stack_efficiency']:4.0%} "
+              f"around its stacks", flush=True)
 
 
 def main() -> None:

@@ -152,12 +152,17 @@ def trained_epochs(study_dir: Path) -> dict[str, int]:
     from tagtune.study.fit.teachers import TeacherCache
     from tagtune.study.folder import TEACHERS
 
+    from tagtune.launch.trainable import EARLIER
+
     epochs: dict[str, int] = {}
     for result in study_dir.glob("*/*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if rows:
+            # A report carries the epochs held since the last one (EARLIER), and a last report
+            # may repeat its trial's last epoch (a replicate's test metrics): each epoch once.
+            seen = {int(e["epoch"]) for row in rows for e in (*row.get(EARLIER, ()), row)}
             method = rows[0]["config"]["method"]
-            epochs[method] = epochs.get(method, 0) + len(rows)
+            epochs[method] = epochs.get(method, 0) + len(seen)
     cache = TeacherCache(study_dir / TEACHERS)
     for t in cache.trainings():
         meta = json.loads((cache.root / t["key"] / "meta.json").read_text())

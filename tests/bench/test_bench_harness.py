@@ -40,6 +40,12 @@ def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path
         # Trials overlap at most as many at once as there are places for them.
         assert 0 < f["concurrency"] <= slots * f["fuse"] + 1e-9
         assert f["snapshot_warnings"] >= 0
+    # Fused: also against the same configs' bare stacks (fit_many), the machinery's own share.
+    fused = fig["fused"]
+    assert fused["bare_stacks_s"] > 0
+    assert math.isclose(fused["stack_efficiency"],
+                        fused["bare_stacks_s"] / (fused["wall_s"] * fused["slots"]))
+    assert "bare_stacks_s" not in fig["main"]
     assert fig["fixed"]["concurrency"] <= 1 + 1e-9  # one trial: nothing to overlap with
     lines = r.stdout.splitlines()
     assert any(line.startswith("fixed cost (1 trial x 1 epoch): ") for line in lines)

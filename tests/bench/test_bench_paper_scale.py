@@ -40,6 +40,26 @@ def test_study_cost_counts_asha_and_the_replicate_saving():
     assert plain.search["le"] - plain.search["b1"] == 5 * 100  # one shared teacher per cell
 
 
+def test_trained_epochs_counts_the_epochs_a_report_carries_each_once(tmp_path):
+    """A report carries the epochs held since the previous one; a replicate's last report repeats
+    its last epoch with the test metrics: each trained epoch counts once."""
+    import json
+
+    from tagtune.launch.trainable import EARLIER
+
+    def rows(method, reports):
+        return "".join(json.dumps({"config": {"method": method}, **r}) + "\n" for r in reports)
+
+    a = tmp_path / "search" / "t1"
+    b = tmp_path / "replicate" / "t2"
+    for d in (a, b):
+        d.mkdir(parents=True)
+    (a / "result.json").write_text(rows("b1", [
+        {"epoch": 3, EARLIER: [{"epoch": 1}, {"epoch": 2}]}, {"epoch": 5, EARLIER: [{"epoch": 4}]}]))
+    (b / "result.json").write_text(rows("b1", [{"epoch": 2, EARLIER: [{"epoch": 1}]}, {"epoch": 2}]))
+    assert bench_paper_scale.trained_epochs(tmp_path) == {"b1": 5 + 2}
+
+
 def test_bf16_reprojection_scales_only_the_bare_epoch():
     same = bench_paper_scale.reproject(1.0)
     recorded = sum(wall for wall, _ in bench_paper_scale.RECORDED.values()) * 5

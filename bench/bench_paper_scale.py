@@ -149,10 +149,9 @@ def trained_epochs(study_dir: Path) -> dict[str, int]:
     phases) plus the shared LE teachers' (those train outside any trial)."""
     import json
 
+    from tagtune.launch.trainable import EARLIER
     from tagtune.study.fit.teachers import TeacherCache
     from tagtune.study.folder import TEACHERS
-
-    from tagtune.launch.trainable import EARLIER
 
     epochs: dict[str, int] = {}
     for result in study_dir.glob("*/*/result.json"):

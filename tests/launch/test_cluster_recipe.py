@@ -232,9 +232,11 @@ def _ended(journal: Path) -> int:
     return journal.read_text().count('"op": "end"') if journal.exists() else 0
 
 
-# Two trials at a time (one CPU per node), each ~16 x 0.2 s: after the first trial ends, three
-# more rounds are left -- time enough for `ray job stop` to land mid-search.
-TRIALS = 8
+# Two trials at a time (one CPU per node), each ~16 x 0.2 s (4,000 clips): after the first trial
+# ends, seven more rounds are left (~20 s) -- time enough for `ray job stop` to land mid-search.
+# (With 8 trials of 2,000 clips the search could end before the stop did, once a trial's process
+# no longer spent ~1 s importing torch._dynamo before its first epoch.)
+TRIALS = 16
 
 
 @pytest.mark.cluster
@@ -242,7 +244,7 @@ TRIALS = 8
 def test_recipe_submit_stop_resume(tmp_path, monkeypatch):
     recipe = Recipe()
     storage = tmp_path / "studies"
-    config = slow_study(tmp_path, "recipe", storage=str(storage), methods=["b1"], missing=[0.4],
+    config = slow_study(tmp_path, "recipe", n_train=4000, storage=str(storage), methods=["b1"], missing=[0.4],
                         trials=TRIALS, replicates=1, epochs=16, grace_period=16, checkpoint_every=4)
     study_dir = storage / "recipe"
     journal = study_dir / "mlflow-journal.jsonl"

@@ -6,7 +6,8 @@ trial itself (:func:`member_trial`) is a light process holding no CPU
 (``MEMBER_RESOURCES``); it hands its config to a :class:`StackActor`, an actor holding one trial's
 resources (its CPUs and share of a GPU), which trains every member it holds one epoch at a time
 as one :class:`tagtune.study.fit.stacked.Stack`, and answers a member at the first epoch the
-member will report (an ASHA rung, a checkpoint, the end, or ``EVERY_S`` since its last answer)
+member will report (an ASHA rung, a checkpoint, the end, or ``EVERY_S`` x the stack's size since
+its last answer)
 with the logs of every epoch since its ask (and, where a checkpoint is due, the state). The
 member reports them to Tune exactly as a trial trained alone would
 (:class:`tagtune.launch.trainable.Reporter`: the same keys, the same checkpoints). Its process
@@ -43,7 +44,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from tagtune.launch.trainable import Reporter, replayed
+from tagtune.launch.trainable import EVERY_S, Reporter, replayed
 from tagtune.study.data import Dataset
 
 MEMBER_RESOURCES = {"cpu": 0, "memory": 2**20}
@@ -84,15 +85,15 @@ class StackActor:
         self.pool = ThreadPoolExecutor(1)
 
     async def join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
-                   report_at: tuple[float, ...] | None = None) -> dict:
+                   report_at: tuple[float, ...] | None = None, every_s: float = EVERY_S) -> dict:
         """Add a member (from its checkpoint's files where it has one); whether it is already done,
-        and its final evaluation then (a replicate resumed at its end). ``report_at``: the member's
-        (Reporter's): an ask is answered at the first epoch the member will report."""
+        and its final evaluation then (a replicate resumed at its end). ``report_at``, ``every_s``:
+        the member's (Reporter's): an ask is answered at the first epoch the member will report."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume, report_at)
+        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume, report_at, every_s)
 
     def _join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
-              report_at: tuple[float, ...] | None = None) -> dict:
+              report_at: tuple[float, ...] | None = None, every_s: float = EVERY_S) -> dict:
         from tagtune.study.fit.stacked import Stack
         from tagtune.study.fit.teachers import TeacherCache
         from tagtune.study.folder import train_config
@@ -105,7 +106,7 @@ class StackActor:
         # The member's reporting rules, to know which epoch it will send to Tune: the epochs
         # before it go back with that one, in one answer (a call to the stack and a round's wait
         # for every member an epoch cost more than a fast epoch's training).
-        rules = Reporter(config, report_at)
+        rules = Reporter(config, report_at, every_s)
 
         def on_epoch(logs: dict[str, Any], save) -> None:
             files = None
@@ -271,12 +272,15 @@ def close_registries() -> None:
 
 
 def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = None,
-                 ended: dict[str, dict] | None = None, report_at: tuple[float, ...] | None = None) -> None:
-    """The Tune trainable of a fused trial: its epochs run in its stack, its reports are its own."""
+                 ended: dict[str, dict] | None = None, report_at: tuple[float, ...] | None = None,
+                 every_s: float = EVERY_S) -> None:
+    """The Tune trainable of a fused trial: its epochs run in its stack, its reports are its own.
+    ``every_s``: its reports' cadence when no decision needs one (a stack's members share a slot:
+    ``EVERY_S`` times the stack's size keeps the driver's reports as a solo trial's)."""
     if replayed(ended):
         return
     trial_id = tune.get_context().get_trial_id() or ""
-    reporter = Reporter(config, report_at)
+    reporter = Reporter(config, report_at, every_s)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
     from tagtune.study.config import stack_key
@@ -287,7 +291,7 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     key = stack_key(train_config(config))
     stack = ray.get(stacks.assign.remote(config["cell"], trial_id, key))
     try:
-        answer = ray.get(stack.join.remote(trial_id, config, resume, report_at))
+        answer = ray.get(stack.join.remote(trial_id, config, resume, report_at, every_s))
         while not answer["done"]:
             answer = ray.get(stack.epoch.remote(trial_id))
             for i, epoch in enumerate(answer["epochs"], 1):

@@ -18,7 +18,7 @@ from tagtune.launch.snapshots import CheckpointPruner, SnapshotKeeper
 from tagtune.launch.tracking import (
     MlflowJournalCallback,
 )
-from tagtune.launch.trainable import train_trial
+from tagtune.launch.trainable import EVERY_S, train_trial
 from tagtune.study.data import Dataset
 from tagtune.study.folder import (
     SEARCH,
@@ -55,7 +55,8 @@ def phase_trainable(settings: StudySettings, ds: Dataset, phase: str = SEARCH,
         stacks = fusion.registry(ds, settings.fuse_size, trial_resources(settings), cache)
         return tune.with_resources(tune.with_parameters(fusion.member_trial, stacks=stacks,
                                                         study_dir=str(settings.study_dir),
-                                                        ended=ended or None, report_at=report_at),
+                                                        ended=ended or None, report_at=report_at,
+                                                        every_s=EVERY_S * settings.fuse_size),
                                    fusion.MEMBER_RESOURCES)
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
                                                     study_dir=str(settings.study_dir),

@@ -109,3 +109,28 @@ def test_checkpoints_wait_checkpoint_s_after_the_last_one(monkeypatch):
     assert checkpoints(8) == [14, 20]
     assert checkpoints(6) == [7, 14, 20]
     assert checkpoints(1000) == [20]
+
+
+def test_an_epoch_every_s_after_the_last_report_is_reported(monkeypatch):
+    """With no decision due, an epoch ``every_s`` seconds after the trial's last report goes to Tune
+    (the display moves with slow epochs); a fused member's cadence is its stack size times longer,
+    so that the driver's reports do not grow with the stack. Each epoch here takes 1 s."""
+    now = [0.0]
+    monkeypatch.setattr(trainable, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    sent: list[dict] = []
+    monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: sent.append(metrics))
+
+    def reported(every_s: float | None) -> list[int]:
+        now[0], sent[:] = 0.0, []
+        config = {"method": "b1", "epochs": EPOCHS, "checkpoint_every": 1000, "cell": "b1@0.00"}
+        reporter = Reporter(config, (), *([] if every_s is None else [every_s]))
+        for epoch in range(1, EPOCHS + 1):
+            now[0] += 1.0
+            logs = {"epoch": epoch, "stage": "main", "val/loss": 1.0 / epoch, "train/loss": 1.0}
+            reporter.epoch(reporter.metrics(logs), (lambda d: None) if reporter.due(epoch) else None)
+        assert [e["epoch"] for r in sent for e in [*r.get(EARLIER, ()), r]] == list(range(1, EPOCHS + 1))
+        return [r["epoch"] for r in sent]
+
+    assert reported(None) == list(range(2, EPOCHS + 1, 2))  # EVERY_S = 2: every second epoch
+    assert reported(trainable.EVERY_S * 4) == [8, 16, 20]  # a member of a stack of 4
+    assert reported(1e9) == [20]  # only the end

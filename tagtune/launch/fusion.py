@@ -85,15 +85,17 @@ class StackActor:
         self.pool = ThreadPoolExecutor(1)
 
     async def join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
-                   report_at: tuple[float, ...] | None = None, every_s: float = EVERY_S) -> dict:
+                   report_at: tuple[float, ...] | None = None, report_every_s: float = EVERY_S) -> dict:
         """Add a member (from its checkpoint's files where it has one); whether it is already done,
-        and its final evaluation then (a replicate resumed at its end). ``report_at``, ``every_s``:
-        the member's (Reporter's): an ask is answered at the first epoch the member will report."""
+        and its final evaluation then (a replicate resumed at its end). ``report_at``,
+        ``report_every_s``: the member's (Reporter's): an ask is answered at the first epoch the
+        member will report."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume, report_at, every_s)
+        return await loop.run_in_executor(self.pool, self._join, trial_id, config, resume, report_at,
+                                          report_every_s)
 
     def _join(self, trial_id: str, config: dict[str, Any], resume: dict[str, bytes] | None,
-              report_at: tuple[float, ...] | None = None, every_s: float = EVERY_S) -> dict:
+              report_at: tuple[float, ...] | None = None, report_every_s: float = EVERY_S) -> dict:
         from tagtune.study.fit.stacked import Stack
         from tagtune.study.fit.teachers import TeacherCache
         from tagtune.study.folder import train_config
@@ -106,7 +108,7 @@ class StackActor:
         # The member's reporting rules, to know which epoch it will send to Tune: the epochs
         # before it go back with that one, in one answer (a call to the stack and a round's wait
         # for every member an epoch cost more than a fast epoch's training).
-        rules = Reporter(config, report_at, every_s)
+        rules = Reporter(config, report_at, report_every_s)
 
         def on_epoch(logs: dict[str, Any], save) -> None:
             files = None
@@ -273,14 +275,14 @@ def close_registries() -> None:
 
 def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = None,
                  ended: dict[str, dict] | None = None, report_at: tuple[float, ...] | None = None,
-                 every_s: float = EVERY_S) -> None:
+                 report_every_s: float = EVERY_S) -> None:
     """The Tune trainable of a fused trial: its epochs run in its stack, its reports are its own.
-    ``every_s``: its reports' cadence when no decision needs one (a stack's members share a slot:
-    ``EVERY_S`` times the stack's size keeps the driver's reports as a solo trial's)."""
+    ``report_every_s``: its reports' cadence when no decision needs one (a stack's members share a
+    slot: ``EVERY_S`` times the stack's size keeps the driver's reports as a solo trial's)."""
     if replayed(ended):
         return
     trial_id = tune.get_context().get_trial_id() or ""
-    reporter = Reporter(config, report_at, every_s)
+    reporter = Reporter(config, report_at, report_every_s)
     with reporter.resumed(config, study_dir) as state_dir:
         resume = None if state_dir is None else _files(state_dir)
     from tagtune.study.config import stack_key
@@ -291,7 +293,7 @@ def member_trial(config: dict[str, Any], stacks: Any, study_dir: str | None = No
     key = stack_key(train_config(config))
     stack = ray.get(stacks.assign.remote(config["cell"], trial_id, key))
     try:
-        answer = ray.get(stack.join.remote(trial_id, config, resume, report_at, every_s))
+        answer = ray.get(stack.join.remote(trial_id, config, resume, report_at, report_every_s))
         while not answer["done"]:
             answer = ray.get(stack.epoch.remote(trial_id))
             for i, epoch in enumerate(answer["epochs"], 1):

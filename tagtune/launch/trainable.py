@@ -81,7 +81,7 @@ class Reporter:
     trial reports exactly as before."""
 
     def __init__(self, config: dict[str, Any], report_at: tuple[float, ...] | None = None,
-                 every_s: float = EVERY_S):
+                 report_every_s: float = EVERY_S):
         cfg = train_config(config)
         self.every = int(config.get("checkpoint_every", 5))
         # A config written before the setting: every checkpoint_every epochs, as it ran.
@@ -95,7 +95,7 @@ class Reporter:
         # None: every epoch is a report.
         self.report_at = None if report_at is None else {math.ceil(r) for r in report_at}
         self.held: list[dict[str, Any]] = []
-        self.every_report_s = every_s
+        self.report_every_s = report_every_s
         self._reported_at = time.monotonic()
         self.objective = cfg.objective  # the reported score follows the study's objective
         self.state: dict[str, Any] = {"stage": None, "best": math.inf, "last": None, "step": 0}
@@ -133,7 +133,7 @@ class Reporter:
         """Whether an epoch is reported now (else it is held for the next report)."""
         return (self.report_at is None or metrics["complete"]
                 or metrics["budget"] in self.report_at
-                or time.monotonic() - self._reported_at >= self.every_report_s)
+                or time.monotonic() - self._reported_at >= self.report_every_s)
 
     def reports_now(self, metrics: dict[str, Any], checkpoint: bool) -> bool:
         """Whether the epoch goes to Tune now, as :meth:`epoch` decides (with a checkpoint, always);

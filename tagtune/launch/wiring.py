@@ -56,7 +56,7 @@ def phase_trainable(settings: StudySettings, ds: Dataset, phase: str = SEARCH,
         return tune.with_resources(tune.with_parameters(fusion.member_trial, stacks=stacks,
                                                         study_dir=str(settings.study_dir),
                                                         ended=ended or None, report_at=report_at,
-                                                        every_s=EVERY_S * settings.fuse_size),
+                                                        report_every_s=EVERY_S * settings.fuse_size),
                                    fusion.MEMBER_RESOURCES)
     return tune.with_resources(tune.with_parameters(train_trial, dataset=ds, teacher_cache=cache,
                                                     study_dir=str(settings.study_dir),

@@ -112,7 +112,7 @@ def test_checkpoints_wait_checkpoint_s_after_the_last_one(monkeypatch):
 
 
 def test_an_epoch_every_s_after_the_last_report_is_reported(monkeypatch):
-    """With no decision due, an epoch ``every_s`` seconds after the trial's last report goes to Tune
+    """With no decision due, an epoch ``report_every_s`` seconds after the trial's last report goes to Tune
     (the display moves with slow epochs); a fused member's cadence is its stack size times longer,
     so that the driver's reports do not grow with the stack. Each epoch here takes 1 s."""
     now = [0.0]
@@ -120,10 +120,10 @@ def test_an_epoch_every_s_after_the_last_report_is_reported(monkeypatch):
     sent: list[dict] = []
     monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: sent.append(metrics))
 
-    def reported(every_s: float | None) -> list[int]:
+    def reported(report_every_s: float | None) -> list[int]:
         now[0], sent[:] = 0.0, []
         config = {"method": "b1", "epochs": EPOCHS, "checkpoint_every": 1000, "cell": "b1@0.00"}
-        reporter = Reporter(config, (), *([] if every_s is None else [every_s]))
+        reporter = Reporter(config, (), *([] if report_every_s is None else [report_every_s]))
         for epoch in range(1, EPOCHS + 1):
             now[0] += 1.0
             logs = {"epoch": epoch, "stage": "main", "val/loss": 1.0 / epoch, "train/loss": 1.0}

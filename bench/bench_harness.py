@@ -16,6 +16,8 @@ Figures (the same machine state for every figure of one invocation):
 - harness efficiency = bare epoch-seconds / (wall x trial slots);
 - mean concurrency = sum of the trials' spans / the study's span (from mlflow-journal.jsonl);
 - the driver's share of the CPU: the study process's CPU seconds / every process's of its run;
+- the cores' time over the study process's life, split: the trial processes, a fused study's
+  stacks, the driver, Ray's daemons, idle (``cores``): where the time beyond bare went;
 - ``--sizes 100,2000``: the per-trial cost at each number of trials (nothing should grow with it);
 - ``--fuse 16``: the main study again with fused trials (stacks of 16); its bare cost twice: the
   configs' solo fits (``efficiency``, against what the same configs cost as separate trials) and
@@ -157,11 +159,13 @@ def launch(bs, args: list[str], tmp: Path):
     """This script as a worker in a new session, sampled from outside: (answer, sampler)."""
     env = worker_env()
     with open(tmp / "worker.log", "a") as err:
+        t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, __file__, "--worker", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
         sampler = bs.Sampler(proc.pid, mem_every=None)  # CPU only: smaps reads would take a core's share
         sampler.start()
         out, _ = proc.communicate()
+        sampler.seconds = time.perf_counter() - t0  # the process's whole life, imports and exit in
     sampler.stop.set()
     sampler.join()
     if proc.returncode != 0:
@@ -199,6 +203,7 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
     wall, bare_s = r["wall_s"], bare["bare_s"]
     cpu = sum(sampler.cpu.values())
     driver = sum(v for (pid, _), v in sampler.cpu.items() if pid == sampler.sid)
+    cores = cpu_split(sampler)
     _RAN[trials, epochs, fuse] = {
             "name": name, "trials": trials, "epochs": epochs, "fuse": fuse, "slots": slots,
             "wall_s": wall, "bare_s": bare_s, "efficiency": bare_s / (wall * slots),
@@ -207,11 +212,28 @@ def study(bs, tmp: Path, base: dict, name: str, trials: int, epochs: int, fuse: 
             "per_trial_epoch_ms": 1000 * (wall * slots - bare_s) / (trials * epochs),
             "concurrency": r["busy_s"] / r["span_s"] if r["span_s"] > 0 else 0.0,
             "driver_cpu_share": driver / cpu if cpu else 0.0,
-            "snapshot_warnings": r["warnings"]}
+            "cores": cores, "snapshot_warnings": r["warnings"]}
     if fuse > 1:
         _RAN[trials, epochs, fuse].update(bare_stacks_s=stacks_s,
                                           stack_efficiency=stacks_s / (wall * slots))
     return _RAN[trials, epochs, fuse]
+
+
+def cpu_split(sampler) -> dict:
+    """Where the cores' time went over a study process's life (core-seconds): its trial
+    processes (Tune's trial actors: a solo trial's fit, a fused member waiting on its stack),
+    a fused study's stacks, the driver (the study's own process), the rest (Ray's daemons and
+    agents, idle workers, the stacks' registry), and the cores left idle (the process's wall x
+    the CPUs it could use, minus all of these)."""
+    split = dict.fromkeys(("trials", "stacks", "driver", "ray"), 0.0)
+    for key, seconds in sampler.cpu.items():
+        name = sampler.names.get(key, "")
+        kind = ("driver" if key[0] == sampler.sid else "trials" if name.startswith("ray::ImplicitFunc")
+                else "stacks" if name.startswith("ray::StackActor") else "ray")
+        split[kind] += seconds
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {**split, "idle": sampler.seconds * cpus - sum(split.values()), "process_s": sampler.seconds,
+            "cpus": cpus}
 
 
 def whole_process(bs, tmp: Path, base: dict, name: str) -> dict:
@@ -242,6 +264,11 @@ def show(f: dict) -> None:
           f"per trial {f['per_trial_s']:5.2f} s, per trial-epoch {f['per_trial_epoch_ms']:5.1f} ms; "
           f"concurrency {f['concurrency']:.2f} of {f['slots']}; driver {f['driver_cpu_share']:.0%} "
           f"of the CPU; Tune's snapshot warnings {f['snapshot_warnings']}", flush=True)
+    c = f["cores"]
+    stacks = f", stacks {c['stacks']:.1f}" if f["fuse"] > 1 else ""
+    print(f"  {'':>12}  the cores ({c['process_s']:.1f} s x {c['cpus']} CPUs, core-s): trial processes "
+          f"{c['trials']:.1f}{stacks}, driver {c['driver']:.1f}, Ray's daemons {c['ray']:.1f}, "
+          f"idle {c['idle']:.1f}", flush=True)
     if "bare_stacks_s" in f:
         print(f"  {'':>12}  the same configs bare in stacks of {f['fuse']} (fit_many): "
               f"{f['bare_stacks_s']:6.1f} s -> harness efficiency {f['stack_efficiency']:4.0%} "

@@ -37,6 +37,14 @@ def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path
         assert math.isclose(f["per_trial_s"] * f["trials"], f["wall_s"] * slots - f["bare_s"])
         assert math.isclose(f["per_trial_epoch_ms"] * f["epochs"] / 1000, f["per_trial_s"])
         assert 0 < f["driver_cpu_share"] < 1
+        # The cores' time over the study process's life, every part of it counted once: the
+        # parts and the idle rest make the whole; trials ran in trial processes (solo) or stacks.
+        c = f["cores"]
+        assert math.isclose(c["trials"] + c["stacks"] + c["driver"] + c["ray"] + c["idle"],
+                            c["process_s"] * c["cpus"])
+        assert c["process_s"] > f["wall_s"] and c["driver"] > 0 and c["ray"] > 0
+        assert c["trials"] > 0 and (c["stacks"] > 0) == (f["fuse"] > 1)
+        assert c["idle"] >= 0  # the processes' CPU seconds fit in their wall time
         # Trials overlap at most as many at once as there are places for them.
         assert 0 < f["concurrency"] <= slots * f["fuse"] + 1e-9
         assert f["snapshot_warnings"] >= 0

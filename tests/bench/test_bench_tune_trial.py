@@ -1,0 +1,39 @@
+"""The bench of Tune's own cost of a trial stays runnable and says what it measured: ``--quick``
+runs the bare loop and both arms (a fit to a Tune trial, four to one) through plain Ray Tune,
+checks that every fit reported, and writes its figures. What is asserted is what the figures are
+made of, never how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.long
+def test_bench_tune_trial_quick_runs_both_arms_and_reports_their_figures(tmp_path):
+    out = tmp_path / "figures.json"
+    r = subprocess.run([sys.executable, str(BENCH / "bench_tune_trial.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert (fig["fits"], fig["epochs"], fig["pack"]) == (8, 1, 4) and fig["bare_s"] > 0
+    # The arms alternate, solo first; the packed arm runs the same fits in a quarter the trials.
+    arms = [(run["arm"], run["trials"], run["reports"]) for run in fig["runs"]]
+    assert arms == [("solo", 8, 8), ("pack4", 2, 8)]
+    for run in fig["runs"]:
+        assert run["errors"] == 0
+        assert math.isclose(run["efficiency"], fig["bare_s"] / (2 * run["wall_s"]))
+        c = run["cores"]
+        assert c["process_s"] > run["wall_s"] and c["trials"] > 0 and c["driver"] > 0 and c["ray"] > 0
+        assert math.isclose(c["trials"] + c["driver"] + c["ray"] + c["idle"], 2 * c["process_s"])
+        assert c["idle"] >= 0  # the processes' CPU seconds fit in their wall time
+    solo, packed = fig["runs"]
+    assert fig["per_trial_core_s"] == [
+        pytest.approx(2 * (solo["cores"]["process_s"] - packed["cores"]["process_s"]) / 6)]

@@ -155,12 +155,13 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def launch(bs, args: list[str], tmp: Path):
-    """This script as a worker in a new session, sampled from outside: (answer, sampler)."""
+def launch(bs, args: list[str], tmp: Path, script: str = __file__):
+    """``script`` (this one, or another bench's that answers the same way) as a worker in a new
+    session, sampled from outside: (answer, sampler)."""
     env = worker_env()
     with open(tmp / "worker.log", "a") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", *args], env=env,
+        proc = subprocess.Popen([sys.executable, script, "--worker", *args], env=env,
                                 stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
         sampler = bs.Sampler(proc.pid, mem_every=None)  # CPU only: smaps reads would take a core's share
         sampler.start()

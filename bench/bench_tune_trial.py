@@ -23,27 +23,29 @@ searcher, scheduler, tracking and checkpoints (bench_harness measures those).
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ANSWER = "bench_tune_trial answer: "
 TRAIN = {"method": "b1", "missing": 0.0, "model": {"layers": 1, "hidden": 16}, "lr_decay_epochs": [],
          "batch_size": 64}
 
 
-def _bench_study():
-    spec = importlib.util.spec_from_file_location("bench_study", HERE / "bench_study.py")
+def _bench_harness():
+    """bench_harness.py as a module (bench/ holds scripts, not a package): its worker launch, the
+    cores' time split and the bare loop serve this bench too."""
+    spec = importlib.util.spec_from_file_location("bench_harness", HERE / "bench_harness.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+bh = _bench_harness()
 
 
 def configs(n: int, epochs: int) -> list[dict]:
@@ -96,50 +98,13 @@ def worker_tune(spec: dict) -> dict:
             "reports": sum(r.metrics.get("training_iteration", 0) for r in grid)}
 
 
-def worker_loop(spec: dict) -> dict:
-    """The bare cost: every fit one after another, 1 thread."""
-    import torch
-
-    from tagtune.study.data import load
-    from tagtune.study.fit.train import fit
-    from tagtune.study.folder import train_config
-
-    torch.set_num_threads(1)
-    ds = load(spec["data"])
-    cfgs = [train_config(c) for c in spec["configs"]]
-    t0 = time.perf_counter()
-    for cfg in cfgs:
-        fit(ds, cfg)
-    return {"bare_s": time.perf_counter() - t0}
-
-
 # ----------------------------------------------------------------------------- driver
 
 
 def launch(bs, fn: str, spec_file: Path, tmp: Path) -> tuple[dict, dict]:
-    """This script as a worker in a session of its own: its answer, the cores' time split."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    with open(tmp / "worker.log", "a") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", fn, str(spec_file)], env=env,
-                                stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True)
-        sampler = bs.Sampler(proc.pid, mem_every=None)
-        sampler.start()
-        out, _ = proc.communicate()
-        life = time.perf_counter() - t0
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        sys.exit(f"bench_tune_trial: worker {fn} failed; see {tmp / 'worker.log'}")
-    split = collections.Counter({"trials": 0.0, "driver": 0.0, "ray": 0.0})
-    for key, seconds in sampler.cpu.items():
-        name = sampler.names.get(key, "")
-        split["driver" if key[0] == sampler.sid else "trials" if name.startswith("ray::ImplicitFunc")
-              else "ray"] += seconds
-    answer = [line for line in out.splitlines() if line.startswith(ANSWER)][-1]
-    cores = {**split, "idle": life * 2 - sum(split.values()), "process_s": life}
-    return json.loads(answer[len(ANSWER):]), cores
+    """This script as a worker (bench_harness's launch): its answer, the cores' time split."""
+    answer, sampler = bh.launch(bs, [fn, str(spec_file)], tmp, script=__file__)
+    return answer, bh.cpu_split(sampler)
 
 
 def main() -> None:
@@ -154,14 +119,14 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        fn = {"tune": worker_tune, "loop": worker_loop}[a.worker[0]]
-        print(ANSWER + json.dumps(fn(json.loads(Path(a.worker[1]).read_text()))))
+        fn = {"tune": worker_tune, "loop": bh.worker_loop}[a.worker[0]]
+        print(bh.ANSWER + json.dumps(fn(json.loads(Path(a.worker[1]).read_text()))))
         return
     if a.quick:
         a.fits, a.epochs, a.clips, a.repeat = 8, 1, 64, 1
     if a.fits % a.pack:
         sys.exit(f"bench_tune_trial: --fits {a.fits} is not a multiple of --pack {a.pack}")
-    bs = _bench_study()
+    bs = bh._bench_study()
     tmp = Path(tempfile.mkdtemp(prefix="bench-tune-trial-"))
     data = tmp / "data.h5"
     bs.make_data(data, (a.clips, a.clips // 4, a.clips // 4))  # bench_study's OpenMIC-shaped data
@@ -184,15 +149,15 @@ def main() -> None:
             runs.append({"arm": arm, "round": i, **r, "efficiency": bare / (2 * r["wall_s"]), "cores": cores})
             c = cores
             print(f"  {arm:>6} #{i + 1}: {r['trials']:4d} trials, wall {r['wall_s']:6.1f} s -> efficiency "
-                  f"{runs[-1]['efficiency']:4.0%}; the cores ({c['process_s']:.1f} s x 2, core-s): trial "
-                  f"processes {c['trials']:.1f}, driver {c['driver']:.1f}, Ray's daemons {c['ray']:.1f}, "
-                  f"idle {c['idle']:.1f}", flush=True)
-    # Tune's cost of a trial: what the solo arm spent beyond the packed one (process life x 2
-    # cores), over the trials it had more; each round against its neighbour.
+                  f"{runs[-1]['efficiency']:4.0%}; the cores ({c['process_s']:.1f} s x {c['cpus']}, "
+                  f"core-s): trial processes {c['trials']:.1f}, driver {c['driver']:.1f}, "
+                  f"Ray's daemons {c['ray']:.1f}, idle {c['idle']:.1f}", flush=True)
+    # Tune's cost of a trial: what the solo arm spent beyond the packed one (process life x
+    # CPUs), over the trials it had more; each round against its neighbour.
     per_trial = []
     for i in range(a.repeat):
         solo, packed = runs[2 * i], runs[2 * i + 1]
-        extra = 2 * (solo["cores"]["process_s"] - packed["cores"]["process_s"])
+        extra = solo["cores"]["cpus"] * (solo["cores"]["process_s"] - packed["cores"]["process_s"])
         per_trial.append(extra / (solo["trials"] - packed["trials"]))
     print("  Tune's cost of a trial (core-s, solo's whole-process core time beyond pack's, a trial more): "
           + ", ".join(f"{x:.3f}" for x in per_trial), flush=True)

@@ -32,8 +32,9 @@ def test_bench_tune_trial_quick_runs_both_arms_and_reports_their_figures(tmp_pat
         assert math.isclose(run["efficiency"], fig["bare_s"] / (2 * run["wall_s"]))
         c = run["cores"]
         assert c["process_s"] > run["wall_s"] and c["trials"] > 0 and c["driver"] > 0 and c["ray"] > 0
-        assert math.isclose(c["trials"] + c["driver"] + c["ray"] + c["idle"], 2 * c["process_s"])
+        assert c["stacks"] == 0  # no fused stacks here: the fits ran in the trial processes
+        assert math.isclose(c["trials"] + c["driver"] + c["ray"] + c["idle"], c["cpus"] * c["process_s"])
         assert c["idle"] >= 0  # the processes' CPU seconds fit in their wall time
-    solo, packed = fig["runs"]
-    assert fig["per_trial_core_s"] == [
-        pytest.approx(2 * (solo["cores"]["process_s"] - packed["cores"]["process_s"]) / 6)]
+    solo, packed = (run["cores"] for run in fig["runs"])
+    extra = solo["cpus"] * (solo["process_s"] - packed["process_s"])
+    assert fig["per_trial_core_s"] == [pytest.approx(extra / 6)]  # 8 trials against 2

@@ -3,13 +3,14 @@ sync removes a trial's second run."""
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tagtune.launch import tracking
+from tagtune.launch import mlflow_bulk, tracking
 from tagtune.launch.tracking import TRIAL_TAG, MlflowJournalCallback, Tracker, sync
 from tests.launch.processes import free_port
 
@@ -169,42 +170,59 @@ def test_experiment_is_tagged_as_model_training(tmp_path):
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_batched_results_reach_mlflow_once_each_in_few_calls(tmp_path, store, monkeypatch):
+@pytest.mark.parametrize("bulk", [True, False], ids=["one-transaction", "log_batch"])
+def test_batched_events_reach_mlflow_once_each_in_few_calls_and_on_time(tmp_path, store, monkeypatch, bulk):
     uri, exp = store
-    calls = []
-    real = MlflowClient.log_batch
+    calls = []  # the metrics of each call that writes some, per run
+    if bulk:  # SQLite: a batch's every run in one transaction (tagtune.launch.mlflow_bulk)
+        real_bulk = mlflow_bulk.write
 
-    def log_batch(self, run_id, metrics=(), **kw):
-        calls.append(len(metrics))
-        return real(self, run_id, metrics=metrics, **kw)
+        def write(store, experiment_id, batch):
+            if batch.metrics:
+                calls.append(sorted(len(ms) for ms in batch.metrics.values()))
+            return real_bulk(store, experiment_id, batch)
 
-    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
-    cb = MlflowJournalCallback(tmp_path, uri, exp, "search", batch_events=100, batch_s=3600)
+        monkeypatch.setattr(mlflow_bulk, "write", write)
+    else:  # a store the bulk way does not take (a tracking server): a log_batch per run
+        real = MlflowClient.log_batch
+
+        def log_batch(self, run_id, metrics=(), **kw):
+            if metrics:
+                calls.append(len(metrics))
+            return real(self, run_id, metrics=metrics, **kw)
+
+        monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+        monkeypatch.setattr(mlflow_bulk, "sql_store", lambda client: None)
+    clock = [1000.0]  # the callback's own clock: batch_s passes when the test says
+    monkeypatch.setattr(tracking, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    cb = MlflowJournalCallback(tmp_path, uri, exp, "search", batch_events=100, batch_s=2.0)
     t1, t2 = _trial("t1"), _trial("t2")
     for t in (t1, t2):
         cb.on_trial_start(0, [t1, t2], t)
-    cb.drain()
-    n_start = len(calls)
     for step in range(1, 6):
         for t in (t1, t2):
             cb.on_trial_result(0, [t1, t2], t, _result(step))
-    cb.drain()
-    assert len(calls) == n_start, "a result was sent before its batch was due"
-    # Every result is in the journal already, written before MLflow hears of it.
-    journal = tracking.read_journal(tmp_path / "mlflow-journal.jsonl")
-    assert sum(e["op"] == "result" for e in journal) == 10
     cb.on_trial_result(0, [t1, t2], t1, _result(2))  # a step again (a restart): logged once
-    cb.on_trial_complete(0, [t1, t2], t1)  # the batch goes before t1's end: one call per run
+    cb.on_trial_complete(0, [t1, t2], t1)
+    cb.on_step_end(0, [t1, t2])
     cb.drain()
-    assert calls[n_start:] == [10, 10]  # 5 steps x (epoch, val/loss), the repeat left out
+    assert calls == [], "an event was sent before its batch was due"
+    # Every event is in the journal already, written before MLflow hears of it.
+    journal = tracking.read_journal(tmp_path / "mlflow-journal.jsonl")
+    assert [e["op"] for e in journal].count("result") == 11 and journal[-1]["op"] == "end"
+    clock[0] += 2.0  # the batch's time has come: Tune's next turn sends it, no trial reporting
+    cb.on_step_end(0, [t1, t2])
+    cb.drain()
+    # 5 steps x (epoch, val/loss) a run, the repeat left out: one call, or one per run.
+    assert calls == ([[10, 10]] if bulk else [10, 10])
+    runs = {r.data.tags[TRIAL_TAG]: r for r in MlflowClient(uri).search_runs([exp], TRIALS)}
+    assert runs["t1"].info.status == "FINISHED" and runs["t2"].info.status == "RUNNING"
     cb.on_trial_result(0, [t1, t2], t2, _result(6))
     cb.on_experiment_end([t1, t2])  # what is held at the end goes too
     client = MlflowClient(uri)
-    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([exp], TRIALS)}
     for tid, steps in (("t1", 5), ("t2", 6)):
         history = client.get_metric_history(runs[tid].info.run_id, "val/loss")
         assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, steps + 1)]
-    assert runs["t1"].info.status == "FINISHED"
 
 
 def _schema(path) -> set[tuple]:
@@ -278,9 +296,9 @@ def test_the_final_sync_replays_only_what_the_callbacks_did_not_write_whole(tmp_
     cb.drain()
     tracking.tag_trials(tmp_path, uri, exp, ["done"], {"best": "yes"})
     applied: list[tuple[str, str]] = []
-    real_apply = Tracker.apply
-    monkeypatch.setattr(Tracker, "apply", lambda self, e: (applied.append((e["trial_id"], e["op"])),
-                                                           real_apply(self, e)))
+    real_apply = Tracker.apply_events
+    monkeypatch.setattr(Tracker, "apply_events", lambda self, es: (
+        applied.extend((e["trial_id"], e["op"]) for e in es), real_apply(self, es)))
     assert tracking.final_sync(tmp_path, uri, exp, {"done", "running"})
     assert applied == [("running", "start"), ("running", "result"), ("done", "tag")]
     runs = {r.data.tags[TRIAL_TAG]: r for r in MlflowClient(uri).search_runs([exp], TRIALS)}

@@ -9,7 +9,6 @@ binaries fail these tests instead of skipping them.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -24,21 +23,11 @@ from typer.testing import CliRunner
 
 from tagtune.launch import mlflow_server
 from tagtune.launch.cli import app
-from tagtune.launch.pg_local import LocalPostgres, free_port, postgres_bin
+from tagtune.launch.pg_local import LocalPostgres, free_port
 from tagtune.launch.preflight import psycopg_uri
 from tagtune.study.folder import JOURNAL
 from tests.launch.processes import MlflowServer, base_env, kill_session
 from tests.launch.test_reliability import TRIAL_RUNS, mlflow_equals_results, slow_study, tagtune
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if postgres_bin() is None:
-        if os.environ.get("TAGTUNE_REQUIRE_POSTGRES"):
-            pytest.fail("TAGTUNE_REQUIRE_POSTGRES is set and there is no initdb (apt-get install postgresql)")
-        pytest.skip("no Postgres binaries (initdb); Debian: apt-get install postgresql")
-    with LocalPostgres(settings={"fsync": "off"}) as pg:  # a test's data: no need to survive a crash
-        yield pg
 
 
 @pytest.fixture

@@ -169,7 +169,7 @@ class Tracker:
                 if j > i + 1:
                     self.apply_results(events[i:j])
                 else:
-                    self.apply(events[i])
+                    self.apply_cell(events[i]) if events[i]["op"] == "cell" else self.apply(events[i])
                     j = i + 1
                 i = j
             return

@@ -44,7 +44,8 @@ BATCHES = [
      {"op": "end", "trial_id": "t3", "ts": 1303, "status": "FAILED"}],
     [_result("t1", 3, 1400, loss=0.1),  # a replay's step: the run has it
      _result("t2", 4, 1401, loss=0.2), {"op": "end", "trial_id": "t2", "ts": 1402, "status": "FINISHED"},
-     {"op": "tag", "trial_id": "t1", "ts": 1403, "tags": {"tagtune.superseded": "yes"}}],
+     {"op": "tag", "trial_id": "t1", "ts": 1403, "tags": {"tagtune.superseded": "yes"}},
+     {"op": "cell", "cell": "b1@0.00", "ts": 1404, "params": {"lr": 0.01}, "metrics": {"val/map": 0.5}}],
 ]
 
 
@@ -88,6 +89,8 @@ def _same_as_the_client(uri: str) -> None:
                        {"op": "end", "trial_id": "t0", "ts": 904, "status": "FINISHED"}], *BATCHES]:
             tracker.apply_events(batch)
         seen[bulk] = _runs(client, exp)
+        (cell,) = client.search_runs([exp], "tags.`tagtune.cell_run` = 'b1@0.00'")
+        assert cell.data.metrics == {"val/map": 0.5} and cell.data.params == {"lr": "0.01"}
     assert seen[True] == seen[False]
     # What the batches say, not only that both ways agree.
     runs = seen[True]

@@ -1,0 +1,31 @@
+"""The bench of a study's MLflow writes stays runnable and says what it measured: ``--quick`` writes
+the same journal events through MLflow's client calls and as one transaction a batch, each into a
+fresh store, and both stores hold every trial and every epoch (the bench checks it before it
+reports). What is asserted is what the figures are made of, never how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_bench_mlflow_write_quick_writes_both_ways_and_reports_their_figures(tmp_path):
+    out = tmp_path / "figures.json"
+    r = subprocess.run([sys.executable, str(BENCH / "bench_mlflow_write.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    # 8 trials two at a time: a start, 3 results and an end each.
+    assert (fig["trials"], fig["epochs"], fig["events"]) == (8, 3, 8 * 5)
+    assert [(run["arm"], run["runs"], run["epochs_held"]) for run in fig["runs"]] == [
+        ("client", 8, 24), ("bulk", 8, 24)]
+    for run in fig["runs"]:
+        assert run["cpu_ms_a_trial"] == pytest.approx(1000 * run["cpu_s"] / 8)
+    per = fig["median_ms_a_trial"]
+    assert fig["ratio"] == pytest.approx(per["client"] / per["bulk"])

@@ -5,21 +5,13 @@ is asserted is what the figures are made of, never how fast anything was."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.conftest import quick_figures
 
 
 def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path):
-    out = tmp_path / "figures.json"
-    r = subprocess.run([sys.executable, str(BENCH / "bench_harness.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    fig = json.loads(out.read_text())
+    fig, stdout = quick_figures("bench_harness.py", tmp_path, timeout=900)
     # The studies it says it ran, of the sizes --quick asks for; the sweep's are the same studies.
     assert (fig["fixed"]["trials"], fig["fixed"]["epochs"]) == (1, 1)
     assert fig["fixed"]["process_s"] > 0  # the same study as a whole `tagtune study` process
@@ -55,6 +47,6 @@ def test_bench_harness_quick_reports_every_figure_of_the_studies_it_ran(tmp_path
                         fused["bare_stacks_s"] / (fused["wall_s"] * fused["slots"]))
     assert "bare_stacks_s" not in fig["main"]
     assert fig["fixed"]["concurrency"] <= 1 + 1e-9  # one trial: nothing to overlap with
-    lines = r.stdout.splitlines()
+    lines = stdout.splitlines()
     assert any(line.startswith("fixed cost (1 trial x 1 epoch): ") for line in lines)
     assert any(line.startswith("per-trial cost, 4 trials against 1: x") for line in lines)

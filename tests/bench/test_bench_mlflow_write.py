@@ -5,22 +5,13 @@ reports). What is asserted is what the figures are made of, never how fast anyth
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.conftest import quick_figures
 
 
 def test_bench_mlflow_write_quick_writes_both_ways_and_reports_their_figures(tmp_path):
-    out = tmp_path / "figures.json"
-    r = subprocess.run([sys.executable, str(BENCH / "bench_mlflow_write.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    fig = json.loads(out.read_text())
+    fig, _ = quick_figures("bench_mlflow_write.py", tmp_path, timeout=300)
     # 8 trials two at a time: a start, 3 results and an end each.
     assert (fig["trials"], fig["epochs"], fig["events"]) == (8, 3, 8 * 5)
     assert [(run["arm"], run["runs"], run["epochs_held"]) for run in fig["runs"]] == [

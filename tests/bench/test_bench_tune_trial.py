@@ -5,24 +5,16 @@ made of, never how fast anything was."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.conftest import quick_figures
 
 
 @pytest.mark.long
 def test_bench_tune_trial_quick_runs_both_arms_and_reports_their_figures(tmp_path):
-    out = tmp_path / "figures.json"
-    r = subprocess.run([sys.executable, str(BENCH / "bench_tune_trial.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    fig = json.loads(out.read_text())
+    fig, _ = quick_figures("bench_tune_trial.py", tmp_path, timeout=600)
     assert (fig["fits"], fig["epochs"], fig["pack"]) == (8, 1, 4) and fig["bare_s"] > 0
     # The arms alternate, solo first; the packed arm runs the same fits in a quarter the trials.
     arms = [(run["arm"], run["trials"], run["reports"]) for run in fig["runs"]]

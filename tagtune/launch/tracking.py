@@ -181,7 +181,7 @@ class Tracker:
                 run_id = mlflow_bulk.new_run_id()
                 batch.new.append(mlflow_bulk.NewRun(
                     run_id, event["name"], self._start_tags(event), start_time=event.get("ts") or _now_ms(),
-                    params={k: str(v)[:6000] for k, v in event["params"].items()},
+                    params=param_values(event["params"]),
                     dataset=event.get("dataset") and dataset_input(event["dataset"])))
                 self._made(trial_id, run_id)
             elif op == "result" and run_id is not None:
@@ -272,7 +272,7 @@ class Tracker:
         from mlflow.entities import Param
 
         # MLflow refuses to change a param: one already there is kept.
-        todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+        todo = [Param(k, v) for k, v in param_values(params).items() if k not in have]
         for i in range(0, len(todo), 100):
             self.client.log_batch(run_id, params=todo[i:i + 100])
 
@@ -283,6 +283,11 @@ class Tracker:
         d = dataset_input(dataset)
         entity = Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"], source=d["source"])
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag(k, v) for k, v in d["tags"].items()])])
+
+
+def param_values(params: dict[str, Any]) -> dict[str, str]:
+    """A run's params as MLflow keeps them: text, at most 6,000 characters."""
+    return {k: str(v)[:6000] for k, v in params.items()}
 
 
 def dataset_input(dataset: dict[str, str]) -> dict[str, Any]:

@@ -22,6 +22,16 @@ from tagtune.study.folder import (
 log = logging.getLogger(__name__)
 
 
+class _Trials(tune.ExperimentAnalysis):
+    """Tune's parse of an experiment's trials (configs, statuses, last results) without the
+    DataFrame of every trial's reports that ``ExperimentAnalysis`` also builds, each trial's
+    ``result.json`` through pandas: 2.2 s of its 2.9 s at 1,000 trials, after the search, with
+    both trial slots idle. Nothing here reads those frames."""
+
+    def _fetch_trial_dataframes(self) -> dict:
+        return {}
+
+
 _PARSED: dict[str, tuple[tuple, tune.ExperimentAnalysis]] = {}
 
 
@@ -33,7 +43,7 @@ def analysis(path: Path) -> tune.ExperimentAnalysis:
     key = (newest.name, newest.stat().st_mtime_ns, newest.stat().st_size) if newest else ()
     if str(path) not in _PARSED or _PARSED[str(path)][0] != key:
         # No default metric: the best trials are chosen here, under the study's objective.
-        _PARSED[str(path)] = key, tune.ExperimentAnalysis(str(path))
+        _PARSED[str(path)] = key, _Trials(str(path))
     return _PARSED[str(path)][1]
 
 

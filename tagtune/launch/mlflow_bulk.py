@@ -223,3 +223,23 @@ def _inputs(session: Any, experiment_id: int, runs: list[NewRun], models: tuple)
 
 def _order(row: dict) -> tuple:
     return row["step"], row["timestamp"], row["value"]
+
+
+def tagged_runs(store: Any, experiment_id: str, key: str) -> list[tuple[str, str]]:
+    """(run id, value of the tag ``key``) of the experiment's active runs that carry it, not empty,
+    oldest first: what ``search_runs(filter "tags.`key` != ''", order_by start time ascending)``
+    finds, in its order (start time, a run without one last, then run id), read from the runs' and
+    tags' tables alone (``search_runs`` loads every run whole -- params, tags, latest metrics --
+    through the ORM: 1.6 s for 1,000 runs, both trial slots idle after a search)."""
+    from mlflow.entities import LifecycleStage
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from sqlalchemy import case
+
+    with store.ManagedSessionMaker() as session:
+        return [(run_id, value) for run_id, value in session.query(SqlRun.run_uuid, SqlTag.value)
+                .join(SqlTag, SqlTag.run_uuid == SqlRun.run_uuid)
+                .filter(SqlRun.experiment_id == int(experiment_id),
+                        SqlRun.lifecycle_stage == LifecycleStage.ACTIVE,
+                        SqlTag.key == key, SqlTag.value != "")
+                .order_by(case((SqlRun.start_time.is_(None), 1), else_=0), SqlRun.start_time,
+                          SqlRun.run_uuid)]

@@ -124,16 +124,22 @@ class Tracker:
             # Every trial's run, found once: a search per new trial costs more the more runs the
             # experiment holds, and it is a new trial's run that is looked for (and not found).
             self._known = {}
-            for run in self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` != ''",
-                                               max_results=50000,
-                                               order_by=["attributes.start_time ASC"]):
-                self._known.setdefault(run.data.tags[TRIAL_TAG], run.info.run_id)
+            for run_id, trial_id in self.tagged(TRIAL_TAG):
+                self._known.setdefault(trial_id, run_id)
         if trial_id not in self._known:
             return None
         run_id = self._known[trial_id]
         self._runs[trial_id] = run_id
         self._steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, "epoch")}
         return run_id
+
+    def tagged(self, tag: str) -> list[tuple[str, str]]:
+        """(run id, tag value) of the experiment's runs that carry ``tag``, oldest first."""
+        if self._store is not None:  # the tables alone, not every run loaded whole
+            return mlflow_bulk.tagged_runs(self._store, self.experiment_id, tag)
+        return [(run.info.run_id, run.data.tags[tag]) for run in self.client.search_runs(
+            [self.experiment_id], f"tags.`{tag}` != ''", max_results=50000,
+            order_by=["attributes.start_time ASC"])]
 
     def _start_tags(self, event: dict) -> dict[str, str]:
         tags = {TRIAL_TAG: event["trial_id"], **{k: str(v) for k, v in event["tags"].items()}}
@@ -599,13 +605,10 @@ def sync(study_dir: str | Path, tracking_uri: str, experiment_id: str, trial_ids
     client = tracker.client
     for tag, known in ((TRIAL_TAG, trial_ids), (CELL_TAG, None)):
         kept: set[str] = set()
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` != ''",
-                                  max_results=50000, order_by=["attributes.start_time ASC"])
-        for run in runs:
-            key = run.data.tags.get(tag)
+        for run_id, key in tracker.tagged(tag):
             # A second run of one trial or cell: a create_run whose answer was lost, then a retry.
             if (known is not None and key not in known) or key in kept:
-                client.delete_run(run.info.run_id)
+                client.delete_run(run_id)
             kept.add(key)
     return replay(Path(study_dir) / JOURNAL, tracker, trial_ids, delivered)
 

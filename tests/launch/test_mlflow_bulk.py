@@ -139,3 +139,23 @@ def test_a_batch_naming_a_deleted_or_unknown_run_is_refused_as_mlflow_does_and_w
 def test_only_a_sql_store_on_sqlite_or_postgres_takes_the_bulk_way(tmp_path):
     assert mlflow_bulk.sql_store(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")) is not None
     assert mlflow_bulk.sql_store(MlflowClient("http://127.0.0.1:1")) is None
+
+
+def test_tagged_runs_finds_what_search_runs_finds_in_its_order(tmp_path):
+    # The final sync's and a resumed tracker's question, "which runs carry this tag, oldest first",
+    # read from two tables: the same answer as search_runs over runs loaded whole.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp, other = client.create_experiment("x"), client.create_experiment("y")
+    made = []
+    for start, value in [(5, "a"), (3, "b"), (5, "c"), (3, "b"), (9, ""), (1, "d")]:
+        run = client.create_run(exp, start_time=start, tags={TRIAL_TAG: value})  # "": not found
+        made.append(run.info.run_id)
+    client.create_run(exp, start_time=0, tags={"other": "e"})  # another tag: not found
+    client.create_run(other, start_time=0, tags={TRIAL_TAG: "f"})  # another experiment
+    client.delete_run(made[5])  # deleted: not found, as search_runs (active runs) does not
+    expected = [(r.info.run_id, r.data.tags[TRIAL_TAG]) for r in client.search_runs(
+        [exp], f"tags.`{TRIAL_TAG}` != ''", order_by=["attributes.start_time ASC"])]
+    found = mlflow_bulk.tagged_runs(mlflow_bulk.sql_store(client), exp, TRIAL_TAG)
+    assert found == expected
+    assert sorted(v for _, v in found) == ["a", "b", "b", "c"]  # the ties (b, b; a, c) by run id
+    assert Tracker(client._tracking_client.tracking_uri, exp, bulk=False).tagged(TRIAL_TAG) == found

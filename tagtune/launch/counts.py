@@ -35,12 +35,25 @@ class _Trials(tune.ExperimentAnalysis):
 _PARSED: dict[str, tuple[tuple, tune.ExperimentAnalysis]] = {}
 
 
+def _snapshot_key(path: Path) -> tuple:
+    newest = tunestate.newest(path, tunestate.EXPERIMENT_STATE)
+    return (newest.name, newest.stat().st_mtime_ns, newest.stat().st_size) if newest else ()
+
+
+def remember(path: Path, results: tune.ResultGrid) -> None:
+    """A phase Tune has just run to its end at ``path``: its trials as Tune ended them, in place of
+    a parse of the snapshot Tune wrote of them last (41 MB at 1,000 trials: 1.3 s, both slots idle).
+    Where Ray's result grid does not hold them (another Ray), the snapshot is parsed as before."""
+    ended = getattr(results, "_experiment_analysis", None)
+    if isinstance(ended, tune.ExperimentAnalysis):
+        _PARSED[str(path)] = _snapshot_key(path), ended
+
+
 def analysis(path: Path) -> tune.ExperimentAnalysis:
     """Tune's experiment at ``path`` as Ray parses it, parsed once per snapshot: the counts, the
     best trials, the replicates and the display read the same one (a phase of thousands of trials
     takes seconds to parse)."""
-    newest = tunestate.newest(path, tunestate.EXPERIMENT_STATE)
-    key = (newest.name, newest.stat().st_mtime_ns, newest.stat().st_size) if newest else ()
+    key = _snapshot_key(path)
     if str(path) not in _PARSED or _PARSED[str(path)][0] != key:
         # No default metric: the best trials are chosen here, under the study's objective.
         _PARSED[str(path)] = key, _Trials(str(path))

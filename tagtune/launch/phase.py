@@ -10,7 +10,7 @@ import math
 from ray import tune
 
 from tagtune.launch import fusion
-from tagtune.launch.counts import analysis
+from tagtune.launch.counts import analysis, remember
 from tagtune.launch.objective import better, metric
 from tagtune.launch.ray_start import pending_trials
 from tagtune.launch.rebind import rebinding
@@ -66,4 +66,5 @@ def fit_or_resume(settings, ds, phase, make_tuner, expected: int, out: Output,
     finished = sum(status not in tunestate.UNFINISHED for status in recorded.values())
     if results.num_terminated + results.num_errors < expected or finished < expected:
         raise StudyInterrupted(settings.study_dir, phase)
+    remember(path, results)
     return results

@@ -87,3 +87,27 @@ def test_replicates_use_the_best_config_with_their_seeds(tiny_study):
     # The summary's rows are those trials: same cells, same seeds.
     assert sorted((row["cell"], row["seed"]) for row in result.replicates) == sorted(
         (t.config["cell"], t.config["seed"]) for t in trials)
+
+
+def test_the_counts_read_the_trials_tune_ended_as_its_last_snapshot_has_them(tiny_study):
+    # After a phase the counts and the best trials read Tune's trials in memory, not a parse of
+    # its last snapshot: the same trials, statuses, configs and last results.
+    from tagtune.launch import counts
+    from tagtune.launch.objective import metric
+
+    settings, result = tiny_study
+    key, _ = metric(settings)
+    for phase in ("search", "replicate"):
+        path = result.study_dir / phase
+        remembered = counts.analysis(path)
+        assert not isinstance(remembered, counts._Trials)  # Tune's own, not parsed again
+
+        def seen(trials):
+            return sorted((t.trial_id, t.status, t.config["cell"], t.config.get("seed"),
+                           bool((t.last_result or {}).get("complete")),
+                           (t.last_result or {}).get(key)) for t in trials)
+
+        assert seen(remembered.trials) == seen(counts._Trials(str(path)).trials)
+        assert len(remembered.trials) == len(seen(tune.ExperimentAnalysis(str(path)).trials))
+    assert {c: n["trials"] for c, n in counts.cell_counts(settings).items()} == \
+        dict.fromkeys(result.summary["cells"], TRIALS)

@@ -108,6 +108,6 @@ def test_the_counts_read_the_trials_tune_ended_as_its_last_snapshot_has_them(tin
                            (t.last_result or {}).get(key)) for t in trials)
 
         assert seen(remembered.trials) == seen(counts._Trials(str(path)).trials)
-        assert len(remembered.trials) == len(seen(tune.ExperimentAnalysis(str(path)).trials))
+        assert len(remembered.trials) == len(tune.ExperimentAnalysis(str(path)).trials)
     assert {c: n["trials"] for c, n in counts.cell_counts(settings).items()} == \
         dict.fromkeys(result.summary["cells"], TRIALS)

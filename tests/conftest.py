@@ -88,9 +88,10 @@ def ray_session():
     """
     import ray
 
-    from tagtune.launch.ray_start import WORKER_PRELOAD
+    from tagtune.launch.ray_start import WORKER_PRELOAD, trials_on_prestarted_workers
 
     os.environ.setdefault(*WORKER_PRELOAD)  # workers start with torch imported, as a study's do
+    trials_on_prestarted_workers()  # and trials run on them, as a study's do
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:

@@ -43,7 +43,8 @@ def init_ray(settings: StudySettings) -> None:
         # whose file was never removed (then it fails: num_cpus is refused when joining).
         # Joining a running cluster is asked for with --address auto.
         os.environ.setdefault(*(FUSED_PRELOAD if settings.fuse_size > 1 else WORKER_PRELOAD))
-        with _environ(*(() if settings.fuse_size > 1 else (NO_IDLE_WORKERS,))):
+        idle = () if settings.fuse_size > 1 or trials_on_prestarted_workers() else (NO_IDLE_WORKERS,)
+        with _environ(*idle):
             ray.init(address="local", num_cpus=settings.num_cpus or default_num_cpus(),
                      include_dashboard=False, log_to_driver=False)
 
@@ -57,12 +58,38 @@ WORKER_PRELOAD = ("RAY_preload_python_modules", "torch,tagtune.launch.trainable,
 # fuse of them): torch in each cost ~1-2 s of CPU and a few hundred MB for nothing. Its stacks,
 # a few, import torch as they start.
 FUSED_PRELOAD = ("RAY_preload_python_modules", "tagtune.launch.fusion")
-# Ray starts a worker per CPU for the first driver, with the default runtime environment: Tune
-# gives every trainable actor an environment of its own (env_vars in its class cache), so no
-# trial ever runs on one. They only took the CPU from the trial's own worker as it started (each
-# importing torch above: ~4 s of CPU on 2 cores in a study of 1 trial). Fused studies keep them:
-# their stacks are plain actors, which do run on them.
+# Ray starts a worker per CPU for the first driver, with the default runtime environment; an
+# actor with an environment of its own never runs on one. Where Tune's trainable actors have one
+# (trials_on_prestarted_workers says), those workers only took the CPU from the trial's own worker
+# as it started (each importing torch above: ~4 s of CPU on 2 cores in a study of 1 trial): not
+# started. Fused studies keep them: their stacks are plain actors, which do run on them.
 NO_IDLE_WORKERS = ("RAY_prestart_worker_first_driver", "0")
+
+
+def trials_on_prestarted_workers() -> bool:
+    """Let Tune's trial actors run on the workers Ray starts ahead (warm: torch imported as Ray
+    starts, not as the first trial asks for its worker, ~2 s on 2 cores). Call before ``ray.init``
+    of a local instance; True where it applies.
+
+    Tune gives its trainable actors the runtime environment ``{"env_vars": DEFAULT_ENV_VARS}``
+    (``PL_DISABLE_FORK=1``, for PyTorch Lightning) plus any of ENV_VARS_TO_PROPAGATE set here (AWS
+    keys, Ray Train's settings), and Ray runs an actor only on a worker started for the same
+    environment. Here those defaults go into this process's environment instead, which the local
+    instance's workers inherit: the same variables in every trial, an empty runtime environment, the
+    prestarted workers. Where a variable to propagate is set, Tune's environment stays as it is
+    (it would not be empty) and False."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray: as it comes
+        return False
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", ())
+    if not isinstance(defaults, dict) or any(k in os.environ for k in propagated):
+        return False
+    for k, v in list(defaults.items()):
+        os.environ.setdefault(k, v)
+        del defaults[k]
+    return True
 
 
 @contextlib.contextmanager

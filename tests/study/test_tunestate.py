@@ -75,6 +75,26 @@ def test_keep_refuses_a_torn_staging_file_and_keeps_the_last_good(phase, tmp_pat
     assert [g.name for g in tunestate.generations(phase)] == ["000002", "000001"]
 
 
+@pytest.mark.parametrize("name", [f"experiment_state-{SESSION}.json", f"search_gen_state-{SESSION}.json"])
+def test_keep_refuses_a_staging_file_cut_anywhere_but_its_end(phase, tmp_path, name):
+    # Keep does not parse what Tune has just written (40 MB at 1,000 trials): it looks at the end.
+    staging = tmp_path / "staging"
+    whole_bytes = (staging / name).read_bytes()
+    for cut in range(1, len(whole_bytes) - 1, max(1, len(whole_bytes) // 50)):
+        if whole_bytes[:cut].rstrip()[-1:] in (b"}", b"]", b"."):
+            continue  # ends as a whole one would: only a parse tells, and whole() parses
+        (staging / name).write_bytes(whole_bytes[:cut])
+        assert tunestate.keep(staging, phase) is None, cut
+    assert [g.name for g in tunestate.generations(phase)] == ["000002", "000001"]
+
+
+def test_keep_refuses_a_cut_tuner_file(phase, tmp_path):
+    staging = tmp_path / "staging"
+    (phase / tunestate.TUNER_FILE).write_bytes(pickle.dumps({"tuner": 1, "more": "x" * 40})[:30])
+    assert tunestate.keep(staging, phase) is None
+    assert [g.name for g in tunestate.generations(phase)] == ["000002", "000001"]
+
+
 def test_a_generation_cut_before_its_manifest_is_not_one(phase):
     cut = phase / tunestate.LAST_GOOD / "000009"
     cut.mkdir()

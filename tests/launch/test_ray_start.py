@@ -1,0 +1,76 @@
+"""A study's local Ray: Tune's trials run on the workers Ray started ahead (warm), with Tune's
+default variables in their environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from ray.tune.execution import class_cache
+
+from tagtune.launch.ray_start import trials_on_prestarted_workers
+
+
+def test_tunes_default_variables_go_into_the_environment_unless_one_to_propagate_is_set(monkeypatch):
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"PL_DISABLE_FORK": "1"})
+    monkeypatch.delenv("PL_DISABLE_FORK", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")  # Tune would send it: its environment stays
+    assert trials_on_prestarted_workers() is False
+    assert class_cache.DEFAULT_ENV_VARS == {"PL_DISABLE_FORK": "1"}
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    for k in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(k, raising=False)
+    assert trials_on_prestarted_workers() is True
+    assert class_cache.DEFAULT_ENV_VARS == {}
+    import os
+    assert os.environ["PL_DISABLE_FORK"] == "1"
+
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from tagtune.launch.ray_start import trials_on_prestarted_workers
+    assert trials_on_prestarted_workers()
+    import ray
+    from ray import tune
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    def idle():
+        found = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and (p / "cmdline").read_bytes().startswith(b"ray::IDLE"):
+                    found.append(int(p.name))
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(idle()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    prestarted = idle()
+
+    def trial(config):
+        tune.report({"pid": os.getpid(), "fork": os.environ.get("PL_DISABLE_FORK", "")})
+
+    grid = tune.Tuner(trial, tune_config=tune.TuneConfig(num_samples=2),
+                      run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0)).fit()
+    print("ANSWER" + json.dumps({"prestarted": prestarted,
+                                 "trials": [r.metrics["pid"] for r in grid],
+                                 "fork": [r.metrics["fork"] for r in grid]}))
+    ray.shutdown()
+""")
+
+
+def test_a_local_instances_trials_run_on_the_workers_it_started_ahead(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in class_cache.ENV_VARS_TO_PROPAGATE and k not in ("RAY_ADDRESS", "PL_DISABLE_FORK")}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads([line for line in done.stdout.splitlines() if line.startswith("ANSWER")][-1][6:])
+    assert len(answer["prestarted"]) == 2
+    assert set(answer["trials"]) <= set(answer["prestarted"]), answer  # no worker started for them
+    assert answer["fork"] == ["1", "1"]  # Tune's default variable reached them all the same

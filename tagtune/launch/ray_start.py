@@ -67,9 +67,10 @@ NO_IDLE_WORKERS = ("RAY_prestart_worker_first_driver", "0")
 
 
 def trials_on_prestarted_workers() -> bool:
-    """Let Tune's trial actors run on the workers Ray starts ahead (warm: torch imported as Ray
-    starts, not as the first trial asks for its worker, ~2 s on 2 cores). Call before ``ray.init``
-    of a local instance; True where it applies.
+    """Let Tune's trial actors run on the workers Ray starts ahead (warm: torch imported from Ray's
+    start on, not only once the first trial asks for its worker; a 1 x 1 study's ``run_study`` on 2
+    cores 7.6-9.3 -> 6.2-6.4 s, bench/RESULTS.md). Call before ``ray.init`` of a local instance;
+    True where it applies.
 
     Tune gives its trainable actors the runtime environment ``{"env_vars": DEFAULT_ENV_VARS}``
     (``PL_DISABLE_FORK=1``, for PyTorch Lightning) plus any of ENV_VARS_TO_PROPAGATE set here (AWS

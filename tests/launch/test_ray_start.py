@@ -4,6 +4,7 @@ default variables in their environment."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,6 @@ def test_tunes_default_variables_go_into_the_environment_unless_one_to_propagate
         monkeypatch.delenv(k, raising=False)
     assert trials_on_prestarted_workers() is True
     assert class_cache.DEFAULT_ENV_VARS == {}
-    import os
     assert os.environ["PL_DISABLE_FORK"] == "1"
 
 
@@ -65,7 +65,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_a_local_instances_trials_run_on_the_workers_it_started_ahead(tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if k not in class_cache.ENV_VARS_TO_PROPAGATE and k not in ("RAY_ADDRESS", "PL_DISABLE_FORK")}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)
